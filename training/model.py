@@ -1,0 +1,183 @@
+"""The models: a decoder-only GPT (GPT-2's architecture) and the bigram baseline.
+
+    model = build_model(ModelConfig(vocab_size=V))
+    logits, loss, present = model(idx, targets)               # training
+    logits, _, past = model(prompt_ids)                        # prefill
+    logits, _, past = model(next_id, past_kv=past)             # one decode step
+
+The GPT's layout matches Hugging Face's GPT-2 (learned positions, pre-LayerNorm, tanh GELU,
+tied embeddings, biases), so the benchmarks can load our weights into other engines.
+`forward` takes and returns a KV cache: a tuple of (key, value) per layer, each
+(B, n_head, past_len, head_dim). `attention_mask` (B, past_len + T) marks real tokens
+with 1 and left padding with 0, so prompts of different lengths can share a batch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from training.model_config import ModelConfig
+
+KVCache = tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+
+def build_attention_mask(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:
+    """Boolean (B, 1, T, S) mask, True where a query may attend a key.
+
+    Queries are the last `q_len` of the S = past + T positions. A query sees earlier real
+    tokens and always itself: a padding query would otherwise see nothing, and the NaN
+    from an all-masked softmax row would leak into every later layer's keys and values.
+    """
+    total = attention_mask.size(1)
+    k_pos = torch.arange(total, device=attention_mask.device)
+    q_pos = k_pos[total - q_len:]
+    causal = k_pos[None, :] <= q_pos[:, None]                         # (T, S)
+    allowed = causal[None] & attention_mask[:, None, :].bool()         # (B, T, S)
+    allowed = allowed | (k_pos[None, :] == q_pos[:, None])[None]
+    return allowed[:, None]                                            # (B, 1, T, S)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_head, self.head_dim = config.n_head, config.head_dim
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # one matmul, not 3*H
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, past=None, mask=None):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)      # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)                             # (B, nh, P+T, hs)
+            v = torch.cat([past[1], v], dim=2)
+        # Without a mask: plain causal attention when nothing is cached, and a single new
+        # token may see the whole cache. Both hit SDPA's fused kernels.
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=mask is None and past is None and T > 1)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.proj(y)), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.act = nn.GELU(approximate="tanh")
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.proj(self.act(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, past=None, mask=None):
+        a, present = self.attn(self.ln_1(x), past, mask)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, present
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied: fewer parameters, better small models
+        self.apply(self._init_weights)
+        # GPT-2: scale residual projections so the residual stream's variance stays put.
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None, past_kv: KVCache | None = None,
+                position_ids=None, attention_mask=None):
+        B, T = idx.shape
+        past_len = 0 if past_kv is None else past_kv[0][0].size(2)
+        if position_ids is None:
+            position_ids = torch.arange(past_len, past_len + T, device=idx.device)[None]
+        mask = None
+        if attention_mask is not None:
+            mask = build_attention_mask(attention_mask, T)
+        elif past_len > 0 and T > 1:
+            mask = build_attention_mask(torch.ones(B, past_len + T, dtype=torch.long,
+                                                   device=idx.device), T)
+        x = self.drop(self.wte(idx) + self.wpe(position_ids))                # (B, T, C)
+        present = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, None if past_kv is None else past_kv[i], mask)
+            present.append(kv)
+        logits = self.lm_head(self.ln_f(x))                                  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss, tuple(present)
+
+
+class Bigram(nn.Module):
+    """The first model of the tutorials: the next token depends on this token alone.
+
+    It ignores the KV cache and positions; it is here to show what attention buys.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.table = nn.Embedding(config.vocab_size, config.vocab_size)
+        nn.init.normal_(self.table.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None, past_kv=None, position_ids=None, attention_mask=None):
+        logits = self.table(idx)                                             # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss, ()
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    return GPT(config) if config.model == "gpt" else Bigram(config)
+
+
+def count_params(model: nn.Module) -> int:
+    """Distinct parameters (the tied embedding counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def configure_optimizer(model: nn.Module, lr: float, weight_decay: float, device_type: str):
+    """AdamW; matrices decay, biases/LayerNorm/embeddings-as-vectors do not. Fused on CUDA."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    decay = [p for p in params.values() if p.dim() >= 2]
+    no_decay = [p for p in params.values() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device_type == "cuda")

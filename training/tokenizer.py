@@ -1,0 +1,84 @@
+"""Tokenizers: characters or byte-level BPE, saved as one Hugging Face `tokenizer.json`.
+
+    tok = build_tokenizer("char", text)          # or ("bpe", text, vocab_size=2000)
+    ids = encode_documents(tok, docs)             # one id stream, documents split by EOS
+    tok.save("tokenizer.json"); Tokenizer.from_file("tokenizer.json")   # no torch needed
+
+Both are lossless for any Unicode string. The char tokenizer has one id per character of
+the corpus plus the 256 byte tokens `<0x00>`..`<0xFF>`: a character it never saw is
+spelled as its UTF-8 bytes (byte fallback), and the decoder glues them back together.
+BPE works on bytes from the start (GPT-2's scheme). The server loads the same file.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+EOS = "<|endoftext|>"
+TOKENIZER_KINDS = ("char", "bpe")
+
+
+def build_char_tokenizer(text: str) -> Tokenizer:
+    vocab: dict[str, int] = {}
+    for ch in sorted(set(text)):
+        vocab[ch] = len(vocab)
+    for b in range(256):
+        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
+    # A BPE model with no merges is a character lookup that supports byte fallback.
+    # No pre-tokenizer or normalizer: every character, whitespace included, is kept.
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=True))
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    tok.add_special_tokens([EOS])
+    return tok
+
+
+def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    if vocab_size < 257 + 1:
+        raise ValueError(f"--vocab-size must be at least 258 for bpe (256 bytes + EOS + one merge), got {vocab_size}")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOS], min_frequency=2, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+def build_tokenizer(kind: str, texts: Sequence[str], vocab_size: int = 2000) -> Tokenizer:
+    if kind == "char":
+        return build_char_tokenizer("".join(texts))
+    if kind == "bpe":
+        return build_bpe_tokenizer(texts, vocab_size)
+    raise ValueError(f"unknown tokenizer {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
+
+
+def eos_id(tok: Tokenizer) -> int:
+    return tok.token_to_id(EOS)
+
+
+def encode(tok: Tokenizer, text: str) -> list[int]:
+    return tok.encode(text, add_special_tokens=False).ids
+
+
+def decode(tok: Tokenizer, ids: Sequence[int]) -> str:
+    return tok.decode(list(ids), skip_special_tokens=False)
+
+
+def encode_documents(tok: Tokenizer, docs: Sequence[str]) -> np.ndarray:
+    """All documents as one token stream, each followed by EOS.
+
+    Lines are encoded in one parallel batch (fast on megabytes of text); BPE merges never
+    cross a line break, which byte-level pre-tokenization nearly never does anyway.
+    """
+    eos = eos_id(tok)
+    out: list[int] = []
+    for doc in docs:
+        lines = doc.splitlines(keepends=True)
+        for enc in tok.encode_batch(lines, add_special_tokens=False):
+            out.extend(enc.ids)
+        out.append(eos)
+    dtype = np.uint16 if tok.get_vocab_size() <= 65536 else np.int32
+    return np.asarray(out, dtype=dtype)
