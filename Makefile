@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 RUN ?= runs/default
 ART ?= artifacts/default
 PRESET ?=
-CORPUS ?= shakespeare
+CORPUS ?=
 NPROC ?= 1
 TRAIN_ARGS ?=
 PROMPT ?= ROMEO:
@@ -30,11 +30,11 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml
 
 setup: $(VENV)/.installed-$(EXTRAS) ## create .venv and install every stage's dependencies
 
-train: setup ## train (PRESET=cpu-small|gpu|frankenstein, CORPUS=..., NPROC=N for torchrun)
+train: setup ## train into $(RUN) (PRESET=cpu-small|gpu|frankenstein CORPUS=name|path NPROC=N)
 ifeq ($(NPROC),1)
-	$(PY) -m training.train --out $(RUN) --corpus $(CORPUS) $(if $(PRESET),--preset $(PRESET)) $(TRAIN_ARGS)
+	$(PY) -m training.train --out $(RUN) $(if $(CORPUS),--corpus $(CORPUS)) $(if $(PRESET),--preset $(PRESET)) $(TRAIN_ARGS)
 else
-	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m training.train --out $(RUN) --corpus $(CORPUS) $(if $(PRESET),--preset $(PRESET)) $(TRAIN_ARGS)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m training.train --out $(RUN) $(if $(CORPUS),--corpus $(CORPUS)) $(if $(PRESET),--preset $(PRESET)) $(TRAIN_ARGS)
 endif
 
 sample: setup ## sample from $(RUN): make sample PROMPT="ROMEO:" (empty PROMPT = interactive)

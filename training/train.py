@@ -213,11 +213,12 @@ def train(tc: TrainConfig, mc: ModelConfig, tok, train_data, val_data, chars_per
                              "model": raw.state_dict(), "optimizer": optimizer.state_dict(),
                              "iter": it, "best_val_loss": best_val, "stale_evals": stale,
                              "elapsed_s": elapsed, "rng": rng_state(gen)}
+                    # metrics first: a kill before last.pt is written repeats this evaluation
+                    rows = run_files.append_metrics(out, row, upto_iter=it)
+                    run_files.plot_losses(out, rows, f"{mc.model} {params / 1e6:.2f}M on {tc.corpus}")
                     if improved:
                         save_checkpoint(out / CKPT_NAME, state)
                     save_checkpoint(out / LAST_NAME, state)
-                    rows = run_files.append_metrics(out, row, upto_iter=it)
-                    run_files.plot_losses(out, rows, f"{mc.model} {params / 1e6:.2f}M on {tc.corpus}")
                     bar.write(f"iter {it}: train {train_loss:.4f}  val {val_loss:.4f}  "
                               f"bpc {row['val_bpc']:.3f}{'  (best)' if improved else ''}\n"
                               f"  sample: {row['sample'][:200]!r}")
