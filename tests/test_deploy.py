@@ -367,7 +367,10 @@ def test_volumes_paths_and_drain_agree(manifests, overlay):
     # SIGTERM comes after preStop; the server then drains for SHELLEY_DRAIN_SECONDS
     pod = deployment["spec"]["template"]["spec"]
     pre_stop = int(container(deployment, "serve")["lifecycle"]["preStop"]["exec"]["command"][-1])
-    assert pod["terminationGracePeriodSeconds"] > pre_stop + int(data["SHELLEY_DRAIN_SECONDS"])
+    drain = int(data["SHELLEY_DRAIN_SECONDS"])
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain
+    liveness = container(deployment, "serve")["livenessProbe"]
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] > drain
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
