@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 .PHONY: help setup proto train sample export verify serve client demo test test-all bench explain clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,3 +45,27 @@ test: setup ## run the whole test suite (what CI runs)
 
 clean: ## remove runs, artifacts, generated stubs and caches (keeps .venv)
 	rm -rf runs artifacts .pytest_cache
+
+# --- deploy: images and Kubernetes manifests (see docs/DEPLOY.md) ---
+REGISTRY ?= registry.example.com/shelley
+TAG ?= 0.1.0
+OVERLAY ?= cpu
+KUBECTL ?= kubectl
+.PHONY: docker-train docker-serve docker-push k8s-render k8s-apply
+
+docker-train: ## build the training image (CUDA torch): REGISTRY=... TAG=...
+	docker build -f Dockerfile.train -t $(REGISTRY)/shelley-train:$(TAG) .
+
+docker-serve: ## build the serving image (onnxruntime-gpu, no torch): REGISTRY=... TAG=...
+	docker build -f Dockerfile.serve -t $(REGISTRY)/shelley-serve:$(TAG) .
+
+docker-push: docker-train docker-serve ## build and push both images to $(REGISTRY)
+	docker push $(REGISTRY)/shelley-train:$(TAG)
+	docker push $(REGISTRY)/shelley-serve:$(TAG)
+
+k8s-render: ## print the manifests of OVERLAY=cpu|gpu (kubectl kustomize, else k8s/render.py)
+	@if command -v $(KUBECTL) >/dev/null; then $(KUBECTL) kustomize k8s/overlays/$(OVERLAY); \
+	else $(PY) k8s/render.py k8s/overlays/$(OVERLAY); fi
+
+k8s-apply: ## apply OVERLAY=cpu|gpu (training Job + serving) to kubectl's current cluster
+	$(KUBECTL) apply -k k8s/overlays/$(OVERLAY)
