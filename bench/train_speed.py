@@ -1,6 +1,6 @@
 """Training speed: our trainer's model and step vs a plain eager tutorial-style GPT.
 
-    python bench/train_speed.py                      # cpu-small shape, shakespeare, 45 s each
+    python bench/train_speed.py                      # cpu-small shape, shakespeare, 40 s each
     python bench/train_speed.py --seconds 20 --corpus tests/data/sonnets.txt --no-compile
 
 Same data (the trainer's char tokenizer and batches from one seed), same shape, same
@@ -9,7 +9,8 @@ own steps, until each has trained for `--seconds`: load from other processes the
 them alike. At the end every model is scored on the same fixed validation batches, so the
 val losses compare at equal wall time. `ours+compile` is the trainer's `--compile`; its
 compile time (the first forward and backward) is shown apart and not charged to it.
-`ours+bf16` is the trainer's step under CPU bf16 autocast (only where oneDNN has bf16).
+`ours+bf16` is the trainer's step under CPU bf16 autocast (only where oneDNN has bf16),
+`ours+compile+bf16` both.
 """
 from __future__ import annotations
 
@@ -212,7 +213,7 @@ def run_interleaved(contenders, train_data, mc, tc, budget_s: float, chunk: int)
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python bench/train_speed.py", description=__doc__.split("\n")[0])
     p.add_argument("--corpus", default="shakespeare", help="shakespeare (default), frankenstein, or a .txt path")
-    p.add_argument("--seconds", type=float, default=45.0, help="training wall time per contender (default 45)")
+    p.add_argument("--seconds", type=float, default=40.0, help="training wall time per contender (default 40)")
     p.add_argument("--chunk", type=int, default=10, help="steps per turn when interleaving (default 10)")
     p.add_argument("--eval-batches", type=int, default=40, help="fixed validation batches (default 40)")
     p.add_argument("--seed", type=int, default=1337)
@@ -237,13 +238,16 @@ def main(argv: list[str] | None = None) -> int:
 
     sample = get_batch(train_data, mc.block_size, tc.batch_size, torch.Generator().manual_seed(0))
     contenders = [make_ours("ours", mc, tc, args.seed, False, False, sample), make_ref(mc, args.ref_lr, args.seed)]
-    if not args.no_bf16 and torch.ops.mkldnn._is_mkldnn_bf16_supported():   # AVX512-BF16 / AMX
+    bf16 = not args.no_bf16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()   # AVX512-BF16 / AMX
+    if bf16:
         contenders.append(make_ours("ours+bf16", mc, tc, args.seed, False, True, sample))
     if not args.no_compile:
         try:
             contenders.append(make_ours("ours+compile", mc, tc, args.seed, True, False, sample))
+            if bf16:
+                contenders.append(make_ours("ours+compile+bf16", mc, tc, args.seed, True, True, sample))
         except Exception as e:  # noqa: BLE001 — a missing compiler must not cost the other rows
-            print(f"ours+compile skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}", file=sys.stderr)
+            print(f"compiled rows skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}", file=sys.stderr)
     tokens_per_iter = tc.batch_size * mc.block_size
     load0 = os.getloadavg()[0]
     print(f"cpu-small: {mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} wide, context {mc.block_size}, "
@@ -257,12 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     ref = next(c for c in contenders if c.name == "reference")
     ref_rate = ref.iters * tokens_per_iter / ref.seconds
     print(f"\ntrained {time.perf_counter() - t0:.0f} s in all; load average {load0:.1f} -> {os.getloadavg()[0]:.1f}")
-    print(f"| {'contender':<13} | {'params':>7} | {'steps':>6} | {'train s':>7} | {'tokens/s':>9} | "
+    print(f"| {'contender':<17} | {'params':>7} | {'steps':>6} | {'train s':>7} | {'tokens/s':>9} | "
           f"{'vs ref':>6} | {'val loss':>8} | {'compile s':>9} |")
-    print("|" + "-" * 15 + "|" + "|".join("-" * w + ":" for w in (8, 7, 8, 10, 7, 9, 10)) + "|")
+    print("|" + "-" * 19 + "|" + "|".join("-" * w + ":" for w in (8, 7, 8, 10, 7, 9, 10)) + "|")
     for c in contenders:
         rate = c.iters * tokens_per_iter / c.seconds
-        print(f"| {c.name:<13} | {count_params(c.raw) / 1e6:6.3f}M | {c.iters:>6} | {c.seconds:>7.1f} | "
+        print(f"| {c.name:<17} | {count_params(c.raw) / 1e6:6.3f}M | {c.iters:>6} | {c.seconds:>7.1f} | "
               f"{rate:>9,.0f} | {rate / ref_rate:>5.2f}x | {c.val_loss:>8.4f} | "
               f"{(f'{c.setup_s:.1f}' if c.setup_s else '-'):>9} |")
     print(f"\nval loss: mean over the same {len(val_batches)} validation batches, after equal training wall time; "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ SONNETS = ROOT / "tests" / "data" / "sonnets.txt"
 def load_bench():
     spec = importlib.util.spec_from_file_location("train_speed", ROOT / "bench" / "train_speed.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod          # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
