@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from training.cli import run_main  # noqa: E402
+from training.cli import UserError, run_main  # noqa: E402
 from training.config import resolve  # noqa: E402
 from training.data import get_batch, load_corpus, split_train_val  # noqa: E402
 from training.model import GPT, configure_optimizer, count_params  # noqa: E402
@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.seconds <= 0 or args.chunk < 1 or args.eval_batches < 1 or args.threads < 0:
+        raise UserError("--seconds must be > 0, --chunk and --eval-batches >= 1, --threads >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     model_fields, tc = resolve({}, "cpu-small")
