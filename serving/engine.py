@@ -83,6 +83,7 @@ class Engine:
         self.past: list[np.ndarray] = []      # 2 * n_layer arrays [B, H, P, D]
         self.mask = np.zeros((0, 0), np.int64)
         self.outbox: list[tuple[Request, Event]] = []
+        self.unfinished: set[Request] = set()   # submitted, no final event yet (for the drain)
         self.accepting = True
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="shelley-engine", daemon=True)
@@ -98,9 +99,11 @@ class Engine:
             raise InvalidRequest(f"prompt is {len(ids)} tokens; the limit is the context length, {self.context}")
         req = Request(ids, params)
         req.sink = sink
+        self.unfinished.add(req)
         try:
             self.queue.put_nowait(req)
         except queue.Full:
+            self.unfinished.discard(req)
             raise QueueFull(f"queue is full ({self.config.max_queue} waiting); retry later") from None
         if self.metrics:
             self.metrics.waiting.set(self.queue.qsize())
@@ -123,7 +126,7 @@ class Engine:
                 raise InvalidRequest(f"stop strings must be 1 to {MAX_STOP_CHARS} characters, got {len(s)}")
 
     def in_flight(self) -> int:
-        return len(self.rows) + self.queue.qsize()
+        return len(self.unfinished)
 
     def start(self) -> None:
         self._thread.start()
@@ -265,6 +268,7 @@ class Engine:
         if r.done:
             return
         r.done = True
+        self.unfinished.discard(r)
         self.outbox.append((r, Event(text, token_ids or [], reason, r.prompt_tokens, r.generated)))
 
     def _drop(self, idx: list[int], reason: str | None) -> None:
