@@ -56,9 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(args.prompt + r.text + "\n")
                 last = r
             else:
-                sys.stdout.write(args.prompt)
-                for last in stub.Generate(req, timeout=args.timeout):
-                    sys.stdout.write(last.text)
+                for i, last in enumerate(stub.Generate(req, timeout=args.timeout)):
+                    sys.stdout.write(last.text if i else args.prompt + last.text)
                     sys.stdout.flush()
                 sys.stdout.write("\n")
             print(f"[{last.finish_reason}; {last.usage.prompt_tokens} prompt + "
