@@ -22,12 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from tokenizers.decoders import DecodeStream
 
 from serving.artifact import Artifact
 from serving.errors import InvalidRequest, QueueFull, ShuttingDown
 from serving.runtime import Runtime
-from serving.sampling import SamplingParams, make_rng, sample, split_stop
+from serving.sampling import SamplingParams, TextStream, make_rng, sample, split_stop
 
 log = logging.getLogger("shelley.engine")
 MAX_STOP, MAX_STOP_CHARS = 8, 64
@@ -51,12 +50,12 @@ class Event:
 
 
 class Request:
-    def __init__(self, prompt_ids: list[int], params: SamplingParams):
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, tokenizer):
         self.prompt_tokens = len(prompt_ids)
         self.ids = list(prompt_ids)           # prompt + generated: the window re-prefills from it
         self.params = params
         self.rng = make_rng(params.seed)
-        self.decoder = DecodeStream(skip_special_tokens=False)
+        self.text = TextStream(tokenizer)
         self.held = ""                        # text that may be the start of a stop string
         self.generated = 0
         self.cached = 0                       # real tokens in this row's KV cache
@@ -97,7 +96,7 @@ class Engine:
         ids = self.tok.encode(prompt, add_special_tokens=False).ids if prompt else [self.eos]
         if len(ids) > self.context:
             raise InvalidRequest(f"prompt is {len(ids)} tokens; the limit is the context length, {self.context}")
-        req = Request(ids, params)
+        req = Request(ids, params, self.tok)
         req.sink = sink
         self.unfinished.add(req)
         try:
@@ -156,7 +155,8 @@ class Engine:
         except Exception:  # a bug here must not leave clients hanging forever
             log.exception("engine loop crashed")
             self.accepting = False
-        for r in self.rows + self._drain_queue():
+        self._drain_queue()
+        for r in list(self.unfinished):
             self._finish(r, "cancelled")
         self.rows = []
         self._flush()
@@ -253,8 +253,7 @@ class Engine:
             return True
         r.ids.append(tok)
         r.next_token = tok
-        piece = r.decoder.step(self.tok, tok) or ""   # None while a UTF-8 sequence is incomplete
-        text, r.held, hit = split_stop(r.held + piece, r.params.stop)
+        text, r.held, hit = split_stop(r.held + r.text.step(tok), r.params.stop)
         if hit:
             self._finish(r, "stop", text=text, token_ids=[tok])
             return True

@@ -70,3 +70,31 @@ def split_stop(text: str, stop: Sequence[str]) -> tuple[str, str, bool]:
         if any(s.startswith(tail) for s in stop):
             return text[:-k], tail, False
     return text, "", False
+
+
+class TextStream:
+    """Incremental detokenizer: text deltas that never end inside a UTF-8 sequence.
+
+    Decodes a short window of recent ids (the prefix gives the decoder its context) and
+    holds the text back while it ends in U+FFFD, i.e. while a byte-fallback or byte-level
+    sequence is incomplete; a byte that can never complete is sent as U+FFFD once a later
+    token arrives. (tokenizers' DecodeStream raises on such invalid sequences.)
+    """
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0    # ids[prefix:read] were already sent; they give the decoder context
+        self.read = 0
+
+    def step(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        sent = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=False)
+        text = self.tok.decode(self.ids[self.prefix:], skip_special_tokens=False)
+        if text.endswith("\ufffd") or len(text) <= len(sent):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        if len(self.ids) > 64:   # keep the window short; the offsets move with it
+            drop = self.prefix
+            self.ids, self.prefix, self.read = self.ids[drop:], 0, self.read - drop
+        return text[len(sent):]

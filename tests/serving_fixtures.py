@@ -1,8 +1,8 @@
-"""Test helpers for the serving tests: a tiny random GPT run dir and its artifact dir.
+"""Test helper for the serving tests: the artifact dir of conftest's `tiny_run`.
 
-The run dir follows training's layout; the artifact comes from `python -m export` when that
-package is present, else from a minimal stand-in exporter that writes the same contract
-(COMMON.md "Model artifact dir"). Tests may use torch; serving/ never does.
+The artifact comes from `python -m export` when that package is present, else from a
+minimal stand-in exporter that writes the same contract (COMMON.md "Model artifact dir").
+Tests may use torch; serving/ never does.
 """
 from __future__ import annotations
 
@@ -12,30 +12,9 @@ from pathlib import Path
 
 import torch
 
-from training.checkpoint import save_checkpoint
-from training.model import GPT, count_params
-from training.model_config import ModelConfig, window_keep
-from training.tokenizer import build_tokenizer, eos_id
-
-TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
-        "ROMEO:\nBut, soft! what light through yonder window breaks?\n") * 3
-
-
-def make_run(run: Path, block_size: int = 32, n_layer: int = 2, n_head: int = 2, n_embd: int = 32,
-             seed: int = 0) -> Path:
-    """A run dir with random weights; logits scaled up so greedy choices are clear-cut."""
-    run.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer("char", [TEXT])
-    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), block_size=block_size, n_layer=n_layer,
-                      n_head=n_head, n_embd=n_embd)
-    torch.manual_seed(seed)
-    model = GPT(cfg)
-    with torch.no_grad():
-        model.wte.weight.mul_(25.0)   # spread the logits: no near-ties between ORT and torch
-    save_checkpoint(run / "ckpt.pt", {"model_config": cfg.to_dict(), "train_config": {},
-                                      "model": model.state_dict(), "iter": 0, "best_val_loss": 0.0})
-    tok.save(str(run / "tokenizer.json"))
-    return run
+from training.model import count_params
+from training.model_config import window_keep
+from training.tokenizer import eos_id
 
 
 def make_artifact(run: Path, out: Path) -> Path:
@@ -101,10 +80,9 @@ def _standin_export(run: Path, out: Path) -> None:
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
-def cached_artifact(tmp_path_factory) -> tuple[Path, Path]:
-    """(run dir, artifact dir), built once per session even when several modules ask."""
-    base = tmp_path_factory.getbasetemp() / "serving-model"
-    run, art = base / "run", base / "art"
+def cached_artifact(tiny_run: Path, tmp_path_factory) -> Path:
+    """The artifact of conftest's `tiny_run`, exported once per session for every module."""
+    art = tmp_path_factory.getbasetemp() / "serving-artifact"
     if not (art / "manifest.json").is_file():
-        make_artifact(make_run(run), art)
-    return run, art
+        make_artifact(tiny_run, art)
+    return art

@@ -20,8 +20,8 @@ PROMPT = "ROMEO:\nBut, soft!"
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return cached_artifact(tmp_path_factory)
+def model(tiny_run, tmp_path_factory):
+    return tiny_run, cached_artifact(tiny_run, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_stream_deltas_never_split_utf8(live):
     word = "é€😀 ok"
     ids = live.server.artifact.tokenizer.encode(word, add_special_tokens=False).ids
     assert len(ids) > len(word)                           # multi-byte chars became byte tokens
-    r = Request([0], SamplingParams(max_tokens=100))
+    r = Request([0], SamplingParams(max_tokens=100), live.server.artifact.tokenizer)
     for t in ids:
         engine._accept(r, t)
     deltas = [ev.text for _, ev in engine.outbox]

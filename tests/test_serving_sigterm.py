@@ -16,8 +16,8 @@ from serving.proto import pb, pb_grpc
 from tests.serving_fixtures import cached_artifact
 
 
-def test_sigterm_drains_and_exits_zero(tmp_path_factory):
-    _, art = cached_artifact(tmp_path_factory)
+def test_sigterm_drains_and_exits_zero(tiny_run, tmp_path_factory):
+    art = cached_artifact(tiny_run, tmp_path_factory)
     proc = subprocess.Popen(
         [sys.executable, "-m", "serving", "--model", str(art), "--host", "127.0.0.1", "--port", "0",
          "--metrics-port", "-1", "--max-new-tokens", "20000", "--drain-seconds", "30"],
