@@ -79,7 +79,7 @@ class Engine:
         self.context, self.keep, self.eos = mc["context_length"], mc["window_keep"], mc["eos_token_id"]
         self.queue: queue.Queue[Request] = queue.Queue(maxsize=config.max_queue)
         self.rows: list[Request] = []
-        self.past: list[np.ndarray] = []      # 2 * n_layer arrays [B, H, P, D]
+        self.past: list = []                  # 2 * n_layer caches [B, H, P, D] (numpy or OrtValues)
         self.mask = np.zeros((0, 0), np.int64)
         self.outbox: list[tuple[Request, Event]] = []
         self.unfinished: set[Request] = set()   # submitted, no final event yet (for the drain)
@@ -286,13 +286,16 @@ class Engine:
             mask = self.mask[keep]
             first = int(mask.any(0).argmax())   # leading columns that are padding for every row
             self.mask = mask[:, first:]
-            self.past = [a[keep, :, first:] for a in self.past]
+            self.past = self.rt.to_device([np.ascontiguousarray(a[keep, :, first:])
+                                           for a in self.rt.to_host(self.past)])
         self._gauge()
 
     def _join(self, joiners: list) -> None:
         """Add prefilled rows to the batch, left-padding caches to a common length."""
         if not joiners:
             return
+        joiners = [(r, self.rt.to_host(past)) for r, past in joiners]
+        old_past = self.rt.to_host(self.past)
         b0 = len(self.rows)
         p0 = self.mask.shape[1]
         width = max([p0] + [past[0].shape[2] for _, past in joiners])
@@ -303,14 +306,14 @@ class Engine:
         for j, ref in enumerate(joiners[0][1]):
             a = np.zeros((total, ref.shape[1], width, ref.shape[3]), ref.dtype)
             if b0:
-                a[:b0, :, width - p0:] = self.past[j]
+                a[:b0, :, width - p0:] = old_past[j]
             for k, (_, past) in enumerate(joiners):
                 a[b0 + k, :, width - past[j].shape[2]:] = past[j][0]
             new_past.append(a)
         for k, (r, past) in enumerate(joiners):
             mask[b0 + k, width - past[0].shape[2]:] = 1
         self.rows = self.rows + [r for r, _ in joiners]
-        self.mask, self.past = mask, new_past
+        self.mask, self.past = mask, self.rt.to_device(new_past)
         self._gauge()
 
     def _gauge(self) -> None:

@@ -1,10 +1,14 @@
 """The ONNX Runtime session for the KV-cache graph: provider choice and one `run` call.
 
     rt = Runtime(artifact, device="auto", threads=0)
-    logits, present = rt.run(input_ids, attention_mask, position_ids, past)   # numpy in/out
+    logits, present = rt.run(input_ids, attention_mask, position_ids, past)
 
 Input and output names come from model_config.json (export defines them once). The CUDA
 provider is used only when a GPU is really usable; otherwise CPU, with one log line.
+On CUDA the KV cache stays on the GPU between steps (IO binding: `present` is a list of
+OrtValues fed back as the next `past`); only logits come back to the host. The engine
+calls `to_host` / `to_device` around its rare batch edits (joins, removals). On CPU,
+plain numpy in and out is as fast, so binding is off unless asked for (tests use it).
 """
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ def choose_providers(device: str) -> list[str]:
 
 
 class Runtime:
-    def __init__(self, artifact: Artifact, device: str = "auto", threads: int = 0):
+    def __init__(self, artifact: Artifact, device: str = "auto", threads: int = 0, bind: bool = False):
         mc = artifact.config
         self.n_layer, self.n_head, self.head_dim = mc["n_layer"], mc["n_head"], mc["head_dim"]
         providers = choose_providers(device)
@@ -71,6 +75,8 @@ class Runtime:
             raise UserError(f"{path} lacks inputs {', '.join(missing)}; re-run the export")
         self.dtype = np.float16 if inputs[self.past_names[0]].type == "tensor(float16)" else np.float32
         self.outputs = ["logits", *self.present_names]
+        self.bind = bind or self.provider == CUDA
+        self.device = "cuda" if self.provider == CUDA else "cpu"
         log.info("ONNX Runtime %s: %s on %s (%s)", ort.__version__, path.name, self.provider,
                  np.dtype(self.dtype).name)
 
@@ -80,7 +86,34 @@ class Runtime:
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
             past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        if self.bind:
+            return self._run_bound(input_ids, attention_mask, position_ids, past)
         feeds = dict(zip(self.past_names, past))
         feeds["input_ids"], feeds["attention_mask"], feeds["position_ids"] = input_ids, attention_mask, position_ids
         out = self.session.run(self.outputs, feeds)
         return out[0], out[1:]
+
+    def _run_bound(self, input_ids, attention_mask, position_ids, past):
+        io = self.session.io_binding()
+        io.bind_cpu_input("input_ids", input_ids)
+        io.bind_cpu_input("attention_mask", attention_mask)
+        io.bind_cpu_input("position_ids", position_ids)
+        for name, value in zip(self.past_names, past):
+            if isinstance(value, np.ndarray):   # a fresh prefill's empty cache, or after an edit
+                io.bind_cpu_input(name, value)
+            else:
+                io.bind_ortvalue_input(name, value)
+        io.bind_output("logits", "cpu")
+        for name in self.present_names:
+            io.bind_output(name, self.device)
+        self.session.run_with_iobinding(io)
+        out = io.get_outputs()
+        return out[0].numpy(), out[1:]
+
+    def to_host(self, past: list) -> list[np.ndarray]:
+        return [v if isinstance(v, np.ndarray) else v.numpy() for v in past]
+
+    def to_device(self, arrays: list[np.ndarray]) -> list:
+        if not self.bind:
+            return arrays
+        return [ort.OrtValue.ortvalue_from_numpy(a, self.device, 0) for a in arrays]

@@ -174,7 +174,7 @@ def test_queue_overflow_is_resource_exhausted(model):
         with pytest.raises(grpc.RpcError) as e:
             s.generate(prompt="hi", max_tokens=3)
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue" in e.value.details()
-        assert s.metric("shelley_requests_total", rpc="Generate", code="RESOURCE_EXHAUSTED") == 1
+        assert s.wait_for(lambda: s.metric("shelley_requests_total", rpc="Generate", code="RESOURCE_EXHAUSTED") == 1)
     finally:
         for c in calls:
             c.cancel()
@@ -232,3 +232,32 @@ def test_serving_never_imports_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        cwd=os.path.dirname(os.path.dirname(__file__)))
     assert r.returncode == 0, r.stderr
+
+
+def test_io_binding_path_gives_the_same_tokens(live):
+    """The CUDA path (KV cache kept as OrtValues between steps) run on the CPU provider."""
+    import threading as th
+
+    from serving.engine import Engine, EngineConfig
+    from serving.runtime import Runtime
+    from serving.sampling import SamplingParams
+
+    def run(runtime) -> list[list[int]]:
+        got, done = {}, th.Event()
+
+        def publish(batch):
+            for r, ev in batch:
+                got.setdefault(r, []).extend(ev.token_ids)
+                if ev.finish_reason and sum(x.done for x in reqs) == len(reqs):
+                    done.set()
+        engine = Engine(live.server.artifact, EngineConfig(max_batch=4), runtime, publish)
+        engine.warmup()
+        engine.start()
+        reqs = [engine.submit(PROMPT[: 4 + 3 * i], SamplingParams(max_tokens=30 + 7 * i, temperature=0.9,
+                                                                  seed=i, ignore_eos=True)) for i in range(6)]
+        assert done.wait(30)
+        engine.stop()
+        return [got[r] for r in reqs]
+
+    bound = Runtime(live.server.artifact, "cpu", bind=True)
+    assert bound.bind and run(bound) == run(live.server.runtime)
