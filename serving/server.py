@@ -97,10 +97,16 @@ class TextGeneration(pb_grpc.TextGenerationServicer):
         self.server, self.metrics = server, server.metrics
 
     async def _events(self, request: pb.GenerateRequest):
+        """The request's events; those already waiting are merged into one, so a client that
+        falls behind gets fewer, larger messages instead of a growing backlog."""
         req: Request = self.server.submit(request)
         try:
             while True:
                 ev: Event = await req.sink.get()
+                while not ev.finish_reason and not req.sink.empty():
+                    nxt = req.sink.get_nowait()
+                    ev = Event(ev.text + nxt.text, ev.token_ids + nxt.token_ids, nxt.finish_reason,
+                               nxt.prompt_tokens, nxt.completion_tokens)
                 yield ev
                 if ev.finish_reason:
                     return
