@@ -54,7 +54,7 @@ client: proto ## stream a completion from $(TARGET): make client PROMPT="ROMEO:"
 	$(PY) -m serving.client "$(PROMPT)" --target $(TARGET)
 
 demo: proto ## fresh clone -> train cpu-small -> export -> serve -> stream one completion -> stop
-	$(PY) -m serving.demo --run $(RUN) --art $(ART) --prompt "$(PROMPT)"
+	$(PY) -m serving.demo --run $(RUN) --art $(ART) --corpus $(CORPUS) --prompt "$(PROMPT)" --train-args "$(TRAIN_ARGS)"
 
 bench-load: proto ## load-test the server against HF generate (needs: pip install -e '.[bench]')
 	$(PY) -m bench.load

@@ -61,11 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", default="shakespeare")
     p.add_argument("--prompt", default="ROMEO:")
     p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--train-args", default="", help="extra training flags, e.g. '--max-iters 200'")
     args = p.parse_args(argv)
     py = sys.executable
     if not (Path(args.run) / "ckpt.pt").is_file():
         step("train", [py, "-m", "training.train", "--preset", args.preset, "--corpus", args.corpus,
-                       "--out", args.run])
+                       "--out", args.run, *args.train_args.split()])
     if not (Path(args.art) / "manifest.json").is_file():
         step("export", [py, "-m", "export", "--run", args.run, "--out", args.art])
     port, metrics_port = free_port(), free_port()
