@@ -7,8 +7,8 @@
     req.cancel()                                          # leaves the batch at the next step
 
 The active rows share one left-padded KV cache ([B, H, P, D] per layer) and attention mask
-([B, P]). A new request is prefilled alone and joins at a step boundary by padding its
-cache (or the batch's) on the left; finished or cancelled rows are dropped and columns that
+([B, P]). New requests are prefilled together (left-padded, up to PREFILL_BATCH per call)
+and join at a step boundary by padding their caches (or the batch's) on the left; finished or cancelled rows are dropped and columns that
 are padding for every row trimmed. A row whose cache reaches the context re-prefills its
 newest `window_keep` tokens (positions from 0), exactly like training/generate.py.
 """
@@ -30,6 +30,7 @@ from serving.sampling import SamplingParams, TextStream, make_rng, sample, split
 
 log = logging.getLogger("shelley.engine")
 MAX_STOP, MAX_STOP_CHARS = 8, 64
+PREFILL_BATCH = 8   # newcomers per step: one prefill call, so running rows wait one call at most
 
 
 @dataclass
@@ -177,37 +178,47 @@ class Engine:
                 incoming.append(self.queue.get(timeout=0.05))  # idle: sleep until work comes
             except queue.Empty:
                 return
-        while len(self.rows) + len(incoming) < self.config.max_batch:
+        while len(self.rows) + len(incoming) < self.config.max_batch and len(incoming) < PREFILL_BATCH:
             try:
                 incoming.append(self.queue.get_nowait())
             except queue.Empty:
                 break
         if self.metrics:
             self.metrics.waiting.set(self.queue.qsize())
-        joiners = []
         now = time.perf_counter()
+        live = []
         for r in incoming:
             if self.metrics:
                 self.metrics.queue_wait.observe(now - r.t_submit)
                 self.metrics.prompt_tokens.inc(r.prompt_tokens)
             if r.cancelled:
                 self._finish(r, "cancelled")
-                continue
-            joined = self._prefill(r, r.ids[-self.context:])
-            if joined:
-                joiners.append(joined)
-        self._join(joiners)
+            else:
+                live.append(r)
+        if live:
+            self._join(self._prefill(live, [r.ids[-self.context:] for r in live]))
         self._flush()  # first tokens go out now, not after the next decode step
 
-    def _prefill(self, r: Request, tokens: list[int]):
-        """Run `tokens` alone, sample the next token; returns (row, past) unless it finished."""
-        n = len(tokens)
-        logits, past = self.rt.run(np.asarray([tokens], np.int64), np.ones((1, n), np.int64),
-                                   np.arange(n, dtype=np.int64)[None], self.rt.empty_past(1))
-        r.cached = n
-        if self._accept(r, sample(logits[0, -1], r.params, r.rng)):
-            return None
-        return r, past
+    def _prefill(self, reqs: list[Request], prompts: list[list[int]]) -> list:
+        """Run the prompts as one left-padded batch and sample each row's next token.
+
+        Returns (request, its cache rows, its mask row) for the rows that go on decoding.
+        """
+        n, width = len(reqs), max(len(t) for t in prompts)
+        ids = np.full((n, width), self.eos, np.int64)
+        mask = np.zeros((n, width), np.int64)
+        for i, t in enumerate(prompts):
+            ids[i, width - len(t):] = t
+            mask[i, width - len(t):] = 1
+        pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+        logits, past = self.rt.run(ids, mask, pos, self.rt.empty_past(n))
+        past = self.rt.to_host(past)
+        joiners = []
+        for i, (r, t) in enumerate(zip(reqs, prompts)):
+            r.cached = len(t)
+            if not self._accept(r, sample(logits[i, -1], r.params, r.rng)):
+                joiners.append((r, [a[i] for a in past], mask[i]))
+        return joiners
 
     def _step(self) -> None:
         """One decode step for every active row."""
@@ -234,8 +245,8 @@ class Engine:
                 sliding.append(i)
         slid = [rows[i] for i in sliding]
         self._drop(leaving + sliding, None)
-        joiners = [j for j in (self._prefill(r, r.ids[-self.keep:]) for r in slid) if j]
-        self._join(joiners)
+        if slid:
+            self._join(self._prefill(slid, [r.ids[-self.keep:] for r in slid]))
 
     def _accept(self, r: Request, tok: int) -> bool:
         """Record a sampled token and queue its text; True when the request is finished."""
@@ -294,25 +305,23 @@ class Engine:
         """Add prefilled rows to the batch, left-padding caches to a common length."""
         if not joiners:
             return
-        joiners = [(r, self.rt.to_host(past)) for r, past in joiners]
         old_past = self.rt.to_host(self.past)
-        b0 = len(self.rows)
-        p0 = self.mask.shape[1]
-        width = max([p0] + [past[0].shape[2] for _, past in joiners])
+        b0, p0 = len(self.rows), self.mask.shape[1]
+        width = max([p0] + [m.shape[0] for _, _, m in joiners])
         total = b0 + len(joiners)
         mask = np.zeros((total, width), np.int64)
         mask[:b0, width - p0:] = self.mask
+        for k, (_, _, m) in enumerate(joiners):
+            mask[b0 + k, width - m.shape[0]:] = m
         new_past = []
         for j, ref in enumerate(joiners[0][1]):
-            a = np.zeros((total, ref.shape[1], width, ref.shape[3]), ref.dtype)
+            a = np.zeros((total, ref.shape[0], width, ref.shape[2]), ref.dtype)   # (B, H, P, D)
             if b0:
                 a[:b0, :, width - p0:] = old_past[j]
-            for k, (_, past) in enumerate(joiners):
-                a[b0 + k, :, width - past[j].shape[2]:] = past[j][0]
+            for k, (_, rows, _) in enumerate(joiners):
+                a[b0 + k, :, width - rows[j].shape[1]:] = rows[j]
             new_past.append(a)
-        for k, (r, past) in enumerate(joiners):
-            mask[b0 + k, width - past[0].shape[2]:] = 1
-        self.rows = self.rows + [r for r, _ in joiners]
+        self.rows = self.rows + [r for r, _, _ in joiners]
         self.mask, self.past = mask, self.rt.to_device(new_past)
         self._gauge()
 
