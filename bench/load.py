@@ -107,6 +107,12 @@ async def run_streams(target: str, n: int, seconds: float, prompt: str, new_toke
             "tok_s": tokens / wall, "errors": errors, "requests": len(ttft)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process (Linux /proc), to show where the cores went."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def hf_generate(vocab: int, batch: int, prompt_tokens: int, new_tokens: int, seconds: float) -> float:
     """Sustained tokens/s of transformers' GPT-2 `generate` (greedy, KV cache) at this shape,
     in-process: back-to-back calls for `seconds`, like the server's scenarios.
@@ -169,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         for n in [int(x) for x in args.streams.split(",")]:
+            server0, client0 = cpu_seconds(proc.pid), time.process_time()
             r = asyncio.run(run_streams(target, n, args.seconds, prompt, args.new_tokens))
+            r["server_cpu"] = (cpu_seconds(proc.pid) - server0) / args.seconds
+            r["client_cpu"] = (time.process_time() - client0) / args.seconds
             rows.append((f"shelley, {n} stream{'s' if n > 1 else ''}", r))
             print(f"{rows[-1][0]}: {r}", flush=True)
     finally:
@@ -182,14 +191,15 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{os.cpu_count()} CPUs; model {FRANKENSTEIN if not args.model else art}; "
           f"{args.prompt_tokens}-token prompts, {args.new_tokens} new tokens, {args.seconds:.0f} s per scenario\n")
-    print("| scenario | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | tokens/s | requests | errors | vs HF b1 | vs HF b16 |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| scenario | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | tokens/s | requests | errors "
+          "| server/client cores | vs HF b1 | vs HF b16 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in rows:
         ratios = " | ".join(f"{r['tok_s'] / hf[b]:.2f}x" if b in hf else "-" for b in (1, 16))
         print(f"| {name} | {r['ttft50']:.1f} | {r['ttft99']:.1f} | {r['itl50']:.2f} | {r['itl99']:.2f} | "
-              f"{r['tok_s']:.0f} | {r['requests']} | {r['errors']} | {ratios} |")
+              f"{r['tok_s']:.0f} | {r['requests']} | {r['errors']} | {r['server_cpu']:.2f}/{r['client_cpu']:.2f} | {ratios} |")
     for b, v in hf.items():
-        print(f"| HF transformers generate, batch {b} | | | | | {v:.0f} | | | | |")
+        print(f"| HF transformers generate, batch {b} | | | | | {v:.0f} | | | | | |")
     return 0
 
 

@@ -27,7 +27,7 @@ class ServeConfig:
     max_queue: int = 256
     max_new_tokens: int = 1024         # the largest max_tokens a request may ask for
     drain_seconds: float = 20.0        # SIGTERM grace for running streams
-    threads: int = 0                   # ORT intra-op threads; 0 = ORT's default
+    threads: int = 0                   # ORT intra-op threads; 0 = ORT's default (1 for a batch of one)
     log_level: str = "info"
 
     def __post_init__(self) -> None:

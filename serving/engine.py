@@ -7,10 +7,11 @@
     req.cancel()                                          # leaves the batch at the next step
 
 The active rows share one left-padded KV cache ([B, H, P, D] per layer) and attention mask
-([B, P]). New requests are prefilled together (left-padded, up to PREFILL_BATCH per call)
-and join at a step boundary by padding their caches (or the batch's) on the left; finished or cancelled rows are dropped and columns that
-are padding for every row trimmed. A row whose cache reaches the context re-prefills its
-newest `window_keep` tokens (positions from 0), exactly like training/generate.py.
+([B, P]). New requests are prefilled together (left-padded, up to PREFILL_BATCH per step)
+and join at a step boundary by padding their caches (or the batch's) on the left; finished
+or cancelled rows are dropped and columns that are padding for every row trimmed. A row
+whose cache reaches the context re-prefills its newest `window_keep` tokens (positions
+from 0), exactly like training/generate.py.
 """
 from __future__ import annotations
 
