@@ -261,3 +261,26 @@ def test_io_binding_path_gives_the_same_tokens(live):
 
     bound = Runtime(live.server.artifact, "cpu", bind=True)
     assert bound.bind and run(bound) == run(live.server.runtime)
+
+
+def test_config_flags_beat_env_which_beats_defaults():
+    from serving.config import parse_args
+
+    env = {"SHELLEY_MODEL": "art", "SHELLEY_MAX_BATCH": "8", "SHELLEY_DRAIN_SECONDS": "2.5"}
+    cfg = parse_args(["--max-batch", "4"], environ=env)
+    assert (cfg.model, cfg.max_batch, cfg.drain_seconds, cfg.port, cfg.metrics_port) == ("art", 4, 2.5, 50051, 9090)
+    for argv, env in ((["--model", "a", "--device", "tpu"], {}), ([], {}), (["--model", "a"], {"SHELLEY_PORT": "x"})):
+        with pytest.raises(UserError):
+            parse_args(argv, environ=env)
+
+
+def test_client_cli_streams_and_reports_refusals(live, capsys):
+    from serving import client
+
+    target = f"127.0.0.1:{live.port}"
+    assert client.main([PROMPT, "--target", target, "--max-tokens", "5", "--temperature", "0"]) == 0
+    text, _, _ = live.generate(prompt=PROMPT, max_tokens=5, temperature=0.0)
+    out = capsys.readouterr()
+    assert out.out == PROMPT + text + "\n" and "[length; " in out.err
+    with pytest.raises(UserError, match="INVALID_ARGUMENT: top_p"):
+        client.main(["hi", "--target", target, "--top-p", "2"])
