@@ -284,3 +284,11 @@ def test_client_cli_streams_and_reports_refusals(live, capsys):
     assert out.out == PROMPT + text + "\n" and "[length; " in out.err
     with pytest.raises(UserError, match="INVALID_ARGUMENT: top_p"):
         client.main(["hi", "--target", target, "--top-p", "2"])
+
+
+def test_healthcheck_probe_exit_status(live):
+    from serving import healthcheck
+
+    assert healthcheck.main(["--target", f"127.0.0.1:{live.port}"]) == 0
+    assert healthcheck.main(["--target", f"127.0.0.1:{live.port}", "--service", "shelley.v1.TextGeneration"]) == 0
+    assert healthcheck.main(["--target", f"127.0.0.1:{live.port}", "--service", "nope"]) == 1
