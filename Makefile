@@ -46,7 +46,7 @@ test: setup ## run the whole test suite (what CI runs)
 clean: ## remove runs, artifacts, generated stubs and caches (keeps .venv)
 	rm -rf runs artifacts .pytest_cache
 
-# --- deploy: images and Kubernetes manifests (see docs/DEPLOY.md) ---
+# --- deploy: images and Kubernetes manifests (see README.md, "Deploy") ---
 REGISTRY ?= registry.example.com/shelley
 TAG ?= 0.1.0
 OVERLAY ?= cpu
