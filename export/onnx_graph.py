@@ -22,7 +22,7 @@ import onnx
 import torch
 import torch.nn as nn
 
-from training.model import GPT
+from training.model import GPT, build_attention_mask
 
 MIN_OPSET, MAX_OPSET = 14, 20  # 14: Trilu/Softmax forms used; 20: the TorchScript exporter's limit
 PAST_KEY, PAST_VALUE = "past_key_values.{i}.key", "past_key_values.{i}.value"
@@ -40,17 +40,49 @@ def graph_names(n_layer: int) -> tuple[list[str], list[str]]:
 
 
 class OnnxGPT(nn.Module):
-    """Flat ONNX interface around GPT: (ids, mask, positions, *past) -> (logits, *present)."""
+    """Flat ONNX interface around GPT: (ids, mask, positions, *past) -> (logits, *present).
 
-    def __init__(self, model: GPT):
+    `lean=False` traces GPT.forward itself. `lean=True` (the default) runs the same modules
+    and weights but spells attention out for a graph that decodes ~2x faster in ONNX
+    Runtime: the additive mask is built once (not per layer), only q is scaled, and k^T
+    is left to MatMul (ORT fuses the transpose). The exporter's SDPA instead scales and
+    transposes the whole cached K in every layer at every step, and adds a NaN guard.
+    export.verify checks either against the PyTorch model.
+    """
+
+    def __init__(self, model: GPT, lean: bool = True):
         super().__init__()
-        self.model = model
+        self.model, self.lean = model, lean
 
     def forward(self, input_ids, attention_mask, position_ids, *past_flat):
         past = tuple((past_flat[2 * i], past_flat[2 * i + 1]) for i in range(len(past_flat) // 2))
-        logits, _, present = self.model(input_ids, past_kv=past, position_ids=position_ids,
-                                        attention_mask=attention_mask)
-        return (logits, *(t for kv in present for t in kv))
+        if not self.lean:
+            logits, _, present = self.model(input_ids, past_kv=past, position_ids=position_ids,
+                                            attention_mask=attention_mask)
+            return (logits, *(t for kv in present for t in kv))
+        m = self.model
+        allowed = build_attention_mask(attention_mask, input_ids.size(1))      # (B, 1, T, S)
+        # finfo.min rather than -inf: same softmax, and no NaN path for the graph to guard
+        bias = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+        x = m.wte(input_ids) + m.wpe(position_ids)                               # (B, T, C)
+        outputs = []
+        for block, (pk, pv) in zip(m.blocks, past):
+            a, k, v = self._attention(block.attn, block.ln_1(x), pk, pv, bias)
+            x = x + a
+            x = x + block.mlp(block.ln_2(x))
+            outputs += [k, v]
+        return (m.lm_head(m.ln_f(x)), *outputs)
+
+    @staticmethod
+    def _attention(attn, x, past_k, past_v, bias):
+        B, T, C = x.shape
+        q, k, v = attn.qkv(x).split(C, dim=2)
+        q = q.view(B, T, attn.n_head, attn.head_dim).transpose(1, 2)            # (B, nh, T, hs)
+        k = torch.cat([past_k, k.view(B, T, attn.n_head, attn.head_dim).transpose(1, 2)], dim=2)
+        v = torch.cat([past_v, v.view(B, T, attn.n_head, attn.head_dim).transpose(1, 2)], dim=2)
+        att = (q * attn.head_dim ** -0.5) @ k.transpose(-2, -1) + bias           # (B, nh, T, S)
+        y = torch.softmax(att, dim=-1) @ v                                       # (B, nh, T, hs)
+        return attn.proj(y.transpose(1, 2).reshape(B, T, C)), k, v
 
 
 def example_inputs(model: GPT, batch: int = 2, seq: int = 3, past: int = 2,

@@ -31,6 +31,9 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3  # warnings about unused initializers etc. are noise here
+    # Idle worker threads spin by default; on a shared, busy CPU that steals the cores the
+    # other thread needs.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 
