@@ -102,8 +102,9 @@ def to_ctranslate2(hf, out: Path, vocab_size: int):
 
 def export_artifact(model: GPT, art: Path):
     from export.artifact import write_model_config
-    from export.onnx_graph import export_onnx
-    export_onnx(model, art / "model.onnx")
+    from export.onnx_graph import export_onnx, fuse_for_ort
+    export_onnx(model, art / "model.onnx")  # what python -m export writes
+    fuse_for_ort(art / "model.onnx", model.config.n_head, model.config.n_embd)
     write_model_config(art, "bench", model.config, count_params(model), 0, 17, False)
 
 

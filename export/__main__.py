@@ -89,7 +89,7 @@ def export_run(cfg: ExportConfig) -> dict:
     from training.model import count_params
     from training.tokenizer import eos_id
 
-    from export.onnx_graph import convert_fp16, export_onnx
+    from export.onnx_graph import convert_fp16, export_onnx, fuse_for_ort
 
     if not MIN_OPSET <= cfg.opset <= MAX_OPSET:
         raise UserError(f"--opset {cfg.opset} is not supported: the exporter writes opsets "
@@ -102,6 +102,7 @@ def export_run(cfg: ExportConfig) -> dict:
     try:
         torch.manual_seed(0)  # the tracing inputs are random; keep exports reproducible
         export_onnx(model, tmp, cfg.opset)
+        fuse_for_ort(tmp, config.n_head, config.n_embd)
         check_runnable(tmp, cfg.opset)
         os.replace(tmp, out / FP32_NAME)
         if cfg.dtype == "fp16":

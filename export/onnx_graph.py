@@ -15,6 +15,7 @@ exporter was tried too (see the export note in the report / README); it needs th
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import torch.nn as nn
 
 from training.model import GPT, build_attention_mask
 
+ATTENTION_KINDS = ("ort", "onnx", "model")
 MIN_OPSET, MAX_OPSET = 14, 20  # 14: Trilu/Softmax forms used; 20: the TorchScript exporter's limit
 PAST_KEY, PAST_VALUE = "past_key_values.{i}.key", "past_key_values.{i}.value"
 PRESENT_KEY, PRESENT_VALUE = "present.{i}.key", "present.{i}.value"
@@ -39,50 +41,81 @@ def graph_names(n_layer: int) -> tuple[list[str], list[str]]:
     return inputs, outputs
 
 
+class _MultiHeadAttention(torch.autograd.Function):
+    """Attention with a KV cache; exported as ONNX Runtime's com.microsoft MultiHeadAttention.
+
+    One fused node per layer instead of ~25 (reshapes, transposes, concat, matmuls,
+    softmax): on a model this small the per-node overhead is most of a decode step.
+    Its inputs and outputs use the cache layout of our graph ([B, H, P, D]).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, past_k, past_v, bias, n_head: int):
+        B, T, C = q.shape
+        D = C // n_head
+        q = q.view(B, T, n_head, D).transpose(1, 2)                              # (B, nh, T, hs)
+        k = torch.cat([past_k, k.view(B, T, n_head, D).transpose(1, 2)], dim=2)  # (B, nh, S, hs)
+        v = torch.cat([past_v, v.view(B, T, n_head, D).transpose(1, 2)], dim=2)
+        att = (q * D ** -0.5) @ k.transpose(-2, -1) + bias                       # (B, nh, T, S)
+        y = torch.softmax(att, dim=-1) @ v
+        return y.transpose(1, 2).reshape(B, T, C), k, v
+
+    @staticmethod
+    def symbolic(g, q, k, v, past_k, past_v, bias, n_head: int):
+        def absent():
+            node = g.op("prim::Constant")
+            node.setType(torch._C.OptionalType.ofTensor())
+            return node
+        # inputs: query, key, value, (qkv bias), (key_padding_mask), attention_bias, past k, v
+        y, k_all, v_all = g.op("com.microsoft::MultiHeadAttention", q, k, v, absent(), absent(),
+                               bias, past_k, past_v, num_heads_i=n_head, outputs=3)
+        y.setType(q.type())
+        k_all.setType(past_k.type())
+        v_all.setType(past_v.type())
+        return y, k_all, v_all
+
+
 class OnnxGPT(nn.Module):
     """Flat ONNX interface around GPT: (ids, mask, positions, *past) -> (logits, *present).
 
-    `lean=False` traces GPT.forward itself. `lean=True` (the default) runs the same modules
-    and weights but spells attention out for a graph that decodes ~2x faster in ONNX
-    Runtime: the additive mask is built once (not per layer), only q is scaled, and k^T
-    is left to MatMul (ORT fuses the transpose). The exporter's SDPA instead scales and
-    transposes the whole cached K in every layer at every step, and adds a NaN guard.
-    export.verify checks either against the PyTorch model.
+    Same modules and weights as GPT.forward; `attention` picks how attention is spelled:
+    - "ort" (default): ONNX Runtime's fused MultiHeadAttention (com.microsoft domain).
+    - "onnx": standard ONNX ops only; the additive mask built once, only q scaled, k^T
+      left to MatMul. ~2x faster than tracing SDPA, which scales and transposes the whole
+      cached K in every layer at every step and adds a NaN guard.
+    - "model": GPT.forward as it is (SDPA).
+    Every mode always passes attention_mask and position_ids (left padding works), and
+    export.verify checks the result against the PyTorch model.
     """
 
-    def __init__(self, model: GPT, lean: bool = True):
+    def __init__(self, model: GPT, attention: str = "ort"):
         super().__init__()
-        self.model, self.lean = model, lean
+        assert attention in ATTENTION_KINDS, attention
+        self.model, self.attention = model, attention
 
     def forward(self, input_ids, attention_mask, position_ids, *past_flat):
         past = tuple((past_flat[2 * i], past_flat[2 * i + 1]) for i in range(len(past_flat) // 2))
-        if not self.lean:
-            logits, _, present = self.model(input_ids, past_kv=past, position_ids=position_ids,
-                                            attention_mask=attention_mask)
-            return (logits, *(t for kv in present for t in kv))
         m = self.model
+        if self.attention == "model":
+            logits, _, present = m(input_ids, past_kv=past, position_ids=position_ids,
+                                   attention_mask=attention_mask)
+            return (logits, *(t for kv in present for t in kv))
         allowed = build_attention_mask(attention_mask, input_ids.size(1))      # (B, 1, T, S)
         # finfo.min rather than -inf: same softmax, and no NaN path for the graph to guard
         bias = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
         x = m.wte(input_ids) + m.wpe(position_ids)                               # (B, T, C)
         outputs = []
         for block, (pk, pv) in zip(m.blocks, past):
-            a, k, v = self._attention(block.attn, block.ln_1(x), pk, pv, bias)
-            x = x + a
+            attn = block.attn
+            q, k, v = attn.qkv(block.ln_1(x)).split(x.size(-1), dim=2)
+            if self.attention == "ort":
+                y, k, v = _MultiHeadAttention.apply(q, k, v, pk, pv, bias, attn.n_head)
+            else:
+                y, k, v = _MultiHeadAttention.forward(None, q, k, v, pk, pv, bias, attn.n_head)
+            x = x + attn.proj(y)
             x = x + block.mlp(block.ln_2(x))
             outputs += [k, v]
         return (m.lm_head(m.ln_f(x)), *outputs)
-
-    @staticmethod
-    def _attention(attn, x, past_k, past_v, bias):
-        B, T, C = x.shape
-        q, k, v = attn.qkv(x).split(C, dim=2)
-        q = q.view(B, T, attn.n_head, attn.head_dim).transpose(1, 2)            # (B, nh, T, hs)
-        k = torch.cat([past_k, k.view(B, T, attn.n_head, attn.head_dim).transpose(1, 2)], dim=2)
-        v = torch.cat([past_v, v.view(B, T, attn.n_head, attn.head_dim).transpose(1, 2)], dim=2)
-        att = (q * attn.head_dim ** -0.5) @ k.transpose(-2, -1) + bias           # (B, nh, T, S)
-        y = torch.softmax(att, dim=-1) @ v                                       # (B, nh, T, hs)
-        return attn.proj(y.transpose(1, 2).reshape(B, T, C)), k, v
 
 
 def example_inputs(model: GPT, batch: int = 2, seq: int = 3, past: int = 2,
@@ -111,9 +144,9 @@ def dynamic_axes(n_layer: int) -> dict[str, dict[int, str]]:
     return axes
 
 
-def export_onnx(model: GPT, path: str | Path, opset: int = 17) -> None:
+def export_onnx(model: GPT, path: str | Path, opset: int = 17, attention: str = "ort") -> None:
     """Trace `model` (eval mode, CPU, fp32) into `path`."""
-    wrapper = OnnxGPT(model).eval()
+    wrapper = OnnxGPT(model, attention).eval()
     inputs, outputs = graph_names(model.config.n_layer)
     with torch.no_grad(), warnings.catch_warnings():
         # The tracer warns about Python ints taken from shapes; the dynamic axes below
@@ -122,7 +155,26 @@ def export_onnx(model: GPT, path: str | Path, opset: int = 17) -> None:
         torch.onnx.export(
             wrapper, example_inputs(model), str(path), dynamo=False,
             opset_version=opset, input_names=inputs, output_names=outputs,
-            dynamic_axes=dynamic_axes(model.config.n_layer), do_constant_folding=True)
+            dynamic_axes=dynamic_axes(model.config.n_layer), do_constant_folding=True,
+            custom_opsets={"com.microsoft": 1})
+
+
+def fuse_for_ort(path: str | Path, n_head: int, n_embd: int) -> dict[str, int]:
+    """Rewrite `path` with ONNX Runtime's transformer fusions; returns what was fused.
+
+    Add + LayerNorm -> SkipLayerNormalization and the tanh-GELU pattern -> FastGelu (both
+    com.microsoft): ~40 fewer nodes, ~15% faster decode at batch 1. Names, shapes and
+    numerics (within 1e-6) stay; export.verify checks it.
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+    logging.disable(logging.WARNING)  # its shape inference warns on every dynamic slice
+    try:
+        opt = optimize_model(str(path), model_type="gpt2", num_heads=n_head, hidden_size=n_embd,
+                             opt_level=0, use_gpu=False)
+    finally:
+        logging.disable(logging.NOTSET)
+    opt.save_model_to_file(str(path))
+    return {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
 
 
 def convert_fp16(src: str | Path, dst: str | Path) -> None:
