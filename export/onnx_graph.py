@@ -1,17 +1,21 @@
 """The ONNX graph: one KV-cache graph for prefill (past length 0) and one-token decode.
 
     names = graph_names(config.n_layer)                 # input/output names, in order
-    export_onnx(model, path, opset=17)                  # the fp32 file
+    export_onnx(model, path, opset=17)                  # trace (attention="ort" by default)
+    fuse_for_ort(path, n_head, n_embd)                  # ORT's transformer fusions, in place
     convert_fp16(path, fp16_path)                       # the same graph in fp16 (for CUDA)
 
 `OnnxGPT` wraps `training.model.GPT` so the traced graph has the flat interface of
 DESIGN.md ("ONNX graph with KV cache"): it always passes `attention_mask` and
-`position_ids` (so the graph always takes the masked path and left padding works) and
-maps the flat `past_key_values.{i}.key/.value` inputs to the model's per-layer (k, v).
+`position_ids` (so left padding works) and maps the flat `past_key_values.{i}.key/.value`
+inputs to the model's per-layer (k, v).
 
 Exporter: the TorchScript-based `torch.onnx.export(..., dynamo=False)`. The dynamo
-exporter was tried too (see the export note in the report / README); it needs the extra
-`onnxscript` package and specialised the symbolic past length, so the old one it is.
+exporter (torch 2.13 + onnxscript) fails in torch.export on `build_attention_mask`'s slice
+(an unbacked size, GuardOnDataDependentSymNode) unless the wrapper adds torch._check
+hints; with them it works, but it needs the extra onnxscript package and would need an
+onnxscript translation for the fused attention op that the TorchScript exporter gets from
+a 10-line `symbolic`. So the TorchScript exporter it is.
 """
 from __future__ import annotations
 

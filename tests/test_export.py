@@ -162,3 +162,20 @@ def test_opset_ort_cannot_run(art, tmp_path):
     onnx.save(model, str(tmp_path / "m.onnx"))
     with pytest.raises(UserError, match="opset 99"):
         check_runnable(tmp_path / "m.onnx", 99)
+
+
+@pytest.mark.parametrize("attention", ["ort", "onnx", "model"])
+def test_attention_variants_match_pytorch(random_run, tmp_path, attention):
+    from training.checkpoint import load_run
+
+    from export.onnx_graph import OnnxGPT, example_inputs, export_onnx
+    model = load_run(random_run)[0]
+    export_onnx(model, tmp_path / "m.onnx", attention=attention)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    inputs = example_inputs(model, batch=3, seq=4, past=5)
+    inputs[1][0, :3] = 0  # left padding in the first row
+    got = sess.run(None, {i.name: t.numpy() for i, t in zip(sess.get_inputs(), inputs)})
+    with torch.no_grad():
+        want = OnnxGPT(model, attention="model")(*inputs)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.numpy(), atol=1e-5)
