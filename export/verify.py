@@ -130,11 +130,17 @@ def check_padding(ort_gpt: OrtGPT, pt: TorchSteps, vocab: int, pad_id: int) -> C
     return Check(f"left-padded batch {lengths} + {steps} steps vs alone", worst, FP32_TOL)
 
 
-def check_fp16(art: Path, pt: TorchSteps, vocab: int) -> Check:
+def check_fp16(art: Path, pt: TorchSteps, vocab: int, pad_id: int) -> Check:
+    """The fp16 file on the CPU: a left-padded batch of two prompts against PyTorch fp32."""
     ort16 = OrtGPT(art, model_file=json.loads((art / CONFIG_NAME).read_text())["onnx"]["fp16"])
-    ids = prompt(max(1, pt.block // 2), vocab, seed=3)
-    d = np.abs(ort16.prefill(ids)[0].astype(np.float32) - pt.prefill(ids)[0]).max()
-    return Check("fp16 file loads on CPU, prefill", float(d), FP16_TOL)
+    n = max(2, pt.block // 2)
+    ids = np.concatenate([prompt(n, vocab, seed=3), prompt(n, vocab, seed=4)])
+    ids[1, : n // 2] = pad_id
+    mask = (np.arange(n)[None] >= np.array([[0], [n // 2]])).astype(np.int64)
+    got = ort16.prefill(ids, mask)[0].astype(np.float32)
+    d = max(np.abs(got[0] - pt.prefill(ids[:1])[0][0]).max(),
+            np.abs(got[1, n // 2:] - pt.prefill(ids[1:, n // 2:])[0][0]).max())
+    return Check("fp16 file on CPU, padded prefill", float(d), FP16_TOL)
 
 
 def verify(art: Path, run: Path) -> list[Check]:
@@ -156,7 +162,7 @@ def verify(art: Path, run: Path) -> list[Check]:
     checks.append(check_greedy(ort_gpt, model, vocab))
     checks.append(check_padding(ort_gpt, pt, vocab, meta["pad_token_id"]))
     if meta["onnx"]["fp16"]:
-        checks.append(check_fp16(art, pt, vocab))
+        checks.append(check_fp16(art, pt, vocab, meta["pad_token_id"]))
     return checks
 
 

@@ -105,7 +105,7 @@ def test_parity_with_pytorch(art, tiny_run, capsys):
     checks = verify(art, tiny_run)
     names = " | ".join(c.name for c in checks)
     for part in ("prefill, prompt of 1", "prefill, prompt of 32", "decode, 50 steps",
-                 "greedy tokens, 200 steps", "left-padded batch", "fp16"):
+                 "greedy tokens, 200 steps", "left-padded batch", "fp16 file"):
         assert part in names
     assert all(c.ok for c in checks), [(c.name, c.value) for c in checks if not c.ok]
     assert verify_main([str(art), "--run", str(tiny_run)]) == 0
