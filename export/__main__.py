@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,18 @@ def check_runnable(path: Path, opset: int) -> None:
                         f"({str(e).splitlines()[0][:200]}); try --opset 17") from None
 
 
+def read_summary(path: Path) -> dict:
+    """The run's summary.json for the manifest; {} (and a warning) if missing or unreadable."""
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        print(f"warning: {path} is unreadable ({e}); manifest.json gets no training summary",
+              file=sys.stderr)
+        return {}
+
+
 def export_run(cfg: ExportConfig) -> dict:
     """Write the artifact dir; returns the manifest."""
     import torch
@@ -118,8 +131,7 @@ def export_run(cfg: ExportConfig) -> dict:
         raise UserError(f"{run / TOKENIZER_NAME} has no <|endoftext|> token; retrain with this version")
     write_model_config(out, run.resolve().name, config, count_params(model), eos, cfg.opset,
                        cfg.dtype == "fp16")
-    summary = run / "summary.json"
-    training = json.loads(summary.read_text()) if summary.is_file() else {}
+    training = read_summary(run / "summary.json")
     return write_manifest(out, training)
 
 
