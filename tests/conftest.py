@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+# Tiny models gain nothing from intra-op threads, and on a 2-core machine the test's
+# servers, trainers and clients would fight over them. Set before anything imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 DATA = Path(__file__).parent / "data"
 SONNETS = DATA / "sonnets.txt"
 

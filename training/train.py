@@ -31,7 +31,7 @@ from training.data import get_batch, load_corpus, split_train_val
 from training.generate import generate
 from training.model import build_model, configure_optimizer, count_params
 from training.model_config import ModelConfig
-from training.tokenizer import build_tokenizer, decode, encode_documents, eos_id
+from training.tokenizer import build_tokenizer, decode, encode, encode_documents
 
 
 def pick_device(requested: str) -> torch.device:
@@ -213,11 +213,12 @@ def train(tc: TrainConfig, mc: ModelConfig, tok, train_data, val_data, chars_per
                              "model": raw.state_dict(), "optimizer": optimizer.state_dict(),
                              "iter": it, "best_val_loss": best_val, "stale_evals": stale,
                              "elapsed_s": elapsed, "rng": rng_state(gen)}
+                    # metrics first: a kill before last.pt is written repeats this evaluation
+                    rows = run_files.append_metrics(out, row, upto_iter=it)
+                    run_files.plot_losses(out, rows, f"{mc.model} {params / 1e6:.2f}M on {tc.corpus}")
                     if improved:
                         save_checkpoint(out / CKPT_NAME, state)
                     save_checkpoint(out / LAST_NAME, state)
-                    rows = run_files.append_metrics(out, row, upto_iter=it)
-                    run_files.plot_losses(out, rows, f"{mc.model} {params / 1e6:.2f}M on {tc.corpus}")
                     bar.write(f"iter {it}: train {train_loss:.4f}  val {val_loss:.4f}  "
                               f"bpc {row['val_bpc']:.3f}{'  (best)' if improved else ''}\n"
                               f"  sample: {row['sample'][:200]!r}")
@@ -259,11 +260,12 @@ def train(tc: TrainConfig, mc: ModelConfig, tok, train_data, val_data, chars_per
 
 
 def sample_text(model, tok, tc: TrainConfig) -> str:
-    """A short sample from the start of a document, to watch the model learn."""
+    """A short sample, to watch the model learn."""
     if not tc.sample_tokens:
         return ""
     model.eval()
-    ids = list(generate(model, [eos_id(tok)], tc.sample_tokens, temperature=0.8, seed=tc.seed))
+    # from a newline, not EOS: the corpus has a few dozen EOS tokens but many thousand lines
+    ids = list(generate(model, encode(tok, "\n"), tc.sample_tokens, temperature=0.8, seed=tc.seed))
     model.train()
     return decode(tok, ids)
 
