@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -216,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             same = float((outs[name] == outs[ref]).mean())
             print(f"| {B:>5} | {name:<30} | {B * n / times[name]:>9,.0f} | {times[name] / times[ref]:>7.2f}x "
                   f"| {B * n / cpu[name]:>11,.0f} | {cpu[name] / cpu[ref]:>7.2f}x | {same:>6.0%} |", flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
