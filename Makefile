@@ -16,6 +16,8 @@ PROMPT ?= ROMEO:
 TARGET ?= localhost:50051
 EXTRAS ?= train,export,serve,dev
 PYTEST_ARGS ?=
+DTYPE ?= fp32
+FORCE ?=
 
 .PHONY: help setup proto train sample export verify serve client demo test test-all bench explain clean
 
@@ -39,6 +41,12 @@ endif
 
 sample: setup ## sample from $(RUN): make sample PROMPT="ROMEO:" (empty PROMPT = interactive)
 	$(PY) -m training.sample --run $(RUN) $(if $(PROMPT),--prompt "$(PROMPT)")
+
+export: setup ## export $(RUN) to the artifact dir $(ART) (DTYPE=fp16 adds model.fp16.onnx; FORCE=1 overwrites)
+	$(PY) -m export --run $(RUN) --out $(ART) --dtype $(DTYPE) $(if $(FORCE),--force)
+
+verify: setup ## parity report: ONNX Runtime on $(ART) against PyTorch on $(RUN)
+	$(PY) -m export.verify $(ART) --run $(RUN)
 
 test: setup ## run the whole test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
