@@ -16,6 +16,8 @@ PROMPT ?= ROMEO:
 TARGET ?= localhost:50051
 EXTRAS ?= train,export,serve,dev
 PYTEST_ARGS ?=
+DTYPE ?= fp32
+FORCE ?=
 
 .PHONY: help setup proto train sample export verify serve client demo test test-all bench bench-load explain clean
 
@@ -39,6 +41,12 @@ endif
 
 sample: setup ## sample from $(RUN): make sample PROMPT="ROMEO:" (empty PROMPT = interactive)
 	$(PY) -m training.sample --run $(RUN) $(if $(PROMPT),--prompt "$(PROMPT)")
+
+export: setup ## export $(RUN) to the artifact dir $(ART) (DTYPE=fp16 adds model.fp16.onnx; FORCE=1 overwrites)
+	$(PY) -m export --run $(RUN) --out $(ART) --dtype $(DTYPE) $(if $(FORCE),--force)
+
+verify: setup ## parity report: ONNX Runtime on $(ART) against PyTorch on $(RUN)
+	$(PY) -m export.verify $(ART) --run $(RUN)
 
 STUBS := serving/_gen/shelley/v1/shelley_pb2_grpc.py
 $(STUBS): proto/shelley/v1/shelley.proto $(VENV)/.installed-$(EXTRAS)
@@ -65,7 +73,7 @@ test: setup proto ## run the whole test suite (what CI runs)
 clean: ## remove runs, artifacts, generated stubs and caches (keeps .venv)
 	rm -rf runs artifacts .pytest_cache serving/_gen
 
-# --- deploy: images and Kubernetes manifests (see docs/DEPLOY.md) ---
+# --- deploy: images and Kubernetes manifests (see README.md, "Deploy") ---
 REGISTRY ?= registry.example.com/shelley
 TAG ?= 0.1.0
 OVERLAY ?= cpu

@@ -38,7 +38,7 @@ def random_artifact(out: Path) -> Path:
     from training.model_config import ModelConfig
     from training.tokenizer import build_tokenizer
 
-    from tests.serving_fixtures import make_artifact  # python -m export once it is on main
+    from tests.serving_fixtures import make_artifact
 
     run = out / "run"
     run.mkdir(parents=True)
