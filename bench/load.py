@@ -38,7 +38,7 @@ def random_artifact(out: Path) -> Path:
     from training.model_config import ModelConfig
     from training.tokenizer import build_tokenizer
 
-    from tests.serving_fixtures import make_artifact
+    from export.__main__ import main as export_main
 
     run = out / "run"
     run.mkdir(parents=True)
@@ -48,7 +48,8 @@ def random_artifact(out: Path) -> Path:
     save_checkpoint(run / "ckpt.pt", {"model_config": cfg.to_dict(), "train_config": {},
                                       "model": GPT(cfg).state_dict(), "iter": 0, "best_val_loss": 0.0})
     tok.save(str(run / "tokenizer.json"))
-    return make_artifact(run, out / "art")
+    assert export_main(["--run", str(run), "--out", str(out / "art")]) == 0
+    return out / "art"
 
 
 def start_server(art: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
