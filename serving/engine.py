@@ -214,11 +214,17 @@ class Engine:
         pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
         logits, past = self.rt.run(ids, mask, pos, self.rt.empty_past(n))
         past = self.rt.to_host(past)
-        joiners = []
+        joiners, full = [], []
         for i, (r, t) in enumerate(zip(reqs, prompts)):
             r.cached = len(t)
-            if not self._accept(r, sample(logits[i, -1], r.params, r.rng)):
+            if self._accept(r, sample(logits[i, -1], r.params, r.rng)):
+                continue
+            if r.cached >= self.context:   # a prompt as long as the context: slide at once
+                full.append(r)
+            else:
                 joiners.append((r, [a[i] for a in past], mask[i]))
+        if full:
+            joiners += self._prefill(full, [r.ids[-self.keep:] for r in full])
         return joiners
 
     def _step(self) -> None:

@@ -31,20 +31,23 @@ def live(model):
     s.close()
 
 
-def test_stream_equals_offline_greedy_past_the_context(live, model):
-    """80 tokens with a 32-token context: the window slides several times."""
+@pytest.mark.parametrize("prompt", [PROMPT, "From fairest creatures we desire increase,"[:32]])
+def test_stream_equals_offline_greedy_past_the_context(live, model, prompt):
+    """80 tokens with a 32-token context: the window slides several times (at once for a
+    prompt that fills the context)."""
     from training.checkpoint import load_run
     from training.generate import generate
     from training.tokenizer import decode, encode, eos_id
 
     torch_model, _, tok = load_run(model[0])
-    prompt_ids = encode(tok, PROMPT)
+    prompt_ids = encode(tok, prompt)
     want = list(generate(torch_model, prompt_ids, 80, temperature=0.0, stop_ids=[eos_id(tok)]))
-    text, ids, last = live.generate(prompt=PROMPT, max_tokens=80, temperature=0.0)
+    text, ids, last = live.generate(prompt=prompt, max_tokens=80, temperature=0.0)
     assert ids == [t for t in want if t != eos_id(tok)]
     assert text == decode(tok, ids)
     assert last.finish_reason == ("stop" if want[-1] == eos_id(tok) else "length")
     assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (len(prompt_ids), len(want))
+    assert len(prompt_ids) + len(want) > 2 * 32
 
 
 def _seeded(i: int) -> dict:
