@@ -306,7 +306,6 @@ class Engine:
             self.mask = mask[:, first:]
             self.past = self.rt.to_device([np.ascontiguousarray(a[keep, :, first:])
                                            for a in self.rt.to_host(self.past)])
-        self._gauge()
 
     def _join(self, joiners: list) -> None:
         """Add prefilled rows to the batch, left-padding caches to a common length."""
@@ -330,13 +329,12 @@ class Engine:
             new_past.append(a)
         self.rows = self.rows + [r for r, _, _ in joiners]
         self.mask, self.past = mask, self.rt.to_device(new_past)
-        self._gauge()
-
-    def _gauge(self) -> None:
-        if self.metrics:
-            self.metrics.running.set(len(self.rows))
 
     def _flush(self) -> None:
+        # Set here, between steps, not in _drop/_join: a row re-prefilling its window is
+        # briefly out of the batch but still running.
+        if self.metrics:
+            self.metrics.running.set(len(self.rows))
         if self.outbox:
             batch, self.outbox = self.outbox, []
             self.publish(batch)
