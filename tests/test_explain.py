@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from training.checkpoint import load_run, save_checkpoint
+from training.cli import run_main
 from training.explain import introspect as ins
 from training.explain.__main__ import main
 from training.model import build_model
@@ -58,7 +59,7 @@ def report(random_run, tmp_path_factory) -> Path:
     bigram = make_run(tmp_path_factory.mktemp("explain") / "bigram", model="bigram")
     out = tmp_path_factory.mktemp("explain") / "report"
     assert main(["--run", str(random_run), "--prompt", "ROMEO:\nBut soft", "--out", str(out),
-                 "--max-new-tokens", "6", "--bigram-run", str(bigram)]) == 0
+                 "--max-new-tokens", "5", "--bigram-run", str(bigram)]) == 0
     return out / "index.html"
 
 
@@ -151,14 +152,23 @@ def test_text_prints_the_table(random_run, capsys):
     (["--prompt", "", "--text"], "--prompt is empty"),
     (["--prompt", "hi"], "--out DIR is required"),
     (["--prompt", "hi", "--text", "--temperature", "-1"], "--temperature"),
+    (["--prompt", "hi", "--text", "--bigram-run", "/nonexistent/bigram"], "--bigram-run"),
 ])
-def test_bad_input_exits_2_with_one_line(random_run, args, message):
+def test_bad_input_exits_2_with_one_line(random_run, args, message, capsys):
     if "--run" not in args:
         args = ["--run", str(random_run)] + args
-    proc = subprocess.run([sys.executable, "-m", "training.explain", *args],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    with pytest.raises(SystemExit) as exit_:
+        run_main(main, args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+
+
+def test_command_line_runs_as_a_module(random_run):
+    proc = subprocess.run([sys.executable, "-m", "training.explain", "--run", str(random_run),
+                           "--prompt", ""], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --prompt is empty")
+    assert proc.stderr.count("\n") == 1
 
 
 @pytest.mark.slow

@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--top-k must be >= 0 (0 = no limit), got {args.top_k}")
     if not args.text and not args.out:
         raise UserError("--out DIR is required to write the report (or pass --text for a table)")
+    if not Path(args.run).is_dir():
+        raise UserError(f"run dir {args.run} does not exist; train first (make train) or fix --run")
     if args.bigram_run and not Path(args.bigram_run).is_dir():
         raise UserError(f"--bigram-run {args.bigram_run} does not exist; train one with --model bigram")
     # torch is imported only now, so a usage mistake is reported without the start-up wait

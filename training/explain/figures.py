@@ -22,7 +22,7 @@ ACCENT, MUTED, PROMPT_INK, NEW_INK = "#e8590c", "#8ca0b3", "#1f2d3d", "#c2410c"
 HEAT = "viridis"      # perceptually uniform, readable in grey, distinct from the accent
 plt.rcParams.update({
     "font.size": 9, "axes.titlesize": 10, "axes.titleweight": "bold",
-    "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 110,
+    "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 100,
     "axes.edgecolor": "#9aa5b1", "xtick.color": "#3e4c59", "ytick.color": "#3e4c59",
 })
 VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
@@ -40,7 +40,7 @@ def token_label(text: str) -> str:
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight", facecolor="white")
+    fig.savefig(buf, format="png", facecolor="white")  # constrained layout already fits
     plt.close(fig)
     return buf.getvalue()
 
@@ -61,7 +61,7 @@ def attention_layer_png(attn: torch.Tensor, labels: list[str], layer: int) -> by
     cols = min(H, 4)
     rows = -(-H // cols)
     side = float(np.clip(0.15 * T + 1.2, 2.6, 5.2))
-    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 0.8, side * rows + 0.3),
+    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1.4, side * rows + 0.8),
                              squeeze=False, layout="constrained")
     future = np.triu(np.ones((T, T), dtype=bool), k=1)
     fs = _label_size(T)
@@ -90,37 +90,42 @@ def attention_gif(attn_steps: list[list[torch.Tensor]], labels: list[str], n_pro
     """Frame s: where the newest position looks (rows = layer·head) before it predicts token s.
 
     `attn_steps[s]` is a per-layer list of (H, S_s) rows; `labels` covers the longest S.
+    One figure is laid out once and redrawn per frame: layout is the slow part of matplotlib.
     """
     L, H = len(attn_steps[0]), attn_steps[0][0].size(0)
     N = len(labels)
     width = float(np.clip(0.22 * N + 2.5, 6.0, 14.0))
     height = float(np.clip(0.28 * L * H + 2.0, 3.0, 9.0))
-    fs = _label_size(N * 0.8)
+    fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
+    image = ax.imshow(np.zeros((L * H, N)), cmap=_heat_cmap(), vmin=0, vmax=1,
+                      aspect="auto", interpolation="nearest")
+    box = ax.add_patch(plt.Rectangle((-0.5, -0.5), 1, L * H, fill=False, ec=ACCENT, lw=2.5))
+    ax.set_yticks(range(L * H), [f"L{i // H + 1} H{i % H + 1}" for i in range(L * H)], fontsize=8)
+    ax.set_xticks(range(N), labels, rotation=90, fontsize=_label_size(N * 0.8))
+    ticks = ax.get_xticklabels()
+    for i, tick in enumerate(ticks):
+        tick.set_color(NEW_INK if i >= n_prompt else PROMPT_INK)
+    for b in range(1, L):
+        ax.axhline(b * H - 0.5, color="white", lw=2)
+    ax.tick_params(length=0)
+    ax.set_xlabel("tokens so far (prompt dark, generated orange)")
+    title = ax.set_title(" ", loc="left")
+    fig.colorbar(image, ax=ax, shrink=0.8, pad=0.01, label="attention weight")
     frames = []
     for s, per_layer in enumerate(attn_steps):
         S = per_layer[0].size(1)
         grid = np.full((L * H, N), np.nan)
         grid[:, :S] = torch.cat(per_layer).cpu().numpy()                    # (L*H, S)
-        fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
-        ax.imshow(np.ma.masked_invalid(grid), cmap=_heat_cmap(), vmin=0, vmax=1,
-                  aspect="auto", interpolation="nearest")
-        ax.add_patch(plt.Rectangle((S - 1.5, -0.5), 1, L * H, fill=False, ec=ACCENT, lw=2.5))
-        ax.set_yticks(range(L * H), [f"L{i // H + 1} H{i % H + 1}" for i in range(L * H)],
-                      fontsize=8)
-        ax.set_xticks(range(N), labels, rotation=90, fontsize=fs)
-        for i, tick in enumerate(ax.get_xticklabels()):
-            tick.set_color(NEW_INK if i >= n_prompt else PROMPT_INK)
-            tick.set_fontweight("bold" if i == S - 1 else "normal")
-        for b in range(1, L):
-            ax.axhline(b * H - 0.5, color="white", lw=2)
-        ax.tick_params(length=0)
-        ax.set_title(f"step {s + 1}: the last token ‘{labels[S - 1]}’ looks back …"
-                     f" and the model picks ‘{chosen[s]}’", loc="left")
-        ax.set_xlabel("tokens so far (prompt dark, generated orange)")
+        image.set_data(np.ma.masked_invalid(grid))
+        box.set_x(S - 1.5)
+        title.set_text(f"step {s + 1}: the last token ‘{labels[S - 1]}’ looks back …"
+                       f" and the model picks ‘{chosen[s]}’")
         buf = io.BytesIO()
         fig.savefig(buf, format="png", facecolor="white")  # fixed size: frames must align
-        plt.close(fig)
+        if s == 0:
+            fig.set_layout_engine("none")  # keep the first frame's layout for the rest
         frames.append(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    plt.close(fig)
     out = io.BytesIO()
     durations = [ms_per_frame] * (len(frames) - 1) + [ms_per_frame * 3]  # linger on the end
     frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:],
@@ -186,7 +191,9 @@ def logit_lens_png(top_probs: torch.Tensor, top_labels: list[list[str]], labels:
     fig, ax = plt.subplots(figsize=(float(np.clip(0.55 * T + 2.0, 4.5, 16)), 0.5 * R + 1.6),
                            layout="constrained")
     p = top_probs.cpu().numpy()
-    image = ax.imshow(p, cmap=HEAT, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    # origin="lower": embeddings at the bottom, the output on top, as the stream flows upwards
+    image = ax.imshow(p, cmap=HEAT, vmin=0, vmax=1, aspect="auto", interpolation="nearest",
+                      origin="lower")
     for r in range(R):
         for c in range(T):
             ax.text(c, r, top_labels[r][c], ha="center", va="center", fontsize=8,

@@ -60,7 +60,10 @@ class Analysis:
     def label(self, i: int) -> str:
         """A token as a tick label: whitespace visible (␣ ↵), long tokens shortened."""
         if i not in self._labels:
-            self._labels[i] = fig.token_label(decode(self.tok, [i]))
+            text = decode(self.tok, [i])
+            if text == "\ufffd":  # a lone byte of a multi-byte character: name the byte
+                text = (self.tok.id_to_token(i) or text).replace("<0x", "0x").rstrip(">")
+            self._labels[i] = fig.token_label(text)
         return self._labels[i]
 
     def text(self, ids: list[int]) -> str:

@@ -91,8 +91,8 @@ def lens(a, cfg) -> str:
     T = len(a.ids)
     start = max(0, T - cfg.lens_positions)
     nxt = torch.tensor(a.ids[1:] + ([a.steps[0].chosen] if a.steps else [-1]))
-    probs = a.lens.top_probs[:, start:].flip(0)                 # output on top, embeddings at the bottom
-    top_ids = a.lens.top_ids[:, start:].flip(0)
+    probs = a.lens.top_probs[:, start:]
+    top_ids = a.lens.top_ids[:, start:]
     labels = [[a.label(int(i)) for i in row] for row in top_ids]
     hits = (top_ids == nxt[start:]).numpy()
     png = fig.logit_lens_png(probs, labels, [a.label(i) for i in a.ids[start:]], hits)
