@@ -16,6 +16,8 @@ PROMPT ?= ROMEO:
 TARGET ?= localhost:50051
 EXTRAS ?= train,export,serve,dev
 PYTEST_ARGS ?=
+EXPLAIN_OUT ?= reports/explain
+EXPLAIN_ARGS ?=
 
 .PHONY: help setup proto train sample export verify serve client demo test test-all bench explain clean
 
@@ -40,8 +42,11 @@ endif
 sample: setup ## sample from $(RUN): make sample PROMPT="ROMEO:" (empty PROMPT = interactive)
 	$(PY) -m training.sample --run $(RUN) $(if $(PROMPT),--prompt "$(PROMPT)")
 
+explain: setup ## HTML report of what $(RUN) does with PROMPT (attention, logit lens, ...) in $(EXPLAIN_OUT)
+	$(PY) -m training.explain --run $(RUN) --prompt "$(PROMPT)" --out $(EXPLAIN_OUT) $(EXPLAIN_ARGS)
+
 test: setup ## run the whole test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean: ## remove runs, artifacts, generated stubs and caches (keeps .venv)
-	rm -rf runs artifacts .pytest_cache
+	rm -rf runs artifacts reports .pytest_cache

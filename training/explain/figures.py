@@ -58,7 +58,7 @@ def _heat_cmap():
 def attention_layer_png(attn: torch.Tensor, labels: list[str], layer: int) -> bytes:
     """One layer's heads side by side: row = query token, column = the key it attends to."""
     H, T, _ = attn.shape
-    cols = min(H, 4)
+    cols = min(H, 4 if T <= 12 else 2)  # long prompts: bigger panels, readable labels
     rows = -(-H // cols)
     side = float(np.clip(0.15 * T + 1.2, 2.6, 5.2))
     fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1.4, side * rows + 0.8),

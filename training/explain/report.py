@@ -36,7 +36,7 @@ class ExplainConfig:
     seed: int = 0
     bigram_run: str | None = None
     max_prompt_tokens: int = 48
-    lens_positions: int = 24          # the logit-lens grid shows the prompt's newest positions
+    lens_positions: int = 16          # the logit-lens grid shows the prompt's newest positions
     temperatures: tuple[float, ...] = (0.5, 1.0, 2.0)
 
     @property
