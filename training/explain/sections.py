@@ -57,7 +57,12 @@ def steps(a, cfg) -> str:
     if not a.steps:
         return section("steps", "2 · Step by step", intro, note("No tokens were generated."))
     k = cfg.show_k
-    rows = [(s, [(a.label(i), p) for i, p in ins.top_candidates(s.probs, k)]) for s in a.steps]
+    rows = []
+    for s in a.steps:
+        top = ins.top_candidates(s.probs, k)
+        if s.chosen not in [i for i, _ in top]:  # a long-shot pick: show it as an extra bar
+            top.append((s.chosen, float(s.probs[s.chosen])))
+        rows.append((s, [(a.label(i), p) for i, p in top]))
     tails = ["".join(a.label(i) for i in (a.ids + [x.chosen for x in a.steps])[:s.context_len])[-12:]
              for s in a.steps]
     chosen = [a.label(s.chosen) for s in a.steps]
