@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 RUN ?= runs/default
 ART ?= artifacts/default
 PRESET ?=
-CORPUS ?= shakespeare
+CORPUS ?=
 NPROC ?= 1
 TRAIN_ARGS ?=
 PROMPT ?= ROMEO:
@@ -18,11 +18,13 @@ EXTRAS ?= train,export,serve,dev
 PYTEST_ARGS ?=
 EXPLAIN_OUT ?= reports/explain
 EXPLAIN_ARGS ?=
+DTYPE ?= fp32
+FORCE ?=
 
 .PHONY: help setup proto train sample export verify serve client demo test test-all bench explain clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,11 +34,11 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml
 
 setup: $(VENV)/.installed-$(EXTRAS) ## create .venv and install every stage's dependencies
 
-train: setup ## train (PRESET=cpu-small|gpu|frankenstein, CORPUS=..., NPROC=N for torchrun)
+train: setup ## train into $(RUN) (PRESET=cpu-small|gpu|frankenstein CORPUS=name|path NPROC=N)
 ifeq ($(NPROC),1)
-	$(PY) -m training.train --out $(RUN) --corpus $(CORPUS) $(if $(PRESET),--preset $(PRESET)) $(TRAIN_ARGS)
+	$(PY) -m training.train --out $(RUN) $(if $(CORPUS),--corpus $(CORPUS)) $(if $(PRESET),--preset $(PRESET)) $(TRAIN_ARGS)
 else
-	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m training.train --out $(RUN) --corpus $(CORPUS) $(if $(PRESET),--preset $(PRESET)) $(TRAIN_ARGS)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m training.train --out $(RUN) $(if $(CORPUS),--corpus $(CORPUS)) $(if $(PRESET),--preset $(PRESET)) $(TRAIN_ARGS)
 endif
 
 sample: setup ## sample from $(RUN): make sample PROMPT="ROMEO:" (empty PROMPT = interactive)
@@ -45,8 +47,38 @@ sample: setup ## sample from $(RUN): make sample PROMPT="ROMEO:" (empty PROMPT =
 explain: setup ## HTML report of what $(RUN) does with PROMPT (attention, logit lens, ...) in $(EXPLAIN_OUT)
 	$(PY) -m training.explain --run $(RUN) --prompt "$(PROMPT)" --out $(EXPLAIN_OUT) $(EXPLAIN_ARGS)
 
+export: setup ## export $(RUN) to the artifact dir $(ART) (DTYPE=fp16 adds model.fp16.onnx; FORCE=1 overwrites)
+	$(PY) -m export --run $(RUN) --out $(ART) --dtype $(DTYPE) $(if $(FORCE),--force)
+
+verify: setup ## parity report: ONNX Runtime on $(ART) against PyTorch on $(RUN)
+	$(PY) -m export.verify $(ART) --run $(RUN)
+
 test: setup ## run the whole test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean: ## remove runs, artifacts, generated stubs and caches (keeps .venv)
 	rm -rf runs artifacts reports .pytest_cache
+
+# --- deploy: images and Kubernetes manifests (see README.md, "Deploy") ---
+REGISTRY ?= registry.example.com/shelley
+TAG ?= 0.1.0
+OVERLAY ?= cpu
+KUBECTL ?= kubectl
+.PHONY: docker-train docker-serve docker-push k8s-render k8s-apply
+
+docker-train: ## build the training image (CUDA torch): REGISTRY=... TAG=...
+	docker build -f Dockerfile.train -t $(REGISTRY)/shelley-train:$(TAG) .
+
+docker-serve: ## build the serving image (onnxruntime-gpu, no torch): REGISTRY=... TAG=...
+	docker build -f Dockerfile.serve -t $(REGISTRY)/shelley-serve:$(TAG) .
+
+docker-push: docker-train docker-serve ## build and push both images to $(REGISTRY)
+	docker push $(REGISTRY)/shelley-train:$(TAG)
+	docker push $(REGISTRY)/shelley-serve:$(TAG)
+
+k8s-render: ## print the manifests of OVERLAY=cpu|gpu (kubectl kustomize, else k8s/render.py)
+	@if command -v $(KUBECTL) >/dev/null; then $(KUBECTL) kustomize k8s/overlays/$(OVERLAY); \
+	else $(PY) k8s/render.py k8s/overlays/$(OVERLAY); fi
+
+k8s-apply: ## apply OVERLAY=cpu|gpu (training Job + serving) to kubectl's current cluster
+	$(KUBECTL) apply -k k8s/overlays/$(OVERLAY)

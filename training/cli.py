@@ -38,6 +38,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a serving pod under another uid must read it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

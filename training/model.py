@@ -140,7 +140,7 @@ class GPT(nn.Module):
         logits = self.lm_head(self.ln_f(x))                                  # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss, tuple(present)
 
 
@@ -160,7 +160,7 @@ class Bigram(nn.Module):
         logits = self.table(idx)                                             # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss, ()
 
 

