@@ -132,6 +132,16 @@ def test_report_is_self_contained(report):
     assert "↵" in html  # the prompt's newline is shown visibly in token labels
 
 
+def test_report_of_a_trained_run_tells_its_training_story(tiny_run, tmp_path):
+    rows = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    out = tmp_path / "out"
+    assert main(["--run", str(tiny_run), "--prompt", "Shall I", "--out", str(out),
+                 "--max-new-tokens", "3"]) == 0
+    html = (out / "index.html").read_text()
+    assert f"iteration {rows[0]['iter']:,}" in html and f"iteration {rows[-1]['iter']:,}" in html
+    assert "Shall" in html and html.count("data:image/png;base64,") >= 5
+
+
 def test_bigram_run_is_explained_without_attention(tmp_path):
     run = make_run(tmp_path / "bigram", model="bigram")
     out = tmp_path / "out"
