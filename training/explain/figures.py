@@ -9,6 +9,7 @@ GIF bytes, so report.py only embeds them. Whitespace in labels is drawn visibly 
 from __future__ import annotations
 
 import io
+import warnings
 
 import matplotlib
 
@@ -25,7 +26,7 @@ plt.rcParams.update({
     "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 100,
     "axes.edgecolor": "#9aa5b1", "xtick.color": "#3e4c59", "ytick.color": "#3e4c59",
 })
-VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
+VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "\\r"}
 
 
 def token_label(text: str) -> str:
@@ -38,11 +39,20 @@ def token_label(text: str) -> str:
     return shown if len(shown) <= 12 else shown[:11] + "…"
 
 
-def _png(fig) -> bytes:
+def _save(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", facecolor="white")  # constrained layout already fits
-    plt.close(fig)
+    with warnings.catch_warnings():
+        # Tokens can be any Unicode; a glyph the font lacks is drawn as a box (the HTML
+        # table still shows the real text), so a warning per missing glyph is only noise.
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.savefig(buf, format="png", facecolor="white")  # constrained layout already fits
     return buf.getvalue()
+
+
+def _png(fig) -> bytes:
+    data = _save(fig)
+    plt.close(fig)
+    return data
 
 
 def _label_size(n: int) -> float:
@@ -50,9 +60,8 @@ def _label_size(n: int) -> float:
 
 
 def _heat_cmap():
-    cmap = plt.get_cmap(HEAT).copy()
-    cmap.set_bad("#eef1f4")  # masked cells: the future a token may not look at
-    return cmap
+    # masked cells: the future a token may not look at, or tokens not generated yet
+    return plt.get_cmap(HEAT).with_extremes(bad="#eef1f4")
 
 
 def attention_layer_png(attn: torch.Tensor, labels: list[str], layer: int) -> bytes:
@@ -120,11 +129,10 @@ def attention_gif(attn_steps: list[list[torch.Tensor]], labels: list[str], n_pro
         box.set_x(S - 1.5)
         title.set_text(f"step {s + 1}: the last token ‘{labels[S - 1]}’ looks back …"
                        f" and the model picks ‘{chosen[s]}’")
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", facecolor="white")  # fixed size: frames must align
+        png = _save(fig)  # the figure's size is fixed: frames must align
         if s == 0:
             fig.set_layout_engine("none")  # keep the first frame's layout for the rest
-        frames.append(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        frames.append(Image.open(io.BytesIO(png)).convert("RGB"))
     plt.close(fig)
     out = io.BytesIO()
     durations = [ms_per_frame] * (len(frames) - 1) + [ms_per_frame * 3]  # linger on the end
