@@ -16,6 +16,8 @@ PROMPT ?= ROMEO:
 TARGET ?= localhost:50051
 EXTRAS ?= train,export,serve,dev
 PYTEST_ARGS ?=
+EXPLAIN_OUT ?= reports/explain
+EXPLAIN_ARGS ?=
 DTYPE ?= fp32
 FORCE ?=
 
@@ -41,6 +43,9 @@ endif
 
 sample: setup ## sample from $(RUN): make sample PROMPT="ROMEO:" (empty PROMPT = interactive)
 	$(PY) -m training.sample --run $(RUN) $(if $(PROMPT),--prompt "$(PROMPT)")
+
+explain: setup ## HTML report of what $(RUN) does with PROMPT (attention, logit lens, ...) in $(EXPLAIN_OUT)
+	$(PY) -m training.explain --run $(RUN) --prompt "$(PROMPT)" --out $(EXPLAIN_OUT) $(EXPLAIN_ARGS)
 
 export: setup ## export $(RUN) to the artifact dir $(ART) (DTYPE=fp16 adds model.fp16.onnx; FORCE=1 overwrites)
 	$(PY) -m export --run $(RUN) --out $(ART) --dtype $(DTYPE) $(if $(FORCE),--force)
@@ -71,7 +76,7 @@ test: setup proto ## run the whole test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean: ## remove runs, artifacts, generated stubs and caches (keeps .venv)
-	rm -rf runs artifacts .pytest_cache serving/_gen
+	rm -rf runs artifacts reports .pytest_cache serving/_gen
 
 # --- deploy: images and Kubernetes manifests (see README.md, "Deploy") ---
 REGISTRY ?= registry.example.com/shelley
