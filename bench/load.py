@@ -89,7 +89,7 @@ async def run_streams(target: str, n: int, seconds: float, prompt: str, new_toke
             nonlocal errors, tokens
             while time.perf_counter() < end:
                 req = pb.GenerateRequest(prompt=prompt, max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
-                t0 = last = time.perf_counter()
+                last = time.perf_counter()
                 first = True
                 try:
                     async for msg in stub.Generate(req, timeout=120):

@@ -10,11 +10,10 @@ stages"); the server reads the ONNX names from model_config.json instead of rebu
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from pathlib import Path
 
-from training.cli import atomic_write
+from training.cli import atomic_write, sha256_file
 from training.model_config import ModelConfig, window_keep
 
 from export.onnx_graph import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE, graph_names
@@ -23,14 +22,6 @@ FP32_NAME, FP16_NAME = "model.onnx", "model.fp16.onnx"
 TOKENIZER_NAME, CONFIG_NAME, MANIFEST_NAME = "tokenizer.json", "model_config.json", "manifest.json"
 ARTIFACT_FILES = (FP32_NAME, FP16_NAME, TOKENIZER_NAME, CONFIG_NAME, MANIFEST_NAME)
 FORMAT_VERSION = 1
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def model_config_dict(name: str, config: ModelConfig, params: int, eos_id: int, opset: int,
