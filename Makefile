@@ -16,8 +16,12 @@ PROMPT ?= ROMEO:
 TARGET ?= localhost:50051
 EXTRAS ?= train,export,serve,dev
 PYTEST_ARGS ?=
+EXPLAIN_OUT ?= reports/explain
+EXPLAIN_ARGS ?=
+DTYPE ?= fp32
+FORCE ?=
 
-.PHONY: help setup proto train sample export verify serve client demo test test-all bench explain clean
+.PHONY: help setup proto train sample export verify serve client demo test test-all bench bench-load explain clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -40,13 +44,41 @@ endif
 sample: setup ## sample from $(RUN): make sample PROMPT="ROMEO:" (empty PROMPT = interactive)
 	$(PY) -m training.sample --run $(RUN) $(if $(PROMPT),--prompt "$(PROMPT)")
 
-test: setup ## run the whole test suite (what CI runs)
+explain: setup ## HTML report of what $(RUN) does with PROMPT (attention, logit lens, ...) in $(EXPLAIN_OUT)
+	$(PY) -m training.explain --run $(RUN) --prompt "$(PROMPT)" --out $(EXPLAIN_OUT) $(EXPLAIN_ARGS)
+
+export: setup ## export $(RUN) to the artifact dir $(ART) (DTYPE=fp16 adds model.fp16.onnx; FORCE=1 overwrites)
+	$(PY) -m export --run $(RUN) --out $(ART) --dtype $(DTYPE) $(if $(FORCE),--force)
+
+verify: setup ## parity report: ONNX Runtime on $(ART) against PyTorch on $(RUN)
+	$(PY) -m export.verify $(ART) --run $(RUN)
+
+STUBS := serving/_gen/shelley/v1/shelley_pb2_grpc.py
+$(STUBS): proto/shelley/v1/shelley.proto $(VENV)/.installed-$(EXTRAS)
+	@mkdir -p serving/_gen
+	$(PY) -m grpc_tools.protoc -I proto --python_out=serving/_gen --pyi_out=serving/_gen --grpc_python_out=serving/_gen proto/shelley/v1/shelley.proto
+
+proto: setup $(STUBS) ## generate the gRPC stubs into serving/_gen/ (git-ignored)
+
+serve: proto ## serve $(ART) over gRPC (:50051) with metrics (:9090)
+	$(PY) -m serving --model $(ART)
+
+client: proto ## stream a completion from $(TARGET): make client PROMPT="ROMEO:"
+	$(PY) -m serving.client "$(PROMPT)" --target $(TARGET)
+
+demo: proto ## fresh clone -> train cpu-small -> export -> serve -> stream one completion -> stop
+	$(PY) -m serving.demo --run $(RUN) --art $(ART) --corpus $(CORPUS) --prompt "$(PROMPT)" --train-args "$(TRAIN_ARGS)"
+
+bench-load: proto ## load-test the server against HF generate (needs: pip install -e '.[bench]')
+	$(PY) -m bench.load
+
+test: setup proto ## run the whole test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean: ## remove runs, artifacts, generated stubs and caches (keeps .venv)
-	rm -rf runs artifacts .pytest_cache
+	rm -rf runs artifacts reports .pytest_cache serving/_gen
 
-# --- deploy: images and Kubernetes manifests (see docs/DEPLOY.md) ---
+# --- deploy: images and Kubernetes manifests (see README.md, "Deploy") ---
 REGISTRY ?= registry.example.com/shelley
 TAG ?= 0.1.0
 OVERLAY ?= cpu

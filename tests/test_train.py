@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import SONNETS, TINY_TRAIN_ARGS
+from conftest import TINY_TRAIN_ARGS
 from training import train as train_mod
 from training.checkpoint import load_checkpoint, load_run
 from training.cli import run_main

@@ -5,6 +5,7 @@ prints it as one line, without a traceback, and exits 2. Stdlib only.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import tempfile
@@ -55,3 +56,11 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     except OSError as e:
         raise UserError(f"cannot write to output dir {path}: {e.strerror}; choose another --out") from None
     return path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

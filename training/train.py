@@ -31,7 +31,7 @@ from training.data import get_batch, load_corpus, split_train_val
 from training.generate import generate
 from training.model import build_model, configure_optimizer, count_params
 from training.model_config import ModelConfig
-from training.tokenizer import build_tokenizer, decode, encode_documents, eos_id
+from training.tokenizer import build_tokenizer, decode, encode, encode_documents
 
 
 def pick_device(requested: str) -> torch.device:
@@ -260,11 +260,12 @@ def train(tc: TrainConfig, mc: ModelConfig, tok, train_data, val_data, chars_per
 
 
 def sample_text(model, tok, tc: TrainConfig) -> str:
-    """A short sample from the start of a document, to watch the model learn."""
+    """A short sample, to watch the model learn."""
     if not tc.sample_tokens:
         return ""
     model.eval()
-    ids = list(generate(model, [eos_id(tok)], tc.sample_tokens, temperature=0.8, seed=tc.seed))
+    # from a newline, not EOS: the corpus has a few dozen EOS tokens but many thousand lines
+    ids = list(generate(model, encode(tok, "\n"), tc.sample_tokens, temperature=0.8, seed=tc.seed))
     model.train()
     return decode(tok, ids)
 

@@ -1,0 +1,68 @@
+"""ServeConfig: the server's settings from flags, each with a SHELLEY_* environment variable.
+
+    cfg = parse_args(["--model", "artifacts/default"])   # env: SHELLEY_MODEL=... etc.
+
+A flag beats its env var, which beats the default. Bad values -> UserError (one line).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+
+from serving.errors import UserError
+
+DEVICES = ("auto", "cpu", "cuda")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model: str = ""
+    host: str = "0.0.0.0"
+    port: int = 50051
+    metrics_port: int = 9090           # 0 = an ephemeral port (tests); -1 = no metrics server
+    device: str = "auto"
+    max_batch: int = 32
+    max_queue: int = 256
+    max_new_tokens: int = 1024         # the largest max_tokens a request may ask for
+    drain_seconds: float = 20.0        # SIGTERM grace for running streams
+    threads: int = 0                   # ORT intra-op threads; 0 = ORT's default (1 for a batch of one)
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise UserError("no model: pass --model ARTIFACT_DIR (or set SHELLEY_MODEL)")
+        if self.device not in DEVICES:
+            raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.log_level not in LOG_LEVELS:
+            raise UserError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        for name, low in (("max_batch", 1), ("max_queue", 1), ("max_new_tokens", 1),
+                          ("threads", 0), ("port", 0), ("metrics_port", -1), ("drain_seconds", 0)):
+            if getattr(self, name) < low:
+                raise UserError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
+
+
+def env_name(field: str) -> str:
+    return "SHELLEY_" + field.upper()
+
+
+def parse_args(argv: list[str] | None = None, environ: dict | None = None) -> ServeConfig:
+    env = os.environ if environ is None else environ
+    p = argparse.ArgumentParser(prog="python -m serving", description="shelley gRPC model server")
+    for f in fields(ServeConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = f.type if callable(f.type) else {"int": int, "float": float, "str": str}[f.type]
+        raw = env.get(env_name(f.name))
+        try:
+            default = f.default if raw is None else kind(raw)
+        except ValueError:
+            raise UserError(f"{env_name(f.name)}={raw!r} is not a valid {kind.__name__}") from None
+        p.add_argument(flag, type=kind, default=default, help=f"(env {env_name(f.name)}; default {f.default!r})")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:  # argparse already printed a one-line usage error
+        if e.code == 0:
+            raise
+        raise UserError("bad command line (see the usage line above)") from None
+    return ServeConfig(**vars(args))

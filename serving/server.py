@@ -1,0 +1,239 @@
+"""The gRPC server: a thin TextGeneration servicer over the engine, health, reflection, drain.
+
+    server = Server(config, artifact)
+    port = await server.start()     # listening; health NOT_SERVING
+    await server.load()             # ONNX session + warm-up; health SERVING
+    await server.drain()            # SIGTERM: NOT_SERVING, refuse new (UNAVAILABLE), let
+                                    # running streams finish within --drain-seconds, stop
+
+Exceptions become status codes in one place (`_status_of`), applied by the `rpc` wrapper,
+which also counts every RPC by method and code.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import time
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from serving.artifact import Artifact
+from serving.config import ServeConfig
+from serving.engine import Engine, EngineConfig, Event, Request
+from serving.errors import InvalidRequest, QueueFull, ShuttingDown
+from serving.metrics import Metrics
+from serving.proto import SERVICE_NAME, pb, pb_grpc
+from serving.runtime import Runtime
+from serving.sampling import SamplingParams
+
+log = logging.getLogger("shelley.server")
+MAX_MESSAGE_BYTES = 1 << 20   # grpc refuses bigger requests itself (RESOURCE_EXHAUSTED)
+DEFAULT_MAX_TOKENS = 64
+
+
+def _status_of(e: Exception) -> tuple[grpc.StatusCode, str]:
+    if isinstance(e, InvalidRequest):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(e)
+    if isinstance(e, QueueFull):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)
+    if isinstance(e, ShuttingDown):
+        return grpc.StatusCode.UNAVAILABLE, str(e)
+    log.exception("unexpected error in an RPC")
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}"
+
+
+def rpc(fn):
+    """Map exceptions to status codes and record requests_total / request_duration."""
+    name = fn.__name__
+
+    def record(self, code: grpc.StatusCode, t0: float) -> None:
+        self.metrics.requests.labels(rpc=name, code=code.name).inc()
+        self.metrics.duration.labels(rpc=name).observe(time.perf_counter() - t0)
+
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def stream(self, request, context):
+            t0, code = time.perf_counter(), grpc.StatusCode.CANCELLED  # until it ends normally
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+                code = grpc.StatusCode.OK
+            except Exception as e:
+                code, message = _status_of(e)
+                await context.abort(code, message)
+            finally:
+                record(self, code, t0)
+        return stream
+
+    @functools.wraps(fn)
+    async def unary(self, request, context):
+        t0, code = time.perf_counter(), grpc.StatusCode.CANCELLED
+        try:
+            result = await fn(self, request, context)
+            code = grpc.StatusCode.OK
+            return result
+        except Exception as e:
+            code, message = _status_of(e)
+            await context.abort(code, message)
+        finally:
+            record(self, code, t0)
+    return unary
+
+
+def params_of(r: pb.GenerateRequest) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=r.max_tokens if r.HasField("max_tokens") else DEFAULT_MAX_TOKENS,
+        temperature=r.temperature if r.HasField("temperature") else 1.0,
+        top_k=r.top_k, top_p=r.top_p if r.HasField("top_p") else 1.0,
+        seed=r.seed if r.HasField("seed") else None, stop=tuple(r.stop), ignore_eos=r.ignore_eos)
+
+
+class TextGeneration(pb_grpc.TextGenerationServicer):
+    def __init__(self, server: "Server"):
+        self.server, self.metrics = server, server.metrics
+
+    async def _events(self, request: pb.GenerateRequest):
+        """The request's events; those already waiting are merged into one, so a client that
+        falls behind gets fewer, larger messages instead of a growing backlog."""
+        req: Request = self.server.submit(request)
+        try:
+            while True:
+                ev: Event = await req.sink.get()
+                while not ev.finish_reason and not req.sink.empty():
+                    nxt = req.sink.get_nowait()
+                    ev = Event(ev.text + nxt.text, ev.token_ids + nxt.token_ids, nxt.finish_reason,
+                               nxt.prompt_tokens, nxt.completion_tokens)
+                yield ev
+                if ev.finish_reason:
+                    return
+        finally:
+            req.cancel()  # no-op when finished; otherwise the client left: free the row
+
+    @rpc
+    async def Generate(self, request, context):
+        async for ev in self._events(request):
+            msg = pb.GenerateResponse(text=ev.text, token_ids=ev.token_ids, finish_reason=ev.finish_reason)
+            if ev.finish_reason:
+                msg.usage.prompt_tokens, msg.usage.completion_tokens = ev.prompt_tokens, ev.completion_tokens
+            yield msg
+
+    @rpc
+    async def Complete(self, request, context):
+        text, ids = [], []
+        async for ev in self._events(request):
+            text.append(ev.text)
+            ids.extend(ev.token_ids)
+        return pb.CompleteResponse(text="".join(text), token_ids=ids, finish_reason=ev.finish_reason,
+                                   usage=pb.Usage(prompt_tokens=ev.prompt_tokens,
+                                                  completion_tokens=ev.completion_tokens))
+
+    @rpc
+    async def GetModelInfo(self, request, context):
+        return self.server.model_info()
+
+
+class Server:
+    def __init__(self, config: ServeConfig, artifact: Artifact):
+        self.config, self.artifact = config, artifact
+        self.metrics = Metrics()
+        self.health = health.aio.HealthServicer()
+        self.engine: Engine | None = None
+        self.runtime: Runtime | None = None
+        self.draining = False
+        self.port = self.metrics_port = 0
+        self._grpc: grpc.aio.Server | None = None
+
+    async def start(self) -> int:
+        opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0)]
+        self._grpc = grpc.aio.server(options=opts)
+        pb_grpc.add_TextGenerationServicer_to_server(TextGeneration(self), self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME], self._grpc)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        host = self.config.host
+        self.port = self._grpc.add_insecure_port(f"[{host}]:{self.config.port}" if ":" in host
+                                                 else f"{host}:{self.config.port}")
+        await self._grpc.start()
+        if self.config.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(host, self.config.metrics_port)
+        log.info("listening on %s:%d (gRPC), metrics on :%d", host, self.port, self.metrics_port)
+        return self.port
+
+    async def load(self) -> None:
+        """Build the ONNX session and warm it up off the event loop, then go SERVING."""
+        c = self.config
+        loop = asyncio.get_running_loop()
+
+        def deliver(batch: list[tuple[Request, Event]]) -> None:
+            for req, ev in batch:
+                req.sink.put_nowait(ev)
+
+        def publish(batch):  # engine thread -> event loop, once per step
+            loop.call_soon_threadsafe(deliver, batch)
+
+        def build() -> Engine:
+            self.runtime = Runtime(self.artifact, c.device, c.threads)
+            engine = Engine(self.artifact, EngineConfig(c.max_batch, c.max_queue, c.max_new_tokens),
+                            self.runtime, publish, self.metrics)
+            t0 = time.perf_counter()
+            engine.warmup()
+            log.info("warmed up in %.0f ms", 1000 * (time.perf_counter() - t0))
+            return engine
+
+        self.engine = await asyncio.to_thread(build)
+        self.engine.start()
+        mc = self.artifact.config
+        self.metrics.model.info({"name": str(mc.get("name", "")), "params": str(mc.get("params", 0)),
+                                 "context": str(mc["context_length"]), "provider": self.runtime.provider})
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s", self.artifact.path)
+
+    def submit(self, request: pb.GenerateRequest) -> Request:
+        if self.draining or self.engine is None:
+            raise ShuttingDown("the server is shutting down; retry on another replica" if self.draining
+                               else "the model is still loading; retry shortly")
+        return self.engine.submit(request.prompt, params_of(request), asyncio.Queue())
+
+    def model_info(self) -> pb.ModelInfo:
+        mc, c = self.artifact.config, self.config
+        rt = self.runtime
+        return pb.ModelInfo(
+            name=str(mc.get("name", "")), architecture=str(mc.get("architecture", "gpt")),
+            params=int(mc.get("params", 0)), vocab_size=mc["vocab_size"],
+            context_length=mc["context_length"], n_layer=mc["n_layer"], n_head=mc["n_head"],
+            head_dim=mc["head_dim"], eos_token_id=mc["eos_token_id"], window_keep=mc["window_keep"],
+            provider=rt.provider if rt else "", dtype=rt.dtype.__name__ if rt else "",
+            max_batch=c.max_batch, max_new_tokens=c.max_new_tokens)
+
+    async def _set_health(self, status) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def drain(self) -> None:
+        """NOT_SERVING, refuse new work, let running requests finish (bounded), then stop."""
+        if self.draining:
+            return
+        self.draining = True
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        deadline = time.monotonic() + self.config.drain_seconds
+        if self.engine:
+            self.engine.accepting = False
+            while self.engine.in_flight() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            left = self.engine.in_flight()
+            log.info("drained%s", f"; cancelling {left} requests past --drain-seconds" if left else "")
+            await asyncio.to_thread(self.engine.stop)
+        if self._grpc:
+            await self._grpc.stop(grace=1.0)  # lets the last messages reach their clients
+        self.metrics.close()
+
+    async def wait(self) -> None:
+        if self._grpc:
+            await self._grpc.wait_for_termination()
