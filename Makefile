@@ -21,7 +21,7 @@ EXPLAIN_ARGS ?=
 DTYPE ?= fp32
 FORCE ?=
 
-.PHONY: help setup proto train sample export verify serve client demo test test-all bench bench-load explain clean
+.PHONY: help setup proto train sample export verify serve client demo test bench-load explain clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -67,7 +67,7 @@ client: proto ## stream a completion from $(TARGET): make client PROMPT="ROMEO:"
 	$(PY) -m serving.client "$(PROMPT)" --target $(TARGET)
 
 demo: proto ## fresh clone -> train cpu-small -> export -> serve -> stream one completion -> stop
-	$(PY) -m serving.demo --run $(RUN) --art $(ART) --corpus $(CORPUS) --prompt "$(PROMPT)" --train-args "$(TRAIN_ARGS)"
+	$(PY) -m serving.demo --run $(RUN) --art $(ART) $(if $(CORPUS),--corpus $(CORPUS)) --prompt "$(PROMPT)" --train-args "$(TRAIN_ARGS)"
 
 bench-load: proto ## load-test the server against HF generate (needs: pip install -e '.[bench]')
 	$(PY) -m bench.load

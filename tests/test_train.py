@@ -77,6 +77,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
     (["--n-embd", "30", "--n-head", "4"], "divisible by n_head"),
     (["--block-size", "4096"], "corpus too small"),
     (["--tokenizer", "bpe", "--vocab-size", "10"], "vocab-size"),
+    (["--threads", "1", "--device", "cuda"], "no CUDA GPU"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, extra, message):
     code, err = run_cli(TINY_TRAIN_ARGS + ["--out", str(tmp_path / "r")] + extra, capsys)

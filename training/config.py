@@ -46,6 +46,8 @@ class TrainConfig:
     eval_iters: int = 20
     patience: int = 5               # evaluations without a better val loss before stopping; 0 = never
     device: str = "auto"
+    precision: str = "auto"         # auto: bf16 autocast where the hardware has bf16 (CUDA, AVX512-BF16/AMX CPUs)
+    threads: int = 0                # CPU threads for torch; 0 = torch's default
     compile: bool = False
     seed: int = 1337
     sample_tokens: int = 120        # sample printed at each evaluation
@@ -71,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("dropout", "lr", "min-lr", "weight-decay", "grad-clip"):
         p.add_argument(f"--{name}", type=float)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="bf16 autocast (weights stay fp32); auto = bf16 where the hardware has it")
+    p.add_argument("--threads", type=int, help="CPU threads (0 = torch's default; 1 is best on a busy machine)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--out", help="run dir (default runs/default)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -42,6 +42,24 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def has_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:  # oneDNN runs bf16 matmuls natively on AVX512-BF16 / AMX CPUs; elsewhere it emulates (slow)
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_for(device: torch.device, precision: str):
+    """A context-manager factory: bf16 autocast (weights and optimizer stay fp32) or nothing."""
+    if precision == "bf16" and not has_bf16(device):
+        raise UserError(f"--precision bf16 asked for, but this {device.type} has no native bf16; use --precision fp32")
+    if precision == "fp32" or (precision == "auto" and not has_bf16(device)):
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def lr_at(it: int, tc: TrainConfig) -> float:
     """Linear warmup, then cosine decay to min_lr at max_iters."""
     if it < tc.warmup_iters:
@@ -162,6 +180,8 @@ def restore_rng(state: dict, gen: torch.Generator) -> None:
 def train(tc: TrainConfig, mc: ModelConfig, tok, train_data, val_data, chars_per_token: float,
           ckpt: dict | None, dd: Distributed) -> dict:
     device, out = dd.device, Path(tc.out)
+    if tc.threads and device.type == "cpu":
+        torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
     gen = torch.Generator().manual_seed(tc.seed + dd.rank)
     raw = build_model(mc).to(device)
@@ -176,21 +196,21 @@ def train(tc: TrainConfig, mc: ModelConfig, tok, train_data, val_data, chars_per
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    autocast = autocast_for(device, tc.precision)
     model = torch.compile(raw) if tc.compile else raw
     if dd.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     params = count_params(raw)
     tokens_per_iter = tc.batch_size * tc.grad_accum * mc.block_size * dd.world
+    precision = "fp32" if autocast is contextlib.nullcontext else "bf16 autocast"
     if dd.main:
-        print(f"training {mc.model} {params / 1e6:.2f}M params on {device} x{dd.world} | "
+        print(f"training {mc.model} {params / 1e6:.2f}M params on {device} x{dd.world} ({precision}) | "
               f"vocab {mc.vocab_size} | {len(train_data):,} train / {len(val_data):,} val tokens | "
               f"{tokens_per_iter:,} tokens/iter", file=sys.stderr)
     bar = tqdm(total=tc.max_iters, initial=start_iter, disable=not dd.main, dynamic_ncols=True,
                desc="train", file=sys.stderr, mininterval=0.5)
-    summary = {"params": params, "device": str(device), "world_size": dd.world}
+    summary = {"params": params, "device": str(device), "world_size": dd.world, "precision": precision}
     tokens_per_s, window_t, window_iters = 0.0, time.perf_counter(), 0
     it = start_iter
     while True:
