@@ -308,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"done: best val loss {summary['best_val_loss']:.4f} "
                   f"({summary['best_val_bpc']:.3f} bits/char), {summary['tokens_per_s']:,.0f} tokens/s; "
                   f"model in {Path(tc.out) / CKPT_NAME}", file=sys.stderr)
+        dd.barrier()  # let rank 0 finish writing: a peer that exits early can make gloo abort
     finally:
         dd.close()
     return 0
