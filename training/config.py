@@ -13,7 +13,7 @@ from dataclasses import dataclass
 PRESETS: dict[str, dict] = {
     # ~0.8M parameters; about two minutes on 2 CPU cores. The default without a GPU.
     "cpu-small": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0,
-                      batch_size=12, max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100,
+                      batch_size=12, max_iters=2000, lr=2e-3, min_lr=2e-4, warmup_iters=100,
                       eval_interval=250, eval_iters=20),
     # ~10.7M parameters: nanoGPT's shakespeare-char shape. The default with a GPU.
     "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2,
