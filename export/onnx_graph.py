@@ -57,6 +57,8 @@ class _MultiHeadAttention(torch.autograd.Function):
     the graph needs no mask subgraph and no bias Add: ~20 fewer nodes per step.
     Rows of padding queries differ from PyTorch's (they see nothing real either way); no
     real token attends to them, so real tokens' logits and caches are unchanged.
+    CUDA: onnxruntime-gpu 1.31's MultiHeadAttention takes `unidirectional` and a 2-D
+    key_padding_mask (some older releases refused `unidirectional` on CUDA).
     """
 
     @staticmethod
