@@ -157,17 +157,24 @@ def ct2_generate(gen, prompts: np.ndarray, n: int) -> np.ndarray:
     return np.array([r.sequences_ids[0] for r in res])
 
 
-def timed(fn, repeats: int) -> tuple[float, float, np.ndarray]:
-    """Best wall time and best CPU time (all threads) of `repeats` runs, and the output.
+def timed(engines: dict, repeats: int) -> tuple[dict, dict, dict]:
+    """Best wall time and best CPU time (all threads) of each engine, and its output.
 
-    CPU seconds are steadier than wall seconds on a shared machine; both are reported.
+    Round-robin: every round runs each engine once (the slow ones only in their first
+    `reps` rounds), so a burst of load on the shared machine hits all engines alike rather
+    than whichever was running. CPU seconds are steadier than wall seconds; both reported.
     """
-    best, best_cpu, out = float("inf"), float("inf"), None
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        out = fn()
-        best, best_cpu = min(best, time.perf_counter() - t), min(best_cpu, time.process_time() - c)
-    return best, best_cpu, out
+    best = {name: float("inf") for name in engines}
+    best_cpu, outs = dict(best), {}
+    for r in range(repeats):
+        for name, (fn, reps) in engines.items():
+            if r >= reps:
+                continue
+            t, c = time.perf_counter(), time.process_time()
+            outs[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+            best_cpu[name] = min(best_cpu[name], time.process_time() - c)
+    return best, best_cpu, outs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,9 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             "(e) CTranslate2 generate_batch": (lambda: ct2_generate(ct2, prompts, n), cfg.repeats),
         }
         engines = {k: v for k, v in engines.items() if k[1] in a.engines}
-        times, cpu, outs = {}, {}, {}
-        for name, (fn, reps) in engines.items():
-            times[name], cpu[name], outs[name] = timed(fn, reps)
+        times, cpu, outs = timed(engines, cfg.repeats)
         ref = "(a) ORT + KV cache"
         for name in engines:
             same = float((outs[name] == outs[ref]).mean())

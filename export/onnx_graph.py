@@ -26,6 +26,7 @@ from pathlib import Path
 import onnx
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from training.model import GPT, build_attention_mask
 
@@ -50,33 +51,58 @@ class _MultiHeadAttention(torch.autograd.Function):
 
     One fused node per layer instead of ~25 (reshapes, transposes, concat, matmuls,
     softmax): on a model this small the per-node overhead is most of a decode step.
-    Its inputs and outputs use the cache layout of our graph ([B, H, P, D]).
+    Its inputs and outputs use the cache layout of our graph ([B, H, P, D]). The node also
+    adds the qkv bias and builds the mask itself from `key_mask` (the int32 attention_mask,
+    as its key_padding_mask) and `unidirectional=1` (causal, offset by the past length), so
+    the graph needs no mask subgraph and no bias Add: ~20 fewer nodes per step.
+    Rows of padding queries differ from PyTorch's (they see nothing real either way); no
+    real token attends to them, so real tokens' logits and caches are unchanged.
+    CUDA: onnxruntime-gpu 1.31's MultiHeadAttention takes `unidirectional` and a 2-D
+    key_padding_mask (some older releases refused `unidirectional` on CUDA).
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, past_k, past_v, bias, n_head: int):
+    def forward(ctx, q, k, v, past_k, past_v, qkv_bias, key_mask, n_head: int):
         B, T, C = q.shape
         D = C // n_head
+        if qkv_bias is not None:
+            bq, bk, bv = qkv_bias.split(C)
+            q, k, v = q + bq, k + bk, v + bv
+        allowed = build_attention_mask(key_mask, T)                               # (B, 1, T, S)
         q = q.view(B, T, n_head, D).transpose(1, 2)                              # (B, nh, T, hs)
         k = torch.cat([past_k, k.view(B, T, n_head, D).transpose(1, 2)], dim=2)  # (B, nh, S, hs)
         v = torch.cat([past_v, v.view(B, T, n_head, D).transpose(1, 2)], dim=2)
-        att = (q * D ** -0.5) @ k.transpose(-2, -1) + bias                       # (B, nh, T, S)
+        att = ((q * D ** -0.5) @ k.transpose(-2, -1)).masked_fill(~allowed, torch.finfo(q.dtype).min)
         y = torch.softmax(att, dim=-1) @ v
         return y.transpose(1, 2).reshape(B, T, C), k, v
 
     @staticmethod
-    def symbolic(g, q, k, v, past_k, past_v, bias, n_head: int):
+    def symbolic(g, q, k, v, past_k, past_v, qkv_bias, key_mask, n_head: int):
         def absent():
             node = g.op("prim::Constant")
             node.setType(torch._C.OptionalType.ofTensor())
             return node
-        # inputs: query, key, value, (qkv bias), (key_padding_mask), attention_bias, past k, v
-        y, k_all, v_all = g.op("com.microsoft::MultiHeadAttention", q, k, v, absent(), absent(),
-                               bias, past_k, past_v, num_heads_i=n_head, outputs=3)
+        bias = absent() if qkv_bias is None or qkv_bias.node().mustBeNone() else qkv_bias
+        # inputs: query, key, value, qkv bias, key_padding_mask, attention_bias, past k, v
+        y, k_all, v_all = g.op("com.microsoft::MultiHeadAttention", q, k, v, bias, key_mask,
+                               absent(), past_k, past_v, num_heads_i=n_head, unidirectional_i=1,
+                               outputs=3)
         y.setType(q.type())
         k_all.setType(past_k.type())
         v_all.setType(past_v.type())
         return y, k_all, v_all
+
+
+def _reference_attention(q, k, v, past_k, past_v, bias, n_head: int):
+    """The "onnx" spelling: standard ops, the additive mask built once by the caller."""
+    B, T, C = q.shape
+    D = C // n_head
+    q = q.view(B, T, n_head, D).transpose(1, 2)                              # (B, nh, T, hs)
+    k = torch.cat([past_k, k.view(B, T, n_head, D).transpose(1, 2)], dim=2)  # (B, nh, S, hs)
+    v = torch.cat([past_v, v.view(B, T, n_head, D).transpose(1, 2)], dim=2)
+    att = (q * D ** -0.5) @ k.transpose(-2, -1) + bias                       # (B, nh, T, S)
+    y = torch.softmax(att, dim=-1) @ v
+    return y.transpose(1, 2).reshape(B, T, C), k, v
 
 
 class OnnxGPT(nn.Module):
@@ -104,18 +130,22 @@ class OnnxGPT(nn.Module):
             logits, _, present = m(input_ids, past_kv=past, position_ids=position_ids,
                                    attention_mask=attention_mask)
             return (logits, *(t for kv in present for t in kv))
-        allowed = build_attention_mask(attention_mask, input_ids.size(1))      # (B, 1, T, S)
-        # finfo.min rather than -inf: same softmax, and no NaN path for the graph to guard
-        bias = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
         x = m.wte(input_ids) + m.wpe(position_ids)                               # (B, T, C)
+        if self.attention == "ort":
+            key_mask = attention_mask.to(torch.int32)  # the op's key_padding_mask dtype
+        else:
+            allowed = build_attention_mask(attention_mask, input_ids.size(1))  # (B, 1, T, S)
+            # finfo.min rather than -inf: same softmax, and no NaN path for the graph to guard
+            bias = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
         outputs = []
         for block, (pk, pv) in zip(m.blocks, past):
             attn = block.attn
-            q, k, v = attn.qkv(block.ln_1(x)).split(x.size(-1), dim=2)
-            if self.attention == "ort":
-                y, k, v = _MultiHeadAttention.apply(q, k, v, pk, pv, bias, attn.n_head)
+            if self.attention == "ort":  # the op adds the qkv bias
+                q, k, v = F.linear(block.ln_1(x), attn.qkv.weight).split(x.size(-1), dim=2)
+                y, k, v = _MultiHeadAttention.apply(q, k, v, pk, pv, attn.qkv.bias, key_mask, attn.n_head)
             else:
-                y, k, v = _MultiHeadAttention.forward(None, q, k, v, pk, pv, bias, attn.n_head)
+                q, k, v = attn.qkv(block.ln_1(x)).split(x.size(-1), dim=2)
+                y, k, v = _reference_attention(q, k, v, pk, pv, bias, attn.n_head)
             x = x + attn.proj(y)
             x = x + block.mlp(block.ln_2(x))
             outputs += [k, v]
@@ -163,18 +193,25 @@ def export_onnx(model: GPT, path: str | Path, opset: int = 17, attention: str = 
             custom_opsets={"com.microsoft": 1} if attention == "ort" else None)
 
 
-def fuse_for_ort(path: str | Path, n_head: int, n_embd: int) -> dict[str, int]:
+def fuse_for_ort(path: str | Path, n_head: int, n_embd: int,
+                 skip_layer_norm: bool = False) -> dict[str, int]:
     """Rewrite `path` with ONNX Runtime's transformer fusions; returns what was fused.
 
-    Add + LayerNorm -> SkipLayerNormalization and the tanh-GELU pattern -> FastGelu (both
-    com.microsoft): ~40 fewer nodes, ~15% faster decode at batch 1. Names, shapes and
-    numerics (within 1e-6) stay; export.verify checks it.
+    The tanh-GELU pattern (+ its bias Add) -> FastGelu (com.microsoft). Names, shapes and
+    numerics (within 1e-6) stay; export.verify checks it. Add + LayerNormalization ->
+    SkipLayerNormalization is off by default: ORT's CPU SkipLayerNormalization is slower
+    than the Adds + LayerNormalization it replaces (9 of them on (16, 1, 256): 165 vs 35 us;
+    a batch-16 decode step -5% without it, batch 1 unchanged). ORT still fuses the
+    embedding sum itself.
     """
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
+    options = FusionOptions("gpt2")
+    options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = skip_layer_norm
     logging.disable(logging.WARNING)  # its shape inference warns on every dynamic slice
     try:
         opt = optimize_model(str(path), model_type="gpt2", num_heads=n_head, hidden_size=n_embd,
-                             opt_level=0, use_gpu=False)
+                             opt_level=0, use_gpu=False, optimization_options=options)
     finally:
         logging.disable(logging.NOTSET)
     opt.save_model_to_file(str(path))

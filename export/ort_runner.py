@@ -7,7 +7,8 @@
 
 The fastest recipe we measured on the 2-core CPU (bench/decode_speed.py):
 - The graph itself matters most: export writes one com.microsoft MultiHeadAttention per
-  layer plus SkipLayerNormalization/FastGelu fusions (~90 nodes instead of ~460).
+  layer that also adds the qkv bias and masks from attention_mask itself (no mask
+  subgraph), plus FastGelu; 62 nodes, 56 kernels after ORT's own fusions (~460 traced).
 - SessionOptions: graph_optimization_level ORT_ENABLE_ALL, execution_mode ORT_SEQUENTIAL,
   intra_op_num_threads 1 at batch 1 (a second thread only adds hand-off cost on a model
   this small), 2 for batches, inter_op_num_threads 1, and
@@ -16,8 +17,15 @@ The fastest recipe we measured on the 2-core CPU (bench/decode_speed.py):
   feed those OrtValues straight back as the next step's `past_key_values.*` with
   `bind_ortvalue_input`, so the cache never round-trips through numpy; only `logits` is
   copied out. Start from empty (B, H, 0, D) past OrtValues for prefill.
+- Call the binding's C++ object (`onnxruntime.capi._pybind_state`) directly: ORT's Python
+  wrappers (IOBinding, OrtValue) re-check devices and wrap every output on every call,
+  ~30 us a step, 10% of a batch-1 step here.
 - Sample with numpy on the last position's fp32 logits; no torch in the loop.
-At batch 1 a step is then ~85% inside ORT, mostly the weight-bound MatMuls.
+Where a batch-1 step goes (frankenstein shape, past 116, 1 thread; ablating ops from the
+graph): ~270 us in ORT of which the 17 MatMuls (13 MB of fp32 weights read per token, at
+memory bandwidth) ~200, MultiHeadAttention ~40 (mostly copying past into present, which
+the [B, H, P, D] interface requires), 15 Adds ~18, 9 LayerNorms ~11, FastGelu ~7; plus
+~15-25 us of Python per step.
 """
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import _pybind_state as C
 
 
 def session_options(threads: int = 1) -> ort.SessionOptions:
@@ -61,32 +70,39 @@ class OrtGPT:
         self.keep = self.meta["window_keep"]
         self.n_head, self.head_dim = self.meta["n_head"], self.meta["head_dim"]
         self.float_type = np.float16 if "float16" in self.sess.get_inputs()[3].type else np.float32
+        self._c_sess = self.sess._sess  # the C++ session behind the Python wrapper
+        self._cpu = ort.OrtDevice.make("cpu", 0)._get_c_device()
 
-    def empty_past(self, batch: int) -> list[ort.OrtValue]:
-        z = np.zeros((batch, self.n_head, 0, self.head_dim), self.float_type)
-        return [ort.OrtValue.ortvalue_from_numpy(z) for _ in self.past_names]
+    def empty_past(self, batch: int) -> list[C.OrtValue]:
+        z = np.zeros((batch, self.n_head, 0, self.head_dim), self.float_type)  # no data to keep alive
+        return [C.OrtValue.ortvalue_from_numpy(z, self._cpu) for _ in self.past_names]
 
     def forward(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray,
-                past: Sequence[ort.OrtValue]) -> tuple[np.ndarray, list[ort.OrtValue]]:
-        """One graph run. Returns (logits (B, T, V) numpy, present as OrtValues)."""
-        b = self.sess.io_binding()
-        b.bind_cpu_input("input_ids", np.ascontiguousarray(ids, np.int64))
-        b.bind_cpu_input("attention_mask", np.ascontiguousarray(mask, np.int64))
-        b.bind_cpu_input("position_ids", np.ascontiguousarray(pos, np.int64))
+                past: Sequence[C.OrtValue]) -> tuple[np.ndarray, list[C.OrtValue]]:
+        """One graph run. Returns (logits (B, T, V) numpy, present as OrtValues).
+
+        `past` is what the previous call returned (or empty_past): ORT's own tensors, which
+        own their memory. The numpy inputs only need to live until the run returns.
+        """
+        b = C.SessionIOBinding(self._c_sess)
+        # bound by pointer, not copied: the (maybe temporary) arrays must outlive the run
+        feeds = [np.ascontiguousarray(a, np.int64) for a in (ids, mask, pos)]
+        for name, a in zip(("input_ids", "attention_mask", "position_ids"), feeds):
+            b.bind_input(name, a)
         for name, v in zip(self.past_names, past):
             b.bind_ortvalue_input(name, v)
         for name in self.out_names:
-            b.bind_output(name)
-        self.sess.run_with_iobinding(b)
+            b.bind_output(name, self._cpu)
+        self._c_sess.run_with_iobinding(b, None)
         outs = b.get_outputs()
-        return outs[0].numpy(), outs[1:]
+        return outs[0].numpy(), [outs[i] for i in range(1, len(outs))]
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray | None = None):
         ids = np.atleast_2d(np.asarray(ids, np.int64))
         mask = np.ones_like(ids) if mask is None else np.asarray(mask, np.int64)
         return self.forward(ids, mask, position_ids_for(mask), self.empty_past(ids.shape[0]))
 
-    def decode(self, next_ids: np.ndarray, mask: np.ndarray, past: Sequence[ort.OrtValue]):
+    def decode(self, next_ids: np.ndarray, mask: np.ndarray, past: Sequence[C.OrtValue]):
         """`mask` already includes the new token's column."""
         pos = (mask.sum(axis=1, keepdims=True) - 1).astype(np.int64)
         return self.forward(np.asarray(next_ids, np.int64).reshape(-1, 1), mask, pos, past)

@@ -78,6 +78,21 @@ def test_checker_passes(art):
         onnx.checker.check_model(str(art / name), full_check=True)
 
 
+def test_graph_is_lean(art):
+    """What makes decode fast: MultiHeadAttention masks and adds the qkv bias itself."""
+    graph = onnx.load(str(art / "model.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    mha = [n for n in graph.node if n.op_type == "MultiHeadAttention"]
+    assert len(mha) == 2  # one per layer
+    for node in mha:
+        assert node.input[3] and node.input[4] and not node.input[5]  # bias, key mask, no additive bias
+        assert {a.name: a.i for a in node.attribute}["unidirectional"] == 1
+    assert ops.count("FastGelu") == 2
+    # no mask subgraph, and no SkipLayerNormalization (slower than Add + LayerNorm on CPU)
+    assert not {"Where", "Range", "Not", "SkipLayerNormalization"} & set(ops)
+    assert len(ops) <= 40, ops
+
+
 def test_manifest_hashes_match_files(art, tiny_run, tmp_path):
     manifest = json.loads((art / "manifest.json").read_text())
     assert set(manifest["files"]) == {"model.onnx", "model.fp16.onnx", "model_config.json", "tokenizer.json"}
