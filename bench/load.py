@@ -99,7 +99,6 @@ async def run_streams(target: str, n: int, seconds: float, prompt: str, new_toke
                         tokens += len(msg.token_ids)
                 except grpc.RpcError:
                     errors += 1
-                del t0
 
         await asyncio.gather(*(client() for _ in range(n)))
         wall = time.perf_counter() - t_start
