@@ -99,16 +99,7 @@ class RefGPT(nn.Module):
                                       for _ in range(mc.n_layer)])
         self.ln_f = nn.LayerNorm(mc.n_embd)
         self.lm_head = nn.Linear(mc.n_embd, mc.vocab_size)                 # untied
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module):
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        self.apply(GPT._init_weights)  # the same N(0, 0.02) start as ours
 
     def forward(self, idx, targets=None):
         B, T = idx.shape
