@@ -4,7 +4,7 @@
     write_manifest(art, training_summary)      # last: hashes every other file of the dir
     problems = check_manifest(art)             # [] when every hash and size matches
 
-The layout is the contract between export and serving (see DESIGN.md, "Files between
+The layout is the contract between export and serving (see docs/DESIGN.md, "Files between
 stages"); the server reads the ONNX names from model_config.json instead of rebuilding them.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@
     convert_fp16(path, fp16_path)                       # the same graph in fp16 (for CUDA)
 
 `OnnxGPT` wraps `training.model.GPT` so the traced graph has the flat interface of
-DESIGN.md ("ONNX graph with KV cache"): it always passes `attention_mask` and
+docs/DESIGN.md ("ONNX graph with KV cache"): it always passes `attention_mask` and
 `position_ids` (so left padding works) and maps the flat `past_key_values.{i}.key/.value`
 inputs to the model's per-layer (k, v).
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics (names fixed by DESIGN.md), served on their own port.
+"""Prometheus metrics (names fixed by docs/DESIGN.md), served on their own port.
 
     m = Metrics(); port = m.serve("0.0.0.0", 9090)    # GET :9090/metrics
     m.requests.labels(rpc="Generate", code="OK").inc()
