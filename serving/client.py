@@ -12,7 +12,7 @@ import sys
 
 import grpc
 
-from serving.__main__ import run_main
+from serving.errors import run_main
 from serving.errors import UserError
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from serving.errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "fp16", "int8")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -23,6 +24,7 @@ class ServeConfig:
     port: int = 50051
     metrics_port: int = 9090           # 0 = an ephemeral port (tests); -1 = no metrics server
     device: str = "auto"
+    precision: str = "fp32"            # which model file: fp32 (on CUDA: the fp16 file if exported), fp16, int8
     max_batch: int = 32
     max_queue: int = 256
     max_new_tokens: int = 1024         # the largest max_tokens a request may ask for
@@ -35,6 +37,8 @@ class ServeConfig:
             raise UserError("no model: pass --model ARTIFACT_DIR (or set SHELLEY_MODEL)")
         if self.device not in DEVICES:
             raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.log_level not in LOG_LEVELS:
             raise UserError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         for name, low in (("max_batch", 1), ("max_queue", 1), ("max_new_tokens", 1),
