@@ -12,8 +12,7 @@ import sys
 
 import grpc
 
-from serving.errors import run_main
-from serving.errors import UserError
+from serving.errors import UserError, run_main
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
