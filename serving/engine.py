@@ -272,6 +272,8 @@ class Engine:
         """Sample the next token of each slot's request from its logits row; end or go on."""
         reqs = [self.table.owner[s] for s in slots]
         tokens = sample_batch(logits, [r.params for r in reqs], [r.rng for r in reqs])
+        if self.metrics:
+            self.metrics.generated_tokens.inc(len(reqs))
         logprobs = self._logprobs(reqs, logits, tokens)
         sliding = []
         for s, r, tok, lp in zip(slots, reqs, tokens.tolist(), logprobs):
@@ -300,7 +302,6 @@ class Engine:
         r.generated += 1
         now = time.perf_counter()
         if self.metrics:
-            self.metrics.generated_tokens.inc()
             if r.generated == 1:
                 self.metrics.ttft.observe(now - r.t_submit)
             else:

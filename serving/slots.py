@@ -22,10 +22,7 @@ class SlotTable:
         self.owner: list = [None] * slots          # slot -> request, or None when free
         self.lengths = np.zeros(slots, np.int64)  # tokens in each slot's cache
         self.tokens = np.zeros(slots, np.int64)   # next token to feed each slot
-
-    @property
-    def running(self) -> int:
-        return sum(r is not None for r in self.owner)
+        self.running = 0                           # owned slots
 
     @property
     def free(self) -> int:
@@ -50,11 +47,14 @@ class SlotTable:
             raise ValueError(f"{len(requests)} requests for {len(free)} free slots")
         for s, r in zip(free, requests):
             self.owner[s] = r
+            self.running += 1
             r.slot = s
             self.lengths[s] = 0
         return free[: len(requests)]
 
     def release(self, slot: int) -> None:
+        if self.owner[slot] is not None:
+            self.running -= 1
         self.owner[slot] = None
         self.lengths[slot] = 0
         self.tokens[slot] = 0
