@@ -3,22 +3,18 @@
     .venv/bin/python bench/decode_speed.py [--threads 1 2] [--batches 1 16 32 64]
         [--engines a d e a8 e8] [--new-tokens 200] [--pasts 16 64 128 240] [--run RUN]
 
-(a)  ours: serving.runtime.Runtime on the exported graph (in-place KV cache): the batch's
-     prompts prefilled into slots 0..B-1, then one Runtime.decode per token; fp32
-(d)  Hugging Face transformers GPT2LMHeadModel.generate (its own KV cache), fp32
-(e)  CTranslate2 Generator.generate_batch, compute_type float32
-(a8) (a) on model.int8.onnx, the file `python -m export --quantize int8` writes
-(e8) CTranslate2, compute_type int8 (the header names the type it resolves to)
-The recompute baselines of the old graph (ORT and PyTorch re-running the whole context)
-are gone: the fixed-buffer graph has no empty-past call to reuse for them.
+(a) ours: serving.runtime.Runtime (prompts prefilled into slots 0..B-1, then Runtime.decode
+steps); (d) Hugging Face GPT2LMHeadModel.generate; (e) CTranslate2 float32; (a8) (a) on the
+model.int8.onnx that `python -m export --quantize int8` writes; (e8) CTranslate2 int8. The
+old graph's recompute baselines are gone: the fixed-buffer graph has no empty-past call.
 
 All engines run the same weights (random, `frankenstein` shape: 4 layers, 4 heads, 256
 wide, context 256, unless --run), greedy from the same 16-token prompts, on --threads
-threads (a table per value). After one untimed warm-up each, engines run round-robin
-(each repeat runs every engine once, so a burst of load hits all alike); best-of wall and
-CPU time. The step table times one decode step of (a) at batch 32 with the caches holding
---pasts tokens, splits it with ONNX Runtime's profiler into GroupQueryAttention and the
-rest, and divides the K/V bytes attention reads by its time. Compare ratios within a run.
+threads (tables for each value). After an untimed warm-up, engines run round-robin (each
+repeat runs every engine once, so a burst of load hits all alike): best wall and CPU time.
+The step table times one decode step of (a) at batch 32 with the caches holding --pasts
+tokens, splits it with ONNX Runtime's profiler into GroupQueryAttention and the rest, and
+divides the K/V bytes attention reads by its time. Compare ratios within one run.
 """
 from __future__ import annotations
 
@@ -31,7 +27,9 @@ import shutil
 import sys
 import tempfile
 import time
+import timeit
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -106,19 +104,15 @@ def to_ctranslate2(hf, out: Path, vocab_size: int) -> Path:
     """Convert the HF model (float32 weights); the vocabulary is t0..tN, ids fed as tokens."""
     import transformers
     from ctranslate2.converters import TransformersConverter
-
-    class Vocab:
-        bos_token = eos_token = unk_token = "t0"
-
-        def get_vocab(self):
-            return {f"t{i}": i for i in range(vocab_size)}
+    vocab = SimpleNamespace(bos_token="t0", eos_token="t0", unk_token="t0",
+                            get_vocab=lambda: {f"t{i}": i for i in range(vocab_size)})
 
     class Converter(TransformersConverter):
         def load_model(self, model_class, path, **kwargs):
             return hf
 
         def load_tokenizer(self, tokenizer_class, path, **kwargs):
-            return Vocab()
+            return vocab
 
     hf.config.save_pretrained(out / "hf")  # the converter reads the config from here
     transformers.logging.set_verbosity_error()   # the converter reads a deprecated config field
@@ -224,54 +218,46 @@ def step_at(rt: Runtime, first: int, tokens: np.ndarray, past: int) -> None:
     rt.forward(tokens[:, None], lengths[:, None], lengths, past + 1, first)
 
 
-def step_medians(rt: Runtime, pasts, tokens: np.ndarray, steps: int) -> dict[int, float]:
-    """Median seconds of one step per past; the pasts take turns, 10 steps at a time."""
-    times = {p: [] for p in pasts}
-    for _ in range(max(1, steps // 10)):
-        for i, p in enumerate(pasts):
-            for _ in range(10):
-                t = time.perf_counter()
-                step_at(rt, i * len(tokens), tokens, p)
-                times[p].append(time.perf_counter() - t)
-    return {p: float(np.median(ts)) for p, ts in times.items()}
+def run_steps(rt: Runtime, pasts, tokens: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """(wall, CPU) seconds of each step, in `order` (indices into `pasts`)."""
+    times = np.zeros((len(order), 2))
+    for j, i in enumerate(order):
+        t, c = time.perf_counter(), time.process_time()
+        step_at(rt, i * len(tokens), tokens, pasts[i])
+        times[j] = time.perf_counter() - t, time.process_time() - c
+    return times
 
 
-def profile_steps(rt: Runtime, art: Artifact, threads: int, pasts, tokens: np.ndarray, steps: int,
-                  tmp: Path) -> dict[int, np.ndarray]:
-    """Per past, median ms per step of (GroupQueryAttention kernels, all kernels, the ORT run)
-    from ONNX Runtime's profiler, on a session with the runtime's own options swapped in
-    for these steps (Runtime has no profiling switch)."""
+def profile_steps(rt: Runtime, art: Artifact, threads: int, pasts, tokens: np.ndarray, order: np.ndarray,
+                  tmp: Path) -> np.ndarray:
+    """(GroupQueryAttention kernels, other kernels, the ORT run) ms of each step, from ONNX
+    Runtime's profiler on a session with the runtime's own options, swapped in for these
+    steps (Runtime has no profiling switch)."""
     import onnxruntime as ort
     so = session_options(threads)
     so.enable_profiling, so.profile_file_prefix = True, str(tmp / "profile")
     plain = rt.session
     rt.session = ort.InferenceSession(str(art.onnx_path("fp32")), so, providers=["CPUExecutionProvider"])
     try:
-        for i in [0] * WARMUP + [i for i in range(len(pasts)) for _ in range(steps)]:
-            step_at(rt, i * len(tokens), tokens, pasts[i])
+        run_steps(rt, pasts, tokens, np.concatenate([np.zeros(WARMUP, int), order]))
         events = json.loads(Path(rt.session.end_profiling()).read_text())
     finally:
         rt.session = plain
     runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
     starts = [e["ts"] for e in runs]
-    per_run = np.zeros((len(runs), 3))              # attention, kernels, run: microseconds
+    per_run = np.zeros((len(runs), 3))
     per_run[:, 2] = [e["dur"] for e in runs]
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             j = bisect.bisect_right(starts, e["ts"]) - 1
-            per_run[j, :2] += e["dur"] * np.array([e["args"].get("op_name") == "GroupQueryAttention", 1])
-    per_run = per_run[WARMUP:].reshape(len(pasts), steps, 3)
-    return {p: np.median(per_run[i], axis=0) / 1e3 for i, p in enumerate(pasts)}
+            per_run[j, 0 if e["args"].get("op_name") == "GroupQueryAttention" else 1] += e["dur"]
+    return per_run[WARMUP:] / 1e3
 
 
 def read_gb_per_s(mb: int = 64) -> float:
     """GB/s of one thread summing a float32 array of `mb` MB: streaming memory, for scale."""
-    x, best = np.ones(mb * 2**20 // 4, np.float32), float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - t)
-    return x.nbytes / best / 1e9
+    x = np.ones(mb * 2**20 // 4, np.float32)
+    return x.nbytes / min(timeit.repeat(x.sum, number=1, repeat=5)) / 1e9
 
 
 def step_table(art: Artifact, threads: int, pasts, steps: int, tmp: Path) -> None:
@@ -281,27 +267,31 @@ def step_table(art: Artifact, threads: int, pasts, steps: int, tmp: Path) -> Non
     for i, p in enumerate(pasts):   # each past its own 32 slots, filled by one prefill
         rt.prefill(i * STEP_BATCH, rng.integers(0, c.vocab_size, (STEP_BATCH, p)).tolist())
     tokens = rng.integers(0, c.vocab_size, STEP_BATCH)
-    med = step_medians(rt, pasts, tokens, steps)
-    prof = profile_steps(rt, art, threads, pasts, tokens, steps, tmp)
-    print(f"\none decode step of (a) at batch {STEP_BATCH}, {threads} thread(s), medians of {steps}; "
-          f"profiled (the profiler adds its own cost): GroupQueryAttention kernels ({c.n_layer} layers) "
-          f"/ all kernels / the ORT run; for scale, one thread sums a 64 MB array at "
-          f"{read_gb_per_s():.1f} GB/s here\n")
-    print(f"| past | step ms | vs past {pasts[0]} | profiled ms: attention / kernels / run "
-          f"| attention share | K/V read per step | attention GB/s |")
+    order = np.tile(np.repeat(np.arange(len(pasts)), 10), max(1, steps // 10))  # turns, so load hits all alike
+    times = run_steps(rt, pasts, tokens, order)
+    prof = profile_steps(rt, art, threads, pasts, tokens, order, tmp)
+    med = {p: np.median(times[order == i], axis=0) for i, p in enumerate(pasts)}
+    prof = {p: np.median(prof[order == i], axis=0) for i, p in enumerate(pasts)}
+    n = len(order) // len(pasts)
+    print(f"\none decode step of (a) at batch {STEP_BATCH}, {threads} thread(s), medians of {n}; profiled "
+          f"(the profiler adds its own cost): GroupQueryAttention kernels ({c.n_layer} layers), the other "
+          f"kernels, the whole ORT run; for scale, one thread sums a 64 MB array at {read_gb_per_s():.1f} "
+          f"GB/s here\n")
+    print(f"| past | step ms (CPU ms) | vs past {pasts[0]} (CPU) | profiled ms: attention + other kernels "
+          f"< run | attention share | K/V read per step | attention GB/s |")
     print("| ---: | ---: | ---: | :--- | ---: | ---: | ---: |")
     for p in pasts:
-        attn, kernels, run = prof[p]
+        (wall, cpu), (attn, other, run) = med[p], prof[p]
         kv = STEP_BATCH * c.n_layer * 2 * c.n_head * p * c.head_dim * 4
-        print(f"| {p} | {med[p] * 1e3:.2f} | {med[p] / med[pasts[0]]:.2f}x | {attn:.2f} / {kernels:.2f} / "
-              f"{run:.2f} | {attn / kernels:.0%} | {kv / 1e6:.1f} MB | {kv / attn / 1e6:.1f} |", flush=True)
+        print(f"| {p} | {wall * 1e3:.2f} ({cpu * 1e3:.2f}) | {wall / med[pasts[0]][0]:.2f}x "
+              f"({cpu / med[pasts[0]][1]:.2f}x) | {attn:.2f} + {other:.2f} < {run:.2f} | "
+              f"{attn / (attn + other):.0%} | {kv / 1e6:.1f} MB | {kv / attn / 1e6:.1f} |", flush=True)
 
 
 # --- conditions and main --------------------------------------------------------------------
 
 def cpu_flags() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    lines = info.splitlines()
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
     flags = set(next((ln for ln in lines if ln.startswith("flags")), "").split())
     name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "CPU")
     have = [f for f in ("avx512f", "avx2", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags]
@@ -309,7 +299,6 @@ def cpu_flags() -> str:
 
 
 def header(model: GPT, weights: str, n: int, threads: int, ct2_int8: str | None) -> str:
-    import onnxruntime
     c = model.config
     versions = ", ".join(f"{m} {sys.modules[m].__version__}" for m in ("onnxruntime", "transformers", "ctranslate2")
                          if m in sys.modules)
