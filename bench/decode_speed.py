@@ -254,10 +254,12 @@ def profile_steps(rt: Runtime, art: Artifact, threads: int, pasts, tokens: np.nd
     return per_run[WARMUP:] / 1e3
 
 
-def read_gb_per_s(mb: int = 64) -> float:
-    """GB/s of one thread summing a float32 array of `mb` MB: streaming memory, for scale."""
-    x = np.ones(mb * 2**20 // 4, np.float32)
-    return x.nbytes / min(timeit.repeat(x.sum, number=1, repeat=5)) / 1e9
+def read_gb_per_s(threads: int, mb: int = 64) -> float:
+    """GB/s of torch summing a float32 array of `mb` MB on `threads` threads: how fast this
+    machine streams memory right now, for scale."""
+    torch.set_num_threads(threads)
+    x = torch.ones(mb * 2**20 // 4)
+    return x.numel() * 4 / min(timeit.repeat(x.sum, number=1, repeat=5)) / 1e9
 
 
 def step_table(art: Artifact, threads: int, pasts, steps: int, tmp: Path) -> None:
@@ -275,8 +277,8 @@ def step_table(art: Artifact, threads: int, pasts, steps: int, tmp: Path) -> Non
     n = len(order) // len(pasts)
     print(f"\none decode step of (a) at batch {STEP_BATCH}, {threads} thread(s), medians of {n}; profiled "
           f"(the profiler adds its own cost): GroupQueryAttention kernels ({c.n_layer} layers), the other "
-          f"kernels, the whole ORT run; for scale, one thread sums a 64 MB array at {read_gb_per_s():.1f} "
-          f"GB/s here\n")
+          f"kernels, the whole ORT run; for scale, torch sums a 64 MB array at {read_gb_per_s(threads):.1f} "
+          f"GB/s here on as many threads\n")
     print(f"| past | step ms (CPU ms) | vs past {pasts[0]} (CPU) | profiled ms: attention + other kernels "
           f"< run | attention share | K/V read per step | attention GB/s |")
     print("| ---: | ---: | ---: | :--- | ---: | ---: | ---: |")
