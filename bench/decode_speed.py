@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         run = Path(a.run) if a.run else random_run(tmp / "run")
         model = load_run(run)[0]
         c = model.config
-        if PROMPT_LEN + a.new_tokens > c.block_size or max(a.pasts, default=0) >= c.block_size:
+        if PROMPT_LEN + a.new_tokens > c.block_size or not all(0 < p < c.block_size for p in a.pasts):
             raise UserError(f"--new-tokens and --pasts must stay inside the context of {c.block_size} tokens")
         art = export_artifact(run, tmp / "art", int8="a8" in a.engines)
         hf = to_hf(model) if {"d", "e", "e8"} & set(a.engines) else None
