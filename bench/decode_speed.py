@@ -1,56 +1,79 @@
-"""Decode speed: tokens/s of five ways to generate from the same GPT-2-shaped model.
+"""Decode speed: the serving runtime against Hugging Face generate and CTranslate2, fp32 and int8.
 
-    .venv/bin/python bench/decode_speed.py [--batches 1 16] [--new-tokens 200] [--run RUN]
+    .venv/bin/python bench/decode_speed.py [--threads 1 2] [--batches 1 16 32 64]
+        [--engines a d e a8 e8] [--new-tokens 200] [--pasts 16 64 128 240] [--run RUN]
 
-(a) ONNX Runtime with the KV cache (export.ort_runner: IO binding, cache kept as OrtValues)
-(b) ONNX Runtime recomputing the whole context every step (same graph, empty past)
-(c) PyTorch recomputing the whole context (the seeds' generate)
-(d) Hugging Face transformers GPT2LMHeadModel.generate (KV cache)
-(e) CTranslate2 Generator.generate_batch, converted from that same GPT-2
+(a) ours: serving.runtime.Runtime (prompts prefilled into slots 0..B-1, then Runtime.decode
+steps); (d) Hugging Face GPT2LMHeadModel.generate; (e) CTranslate2 float32; (a8) (a) on the
+model.int8.onnx that `python -m export --quantize int8` writes; (e8) CTranslate2 int8. The
+old graph's recompute baselines are gone: the fixed-buffer graph has no empty-past call.
 
-Shape: the `frankenstein` preset (4 layers, 4 heads, 256 wide, context 256), random
-weights unless --run is given. Our weights are loaded into the HF model (and so into
-CTranslate2), so every engine runs the same model; greedy tokens are compared as a check.
-One process, one run: compare the ratios, not the absolute numbers of a shared machine.
+All engines run the same weights (random, `frankenstein` shape: 4 layers, 4 heads, 256
+wide, context 256, unless --run), greedy from the same 16-token prompts, on --threads
+threads (tables for each value). After an untimed warm-up, engines run round-robin (each
+repeat runs every engine once, so a burst of load hits all alike): best wall and CPU time.
+The step table times one decode step of (a) at batch 32 with the caches holding --pasts
+tokens, splits it with ONNX Runtime's profiler into GroupQueryAttention and the rest, and
+divides the K/V bytes attention reads by its time. Compare ratios within one run.
 """
 from __future__ import annotations
 
 import argparse
+import bisect
+import json
 import os
+import random
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+import timeit
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from serving.artifact import Artifact, load_artifact  # noqa: E402
+from serving.runtime import Runtime, session_options  # noqa: E402
+from training.cli import UserError, run_main  # noqa: E402
 from training.model import GPT, count_params  # noqa: E402
-from training.model_config import ModelConfig  # noqa: E402
+
+ENGINES = {"a": "(a) ours fp32", "d": "(d) HF generate fp32", "e": "(e) CTranslate2 float32",
+           "a8": "(a8) ours int8", "e8": "(e8) CTranslate2 int8"}
+SAME_AS = {"d": "a", "e": "a", "a8": "a", "e8": "e"}    # whose greedy tokens each is compared with
+RATIOS = (("a", "d"), ("a", "e"), ("a8", "e8"), ("a8", "a"))
+PROMPT_LEN, STEP_BATCH, WARMUP = 16, 32, 5
 
 
-@dataclass
-class BenchConfig:
-    batches: tuple[int, ...] = (1, 16)
-    new_tokens: int = 200
-    prompt_len: int = 16
-    vocab_size: int = 354          # about the frankenstein char vocabulary (+256 bytes + EOS)
-    threads: int = 2               # the machine's cores
-    repeats: int = 3               # best of, for the fast engines
-    run: str | None = None
-    seed: int = 0
+# --- the model, once, in every engine's format --------------------------------------------
+
+def random_run(out: Path, seed: int = 0) -> Path:
+    """A run dir of random frankenstein-shaped weights, with a local corpus (random text over
+    the char vocabulary, 354 ids) for export's int8 quality check to score."""
+    from training.checkpoint import save_checkpoint
+    from training.model import build_model
+    from training.model_config import ModelConfig
+    from training.tokenizer import build_char_tokenizer
+    alphabet = "".join(map(chr, range(32, 127))) + "\n\t"
+    out.mkdir(parents=True)
+    rnd = random.Random(seed)
+    (out / "corpus.txt").write_text("".join(rnd.choice(alphabet) for _ in range(40_000)))
+    tok = build_char_tokenizer(alphabet)
+    tok.save(str(out / "tokenizer.json"))
+    torch.manual_seed(seed)
+    mc = ModelConfig(vocab_size=tok.get_vocab_size(), block_size=256, n_layer=4, n_head=4, n_embd=256)
+    save_checkpoint(out / "ckpt.pt", {"model_config": mc.to_dict(), "model": build_model(mc).state_dict(),
+                                      "train_config": {"corpus": str(out / "corpus.txt")}})
+    return out
 
 
-def build_model(cfg: BenchConfig) -> GPT:
-    if cfg.run:
-        from training.checkpoint import load_run
-        return load_run(cfg.run)[0]
-    torch.manual_seed(cfg.seed)
-    mc = ModelConfig(vocab_size=cfg.vocab_size, block_size=256, n_layer=4, n_head=4, n_embd=256)
-    return GPT(mc).eval()
+def export_artifact(run: Path, out: Path, int8: bool) -> Artifact:
+    """What `python -m export --run RUN --out ART [--quantize int8]` writes, loaded as the server does."""
+    from export.build import ExportConfig, export_run
+    export_run(ExportConfig(run=str(run), out=str(out), quantize="int8" if int8 else None))
+    return load_artifact(out)
 
 
 def to_hf(model: GPT):
@@ -77,69 +100,38 @@ def to_hf(model: GPT):
     return hf.eval()
 
 
-def to_ctranslate2(hf, out: Path, vocab_size: int, threads: int):
-    """Convert the HF model; the vocabulary is just t0..tN (we feed ids as tokens)."""
-    import ctranslate2
+def to_ctranslate2(hf, out: Path, vocab_size: int) -> Path:
+    """Convert the HF model (float32 weights); the vocabulary is t0..tN, ids fed as tokens."""
+    import transformers
     from ctranslate2.converters import TransformersConverter
-
-    class Vocab:
-        bos_token = eos_token = unk_token = "t0"
-
-        def get_vocab(self):
-            return {f"t{i}": i for i in range(vocab_size)}
+    vocab = SimpleNamespace(bos_token="t0", eos_token="t0", unk_token="t0",
+                            get_vocab=lambda: {f"t{i}": i for i in range(vocab_size)})
 
     class Converter(TransformersConverter):
         def load_model(self, model_class, path, **kwargs):
             return hf
 
         def load_tokenizer(self, tokenizer_class, path, **kwargs):
-            return Vocab()
+            return vocab
 
-    hf_dir = out / "hf"
-    hf.save_pretrained(hf_dir)  # the converter reads the config from here
-    Converter(str(hf_dir)).convert(str(out / "ct2"), force=True)
-    return ctranslate2.Generator(str(out / "ct2"), device="cpu", intra_threads=threads,
-                                 inter_threads=1)
-
-
-def export_artifact(model: GPT, art: Path):
-    from export.artifact import write_model_config
-    from export.onnx_graph import export_onnx, fuse_for_ort
-    export_onnx(model, art / "model.onnx")  # what python -m export writes
-    fuse_for_ort(art / "model.onnx", model.config.n_head, model.config.n_embd)
-    write_model_config(art, "bench", model.config, count_params(model), 0, 17, False)
+    hf.config.save_pretrained(out / "hf")  # the converter reads the config from here
+    transformers.logging.set_verbosity_error()   # the converter reads a deprecated config field
+    Converter(str(out / "hf")).convert(str(out / "ct2"), force=True)
+    return out / "ct2"
 
 
 # --- the engines: each takes prompts (B, P) and returns the new ids (B, N) -----------------
 
-def ort_kv(gpt, prompts: np.ndarray, n: int) -> np.ndarray:
+def ours(rt: Runtime, prompts: np.ndarray, n: int) -> np.ndarray:
     B, P = prompts.shape
-    mask = np.ones((B, P + n), np.int64)
-    out = np.empty((B, n), np.int64)
-    logits, past = gpt.prefill(prompts)
+    out, lengths = np.empty((B, n), np.int64), np.full(B, P)
+    logits = rt.prefill(0, prompts.tolist())
     for t in range(n):
-        out[:, t] = logits[:, -1].argmax(-1)
+        out[:, t] = logits.argmax(-1)
         if t + 1 < n:
-            pos = np.full((B, 1), P + t, np.int64)
-            logits, past = gpt.forward(out[:, t:t + 1], mask[:, :P + t + 1], pos, past)
+            logits = rt.decode(out[:, t], lengths)
+            lengths += 1
     return out
-
-
-def ort_recompute(gpt, prompts: np.ndarray, n: int) -> np.ndarray:
-    ids = prompts
-    for _ in range(n):
-        logits, _ = gpt.prefill(ids)
-        ids = np.concatenate([ids, logits[:, -1].argmax(-1)[:, None]], axis=1)
-    return ids[:, prompts.shape[1]:]
-
-
-@torch.no_grad()
-def torch_recompute(model: GPT, prompts: np.ndarray, n: int) -> np.ndarray:
-    ids = torch.from_numpy(prompts)
-    for _ in range(n):
-        logits, _, _ = model(ids)
-        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids[:, prompts.shape[1]:].numpy()
 
 
 @torch.no_grad()
@@ -157,74 +149,205 @@ def ct2_generate(gen, prompts: np.ndarray, n: int) -> np.ndarray:
     return np.array([r.sequences_ids[0] for r in res])
 
 
-def timed(engines: dict, repeats: int) -> tuple[dict, dict, dict]:
-    """Best wall time and best CPU time (all threads) of each engine, and its output.
+def make_engines(names, art: Artifact, hf, ct2_dir: Path | None, threads: int, slots: int):
+    """({name: fn(prompts, n)}, the compute type CTranslate2's int8 resolves to), on `threads`."""
+    engines, ct2_int8 = {}, None
+    torch.set_num_threads(threads)
+    for k in names:
+        if k in ("a", "a8"):
+            rt = Runtime(art, device="cpu", threads=threads, precision="int8" if k == "a8" else "fp32", slots=slots)
+            engines[k] = lambda p, n, rt=rt: ours(rt, p, n)
+        elif k == "d":
+            engines[k] = lambda p, n: hf_generate(hf, p, n)
+        else:
+            import ctranslate2
+            gen = ctranslate2.Generator(str(ct2_dir), device="cpu", compute_type="int8" if k == "e8" else "float32",
+                                        intra_threads=threads, inter_threads=1)
+            ct2_int8 = gen.compute_type if k == "e8" else ct2_int8
+            engines[k] = lambda p, n, gen=gen: ct2_generate(gen, p, n)
+    return {k: engines[k] for k in ENGINES if k in engines}, ct2_int8
 
-    Round-robin: every round runs each engine once (the slow ones only in their first
-    `reps` rounds), so a burst of load on the shared machine hits all engines alike rather
-    than whichever was running. CPU seconds are steadier than wall seconds; both reported.
-    """
-    best = {name: float("inf") for name in engines}
+
+def timed(engines: dict, prompts: np.ndarray, n: int, repeats: int) -> tuple[dict, dict, dict]:
+    """Best wall and best CPU seconds (all threads) of each engine, and its output. A short
+    untimed run first (HF builds its caches, CTranslate2 its workspace), then round-robin."""
+    best = {k: float("inf") for k in engines}
     best_cpu, outs = dict(best), {}
-    for r in range(repeats):
-        for name, (fn, reps) in engines.items():
-            if r >= reps:
-                continue
+    for fn in engines.values():
+        fn(prompts, 4)
+    for _ in range(repeats):
+        for k, fn in engines.items():
             t, c = time.perf_counter(), time.process_time()
-            outs[name] = fn()
-            best[name] = min(best[name], time.perf_counter() - t)
-            best_cpu[name] = min(best_cpu[name], time.process_time() - c)
+            outs[k] = fn(prompts, n)
+            best[k] = min(best[k], time.perf_counter() - t)
+            best_cpu[k] = min(best_cpu[k], time.process_time() - c)
     return best, best_cpu, outs
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
-    p.add_argument("--new-tokens", type=int, default=200)
-    p.add_argument("--run", help="use this run's weights instead of random ones")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--engines", default="abcde", help="which engines to time, e.g. ade")
-    p.add_argument("--threads", type=int, default=2, help="threads for every engine (batch > 1 for ORT)")
-    a = p.parse_args(argv)
-    cfg = BenchConfig(batches=tuple(a.batches), new_tokens=a.new_tokens, run=a.run, repeats=a.repeats,
-                      threads=a.threads)
-    torch.set_num_threads(cfg.threads)
-    from export.ort_runner import OrtGPT
+def speed_tables(engines: dict, vocab: int, batches, n: int, repeats: int) -> None:
+    """Per batch and engine: tok/s, tok per CPU-second, busy cores, greedy agreement; then
+    the ratios of ours to the others."""
+    print("| batch | engine | tok/s | tok/CPU-s | CPU-s/s | same greedy tokens as |")
+    print("| ---: | :--- | ---: | ---: | ---: | :--- |")
+    rows = []
+    for B in batches:
+        prompts = np.random.default_rng(B).integers(0, vocab, (B, PROMPT_LEN))
+        wall, cpu, outs = timed(engines, prompts, n, repeats)
+        for k in engines:
+            ref = SAME_AS.get(k)
+            same = f"({ref}) {(outs[k] == outs[ref]).mean():.0%}" if ref in outs else "-"
+            print(f"| {B} | {ENGINES[k]} | {B * n / wall[k]:,.0f} | {B * n / cpu[k]:,.0f} | "
+                  f"{cpu[k] / wall[k]:.2f} | {same} |", flush=True)
+        rows.append((B, wall, cpu))
+    pairs = [(a, b) for a, b in RATIOS if a in engines and b in engines]
+    if pairs:
+        print("\nhow many times faster (wall; per CPU-second in brackets):\n")
+        print("| batch | " + " | ".join(f"({a}) vs ({b})" for a, b in pairs) + " |")
+        print("| ---: |" + " ---: |" * len(pairs))
+        for B, wall, cpu in rows:
+            print(f"| {B} | " + " | ".join(f"{wall[b] / wall[a]:.2f}x ({cpu[b] / cpu[a]:.2f}x)" for a, b in pairs) + " |")
 
-    model = build_model(cfg)
+
+# --- one decode step at a fixed past length -----------------------------------------------
+
+def step_at(rt: Runtime, first: int, tokens: np.ndarray, past: int) -> None:
+    """Runtime.decode on slots first..first+B-1 whose caches hold `past` tokens (decode always
+    starts at slot 0; this is its call with a slot offset). The new token's column is
+    rewritten in place each time, so the past stays `past` however often it runs."""
+    lengths = np.full(len(tokens), past)
+    rt.forward(tokens[:, None], lengths[:, None], lengths, past + 1, first)
+
+
+def run_steps(rt: Runtime, pasts, tokens: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """(wall, CPU) seconds of each step, in `order` (indices into `pasts`)."""
+    times = np.zeros((len(order), 2))
+    for j, i in enumerate(order):
+        t, c = time.perf_counter(), time.process_time()
+        step_at(rt, i * len(tokens), tokens, pasts[i])
+        times[j] = time.perf_counter() - t, time.process_time() - c
+    return times
+
+
+def profile_steps(rt: Runtime, art: Artifact, threads: int, pasts, tokens: np.ndarray, order: np.ndarray,
+                  tmp: Path) -> np.ndarray:
+    """(GroupQueryAttention kernels, other kernels, the ORT run) ms of each step, from ONNX
+    Runtime's profiler on a session with the runtime's own options, swapped in for these
+    steps (Runtime has no profiling switch)."""
+    import onnxruntime as ort
+    so = session_options(threads)
+    so.enable_profiling, so.profile_file_prefix = True, str(tmp / "profile")
+    plain = rt.session
+    rt.session = ort.InferenceSession(str(art.onnx_path("fp32")), so, providers=["CPUExecutionProvider"])
+    try:
+        run_steps(rt, pasts, tokens, np.concatenate([np.zeros(WARMUP, int), order]))
+        events = json.loads(Path(rt.session.end_profiling()).read_text())
+    finally:
+        rt.session = plain
+    runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
+    starts = [e["ts"] for e in runs]
+    per_run = np.zeros((len(runs), 3))
+    per_run[:, 2] = [e["dur"] for e in runs]
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            j = bisect.bisect_right(starts, e["ts"]) - 1
+            per_run[j, 0 if e["args"].get("op_name") == "GroupQueryAttention" else 1] += e["dur"]
+    return per_run[WARMUP:] / 1e3
+
+
+def read_gb_per_s(threads: int, mb: int = 64) -> float:
+    """GB/s of torch summing a float32 array of `mb` MB on `threads` threads: how fast this
+    machine streams memory right now, for scale."""
+    torch.set_num_threads(threads)
+    x = torch.ones(mb * 2**20 // 4)
+    return x.numel() * 4 / min(timeit.repeat(x.sum, number=1, repeat=5)) / 1e9
+
+
+def step_table(art: Artifact, threads: int, pasts, steps: int, tmp: Path) -> None:
+    c = art.config
+    rt = Runtime(art, device="cpu", threads=threads, slots=STEP_BATCH * len(pasts))
+    rng = np.random.default_rng(1)
+    for i, p in enumerate(pasts):   # each past its own 32 slots, filled by one prefill
+        rt.prefill(i * STEP_BATCH, rng.integers(0, c.vocab_size, (STEP_BATCH, p)).tolist())
+    tokens = rng.integers(0, c.vocab_size, STEP_BATCH)
+    order = np.tile(np.repeat(np.arange(len(pasts)), 10), max(1, steps // 10))  # turns, so load hits all alike
+    times = run_steps(rt, pasts, tokens, order)
+    prof = profile_steps(rt, art, threads, pasts, tokens, order, tmp)
+    med = {p: np.median(times[order == i], axis=0) for i, p in enumerate(pasts)}
+    prof = {p: np.median(prof[order == i], axis=0) for i, p in enumerate(pasts)}
+    n = len(order) // len(pasts)
+    print(f"\none decode step of (a) at batch {STEP_BATCH}, {threads} thread(s), medians of {n}; profiled "
+          f"(the profiler adds its own cost): GroupQueryAttention kernels ({c.n_layer} layers), the other "
+          f"kernels, the whole ORT run; for scale, torch sums a 64 MB array at {read_gb_per_s(threads):.1f} "
+          f"GB/s here on as many threads\n")
+    print(f"| past | step ms (CPU ms) | vs past {pasts[0]} (CPU) | profiled ms: attention + other kernels "
+          f"< run | attention share | K/V read per step | attention GB/s |")
+    print("| ---: | ---: | ---: | :--- | ---: | ---: | ---: |")
+    for p in pasts:
+        (wall, cpu), (attn, other, run) = med[p], prof[p]
+        kv = STEP_BATCH * c.n_layer * 2 * c.n_head * p * c.head_dim * 4
+        print(f"| {p} | {wall * 1e3:.2f} ({cpu * 1e3:.2f}) | {wall / med[pasts[0]][0]:.2f}x "
+              f"({cpu / med[pasts[0]][1]:.2f}x) | {attn:.2f} + {other:.2f} < {run:.2f} | "
+              f"{attn / (attn + other):.0%} | {kv / 1e6:.1f} MB | {kv / attn / 1e6:.1f} |", flush=True)
+
+
+# --- conditions and main --------------------------------------------------------------------
+
+def cpu_flags() -> str:
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    flags = set(next((ln for ln in lines if ln.startswith("flags")), "").split())
+    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "CPU")
+    have = [f for f in ("avx512f", "avx2", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags]
+    return f"{name}, {os.cpu_count()} CPUs, {' '.join(have) or 'no avx2'}"
+
+
+def header(model: GPT, weights: str, n: int, threads: int, ct2_int8: str | None) -> str:
     c = model.config
-    assert cfg.prompt_len + cfg.new_tokens <= c.block_size, "keep the bench inside one context"
-    tmp = Path(tempfile.mkdtemp(prefix="decode-bench-"))
-    export_artifact(model, tmp)
-    hf = to_hf(model)
-    ct2 = to_ctranslate2(hf, tmp, c.vocab_size, cfg.threads)
-    print(f"model: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, context {c.block_size}, "
-          f"vocab {c.vocab_size}, {count_params(model) / 1e6:.2f}M params; {cfg.new_tokens} new "
-          f"tokens after a {cfg.prompt_len}-token prompt; {os.cpu_count()} CPUs, {cfg.threads} threads")
+    versions = ", ".join(f"{m} {sys.modules[m].__version__}" for m in ("onnxruntime", "transformers", "ctranslate2")
+                         if m in sys.modules)
+    return (f"\n**{threads} thread{'s' * (threads > 1)}** | {c.n_layer} layers, {c.n_head} heads, {c.n_embd} "
+            f"wide, context {c.block_size}, vocab {c.vocab_size}, {count_params(model) / 1e6:.2f}M params, "
+            f"{weights}; {n} new tokens after a {PROMPT_LEN}-token prompt, greedy | {cpu_flags()} | load "
+            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} | {versions}"
+            f"{f' | CTranslate2 int8 runs as {ct2_int8}' if ct2_int8 else ''}\n")
 
-    print("| batch | engine                         |     tok/s | (a) is  | tok/CPU-s   | (a) is  | same tokens as (a) |")
-    print("| ----: | :----------------------------- | --------: | ------: | ----------: | ------: | -----: |")
-    for B in cfg.batches:
-        prompts = np.random.default_rng(B).integers(0, c.vocab_size, (B, cfg.prompt_len))
-        gpt = OrtGPT(tmp, threads=1 if B == 1 else cfg.threads)
-        n, slow = cfg.new_tokens, max(1, cfg.repeats // 3)
-        engines = {
-            "(a) ORT + KV cache": (lambda: ort_kv(gpt, prompts, n), cfg.repeats),
-            "(b) ORT recompute": (lambda: ort_recompute(gpt, prompts, n), slow),
-            "(c) PyTorch recompute": (lambda: torch_recompute(model, prompts, n), slow),
-            "(d) HF transformers generate": (lambda: hf_generate(hf, prompts, n), cfg.repeats),
-            "(e) CTranslate2 generate_batch": (lambda: ct2_generate(ct2, prompts, n), cfg.repeats),
-        }
-        engines = {k: v for k, v in engines.items() if k[1] in a.engines}
-        times, cpu, outs = timed(engines, cfg.repeats)
-        ref = "(a) ORT + KV cache"
-        for name in engines:
-            same = float((outs[name] == outs[ref]).mean())
-            print(f"| {B:>5} | {name:<30} | {B * n / times[name]:>9,.0f} | {times[name] / times[ref]:>7.2f}x "
-                  f"| {B * n / cpu[name]:>11,.0f} | {cpu[name] / cpu[ref]:>7.2f}x | {same:>6.0%} |", flush=True)
-    shutil.rmtree(tmp, ignore_errors=True)
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, nargs="+", default=[2], help="threads for every engine; a table each")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 32, 64])
+    p.add_argument("--engines", nargs="+", choices=list(ENGINES), default=list(ENGINES))
+    p.add_argument("--new-tokens", type=int, default=200)
+    p.add_argument("--repeats", type=int, default=3, help="best of, round-robin")
+    p.add_argument("--pasts", type=int, nargs="*", default=[16, 64, 128, 240],
+                   help=f"past lengths of the decode-step table at batch {STEP_BATCH} (none: no table)")
+    p.add_argument("--steps", type=int, default=100, help="decode steps timed, and profiled, per past")
+    p.add_argument("--run", help="a training run dir: its weights instead of random ones")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    from training.checkpoint import load_run
+    tmp = Path(tempfile.mkdtemp(prefix="decode-bench-"))
+    try:
+        run = Path(a.run) if a.run else random_run(tmp / "run")
+        model = load_run(run)[0]
+        c = model.config
+        if PROMPT_LEN + a.new_tokens > c.block_size or not all(0 < p < c.block_size for p in a.pasts):
+            raise UserError(f"--new-tokens and --pasts must stay inside the context of {c.block_size} tokens")
+        art = export_artifact(run, tmp / "art", int8="a8" in a.engines)
+        hf = to_hf(model) if {"d", "e", "e8"} & set(a.engines) else None
+        ct2_dir = to_ctranslate2(hf, tmp, c.vocab_size) if {"e", "e8"} & set(a.engines) else None
+        for threads in a.threads:
+            engines, ct2_int8 = make_engines(a.engines, art, hf, ct2_dir, threads, max(a.batches))
+            print(header(model, f"weights of {run}" if a.run else "random weights", a.new_tokens, threads, ct2_int8))
+            speed_tables(engines, c.vocab_size, a.batches, a.new_tokens, a.repeats)
+            if a.pasts:
+                step_table(art, threads, a.pasts, a.steps, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
