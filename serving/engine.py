@@ -27,10 +27,12 @@ import numpy as np
 from serving.artifact import Artifact
 from serving.errors import InvalidRequest, QueueFull, ShuttingDown
 from serving.runtime import Runtime
-from serving.sampling import SamplingParams, TextStream, make_rng, sample, split_stop
+from serving.sampling import (SamplingParams, TextStream, TokenLogprob, make_rng, sample, split_stop,
+                              token_logprobs)
 
 log = logging.getLogger("shelley.engine")
 MAX_STOP, MAX_STOP_CHARS = 8, 64
+MAX_LOGPROBS = 5
 PREFILL_BATCH = 8   # newcomers per step: one prefill call, so running rows wait one call at most
 
 
@@ -49,6 +51,7 @@ class Event:
     finish_reason: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None   # one per token id, when the request asked
 
 
 class Request:
@@ -125,6 +128,8 @@ class Engine:
         for s in p.stop:
             if not s or len(s) > MAX_STOP_CHARS:
                 raise InvalidRequest(f"stop strings must be 1 to {MAX_STOP_CHARS} characters, got {len(s)}")
+        if p.logprobs is not None and not 0 <= p.logprobs <= MAX_LOGPROBS:
+            raise InvalidRequest(f"logprobs must be between 0 and {MAX_LOGPROBS}, got {p.logprobs}")
 
     def in_flight(self) -> int:
         return len(self.unfinished)
@@ -215,9 +220,11 @@ class Engine:
         logits, past = self.rt.run(ids, mask, pos, self.rt.empty_past(n))
         past = self.rt.to_host(past)
         joiners, full = [], []
+        toks = [sample(logits[i, -1], r.params, r.rng) for i, r in enumerate(reqs)]
+        lps = self._logprobs(reqs, logits[:, -1], toks)
         for i, (r, t) in enumerate(zip(reqs, prompts)):
             r.cached = len(t)
-            if self._accept(r, sample(logits[i, -1], r.params, r.rng)):
+            if self._accept(r, toks[i], lps[i]):
                 continue
             if r.cached >= self.context:   # a prompt as long as the context: slide at once
                 full.append(r)
@@ -243,10 +250,12 @@ class Engine:
         if self.metrics:
             self.metrics.batch_size.observe(b)
         leaving, sliding = [], []
+        toks = [int(greedy[i]) if r.params.temperature <= 0 else sample(logits[i], r.params, r.rng)
+                for i, r in enumerate(rows)]
+        lps = self._logprobs(rows, logits, toks)
         for i, r in enumerate(rows):
             r.cached += 1
-            tok = int(greedy[i]) if r.params.temperature <= 0 else sample(logits[i], r.params, r.rng)
-            if self._accept(r, tok):
+            if self._accept(r, toks[i], lps[i]):
                 leaving.append(i)
             elif r.cached >= self.context:
                 sliding.append(i)
@@ -255,7 +264,22 @@ class Engine:
         if slid:
             self._join(self._prefill(slid, [r.ids[-self.keep:] for r in slid]))
 
-    def _accept(self, r: Request, tok: int) -> bool:
+    # ---- logprobs: computed once per step, only for the rows that asked ------------------
+    @staticmethod
+    def _logprobs(rows: list[Request], logits: np.ndarray, toks: list[int]) -> list[TokenLogprob | None]:
+        out: list[TokenLogprob | None] = [None] * len(rows)
+        asked = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
+        if not asked:
+            return out
+        k = max(rows[i].params.logprobs for i in asked)
+        lp, top_ids, top_lp = token_logprobs(logits[asked], np.asarray([toks[i] for i in asked]), k)
+        for j, i in enumerate(asked):
+            kk = rows[i].params.logprobs
+            out[i] = TokenLogprob(toks[i], float(lp[j]),
+                                  list(zip(top_ids[j, :kk].tolist(), top_lp[j, :kk].tolist())))
+        return out
+
+    def _accept(self, r: Request, tok: int, lp: TokenLogprob | None = None) -> bool:
         """Record a sampled token and queue its text; True when the request is finished."""
         r.generated += 1
         now = time.perf_counter()
@@ -272,21 +296,24 @@ class Engine:
         r.ids.append(tok)
         r.next_token = tok
         text, r.held, hit = split_stop(r.held + r.text.step(tok), r.params.stop)
+        lps = None if lp is None else [lp]   # the end-of-text token above is never sent: no entry
         if hit:
-            self._finish(r, "stop", text=text, token_ids=[tok])
+            self._finish(r, "stop", text=text, token_ids=[tok], logprobs=lps)
             return True
         if r.generated >= r.params.max_tokens:
-            self._finish(r, "length", text=text + r.held, token_ids=[tok])
+            self._finish(r, "length", text=text + r.held, token_ids=[tok], logprobs=lps)
             return True
-        self.outbox.append((r, Event(text, [tok])))
+        self.outbox.append((r, Event(text, [tok], logprobs=lps)))
         return False
 
-    def _finish(self, r: Request, reason: str, text: str = "", token_ids: list[int] | None = None) -> None:
+    def _finish(self, r: Request, reason: str, text: str = "", token_ids: list[int] | None = None,
+                logprobs: list[TokenLogprob] | None = None) -> None:
         if r.done:
             return
         r.done = True
         self.unfinished.discard(r)
-        self.outbox.append((r, Event(text, token_ids or [], reason, r.prompt_tokens, r.generated)))
+        self.outbox.append((r, Event(text, token_ids or [], reason, r.prompt_tokens, r.generated,
+                                     (logprobs or []) if r.params.logprobs is not None else None)))
 
     def _drop(self, idx: list[int], reason: str | None) -> None:
         """Remove rows from the batch (finishing them with `reason` if given), trim padding."""

@@ -3,6 +3,7 @@
     params = SamplingParams(max_tokens=64, temperature=0.8, top_k=40, top_p=0.95, seed=1)
     token = sample(logits_row, params, rng)             # rng: the request's own generator
     sent, held, hit = split_stop(text, params.stop)       # hold back a possible stop prefix
+    lp, top_ids, top_lp = token_logprobs(logits, chosen, k=5)   # (N, V) rows at once
 
 Each request owns its RNG and draws exactly one number per token, so a seeded request gives
 the same tokens whatever else shares the batch. Same rules as training/generate.py.
@@ -24,6 +25,15 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    logprobs: int | None = None   # None = off (no cost); 0..5 = chosen token's + k alternatives
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability and the k most likely tokens at its step."""
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]   # (token id, logprob), most likely first
 
 
 def make_rng(seed: int | None) -> np.random.Generator:
@@ -51,6 +61,27 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     cum = np.cumsum(probs)
     i = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
     return min(i, vocab - 1)
+
+
+def token_logprobs(logits: np.ndarray, chosen: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Log-softmax of raw logits (N, V) -> (chosen's logprob (N,), top ids (N, k), their
+    logprobs (N, k), most likely first).
+
+    The model's own distribution, before temperature, top-k and top-p (as vLLM reports by
+    default), so the numbers do not depend on how a request samples.
+    """
+    x = logits.astype(np.float32, copy=False)
+    shifted = x - x.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    rows = np.arange(x.shape[0])
+    chosen_lp = logp[rows, chosen]
+    k = min(k, x.shape[1])
+    if k <= 0:
+        return chosen_lp, np.zeros((x.shape[0], 0), np.int64), np.zeros((x.shape[0], 0), np.float32)
+    top = np.argpartition(-logp, k - 1, axis=1)[:, :k]
+    order = np.argsort(-logp[rows[:, None], top], axis=1, kind="stable")
+    top_ids = np.take_along_axis(top, order, axis=1)
+    return chosen_lp, top_ids, logp[rows[:, None], top_ids]
 
 
 def split_stop(text: str, stop: Sequence[str]) -> tuple[str, str, bool]:
