@@ -4,11 +4,14 @@ Face transformers `generate` of the same model shape in the same run for referen
     python -m bench.load                         # frankenstein shape, random weights
     python -m bench.load --model ART             # an exported artifact
     python -m bench.load --streams 1,32 --seconds 20 --hf-batches 1,16
+    python -m bench.load --http                  # each scenario over gRPC and over HTTP (SSE)
 
 Reports time to first token and inter-token latency (p50/p99), aggregate tokens/s and
 errors per scenario, and the ratio to HF generate. Greedy, `ignore_eos`, so every request
 generates exactly --new-tokens tokens. The server runs as a subprocess on this machine, so
-the clients share its CPU, as they would in a sidecar load test.
+the clients share its CPU, as they would in a sidecar load test. With --http the same
+scenarios also run against the OpenAI-compatible /v1/completions (stream, httpx), one row
+beside the other; an SSE chunk may carry several tokens, as a gRPC message may.
 """
 from __future__ import annotations
 
@@ -52,12 +55,17 @@ def random_artifact(out: Path) -> Path:
     return out / "art"
 
 
-def start_server(art: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def start_server(art: Path, extra: list[str], http_port: int = -1) -> tuple[subprocess.Popen, str]:
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "serving", "--model", str(art), "--host", "127.0.0.1",
-                             "--port", str(port), "--metrics-port", "-1", "--log-level", "warning", *extra])
+                             "--port", str(port), "--http-port", str(http_port), "--metrics-port", "-1",
+                             "--log-level", "warning", *extra])
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     target = f"127.0.0.1:{port}"
@@ -102,6 +110,47 @@ async def run_streams(target: str, n: int, seconds: float, prompt: str, new_toke
 
         await asyncio.gather(*(client() for _ in range(n)))
         wall = time.perf_counter() - t_start
+    return summary(ttft, itl, tokens, errors, wall)
+
+
+async def run_sse_streams(base: str, n: int, seconds: float, prompt: str, new_tokens: int) -> dict:
+    """The same scenario over POST /v1/completions with stream: true (one connection per client)."""
+    import json
+
+    import httpx
+
+    ttft, itl, errors, tokens = [], [], 0, 0
+    body = {"prompt": prompt, "max_tokens": new_tokens, "temperature": 0.0, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True}}
+    t_start = time.perf_counter()
+    end = t_start + seconds
+
+    async def client() -> None:
+        nonlocal errors, tokens
+        async with httpx.AsyncClient(base_url=base, timeout=120) as http:
+            while time.perf_counter() < end:
+                last, first = time.perf_counter(), True
+                try:
+                    async with http.stream("POST", "/v1/completions", json=body) as r:
+                        r.raise_for_status()
+                        async for line in r.aiter_lines():
+                            if not line.startswith("data: {"):
+                                continue
+                            chunk = json.loads(line[6:])
+                            if chunk["choices"]:
+                                now = time.perf_counter()
+                                (ttft if first else itl).append(now - last)
+                                first, last = False, now
+                            elif chunk.get("usage"):
+                                tokens += chunk["usage"]["completion_tokens"]
+                except httpx.HTTPError:
+                    errors += 1
+
+    await asyncio.gather(*(client() for _ in range(n)))
+    return summary(ttft, itl, tokens, errors, time.perf_counter() - t_start)
+
+
+def summary(ttft: list, itl: list, tokens: int, errors: int, wall: float) -> dict:
     pct = lambda xs, q: 1000 * float(np.percentile(xs, q)) if xs else float("nan")  # noqa: E731
     return {"ttft50": pct(ttft, 50), "ttft99": pct(ttft, 99), "itl50": pct(itl, 50), "itl99": pct(itl, 99),
             "tok_s": tokens / wall, "errors": errors, "requests": len(ttft)}
@@ -160,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--hf-batches", default="1,16")
     p.add_argument("--server-args", default="--max-batch 32", help="extra flags for python -m serving")
+    p.add_argument("--http", action="store_true", help="also run each scenario over HTTP/SSE, beside gRPC")
+    p.add_argument("--no-hf", action="store_true", help="skip the HF generate reference")
     args = p.parse_args(argv)
 
     tmp = tempfile.TemporaryDirectory()
@@ -169,35 +220,44 @@ def main(argv: list[str] | None = None) -> int:
     prompt = (TEXT * 4)[: args.prompt_tokens]
     assert len(tok.encode(prompt, add_special_tokens=False).ids) == args.prompt_tokens, "char tokenizer expected"
 
-    proc, target = start_server(art, args.server_args.split())
+    http_port = free_port() if args.http else -1
+    proc, target = start_server(art, args.server_args.split(), http_port)
+    apis = [("gRPC", lambda n: run_streams(target, n, args.seconds, prompt, args.new_tokens))]
+    if args.http:
+        base = f"http://127.0.0.1:{http_port}"
+        apis.append(("HTTP/SSE", lambda n: run_sse_streams(base, n, args.seconds, prompt, args.new_tokens)))
     rows = []
     try:
         for n in [int(x) for x in args.streams.split(",")]:
-            server0, client0 = cpu_seconds(proc.pid), time.process_time()
-            r = asyncio.run(run_streams(target, n, args.seconds, prompt, args.new_tokens))
-            r["server_cpu"] = (cpu_seconds(proc.pid) - server0) / args.seconds
-            r["client_cpu"] = (time.process_time() - client0) / args.seconds
-            rows.append((f"shelley, {n} stream{'s' if n > 1 else ''}", r))
-            print(f"{rows[-1][0]}: {r}", flush=True)
+            for api, run in apis:       # side by side, so load on a shared machine hits both alike
+                server0, client0 = cpu_seconds(proc.pid), time.process_time()
+                r = asyncio.run(run(n))
+                r["server_cpu"] = (cpu_seconds(proc.pid) - server0) / args.seconds
+                r["client_cpu"] = (time.process_time() - client0) / args.seconds
+                rows.append((f"shelley {api}, {n} stream{'s' if n > 1 else ''}", r))
+                print(f"{rows[-1][0]}: {r}", flush=True)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     hf = {}
-    for b in [int(x) for x in args.hf_batches.split(",")]:
+    for b in [] if args.no_hf else [int(x) for x in args.hf_batches.split(",")]:
         hf[b] = hf_generate(tok.get_vocab_size(), b, args.prompt_tokens, args.new_tokens, args.seconds)
         print(f"HF generate batch {b}: {hf[b]:.0f} tok/s", flush=True)
 
     print(f"\n{os.cpu_count()} CPUs; model {FRANKENSTEIN if not args.model else art}; "
           f"{args.prompt_tokens}-token prompts, {args.new_tokens} new tokens, {args.seconds:.0f} s per scenario\n")
     print("| scenario | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | tokens/s | requests | errors "
-          "| server/client cores | vs HF b1 | vs HF b16 |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| server/client cores | vs gRPC | vs HF b1 | vs HF b16 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    grpc_rate = {name.split(", ")[1]: r["tok_s"] for name, r in rows if "gRPC" in name}
     for name, r in rows:
         ratios = " | ".join(f"{r['tok_s'] / hf[b]:.2f}x" if b in hf else "-" for b in (1, 16))
+        vs_grpc = f"{r['tok_s'] / grpc_rate[name.split(', ')[1]]:.2f}x"
         print(f"| {name} | {r['ttft50']:.1f} | {r['ttft99']:.1f} | {r['itl50']:.2f} | {r['itl99']:.2f} | "
-              f"{r['tok_s']:.0f} | {r['requests']} | {r['errors']} | {r['server_cpu']:.2f}/{r['client_cpu']:.2f} | {ratios} |")
+              f"{r['tok_s']:.0f} | {r['requests']} | {r['errors']} | {r['server_cpu']:.2f}/{r['client_cpu']:.2f} "
+              f"| {vs_grpc} | {ratios} |")
     for b, v in hf.items():
-        print(f"| HF transformers generate, batch {b} | | | | | {v:.0f} | | | | | |")
+        print(f"| HF transformers generate, batch {b} | | | | | {v:.0f} | | | | | | |")
     return 0
 
 
