@@ -168,10 +168,10 @@ class HttpFront:
         return JSONResponse({"status": "SERVING" if ok else "NOT_SERVING"}, status_code=200 if ok else 503)
 
     async def models(self, request: HttpRequest) -> Response:
-        mc = self.server.artifact.config
+        info = self.server.model_info()
         return JSONResponse({"object": "list", "data": [{
             "id": self.server.model_name, "object": "model", "created": self.created, "owned_by": "shelley",
-            "context_length": mc["context_length"], "max_new_tokens": self.server.config.max_new_tokens}]})
+            "context_length": info.context_length, "max_new_tokens": info.max_new_tokens}]})
 
     async def completions(self, request: HttpRequest) -> Response:
         access: Access = request.state.access

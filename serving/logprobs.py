@@ -5,7 +5,7 @@
     openai_logprobs(event.logprobs, texts, offset=0)
     # {"tokens": [...], "token_logprobs": [...], "top_logprobs": [{tok: lp}, ...], "text_offset": [...]}
 
-The engine fills `Event.logprobs` (serving/sampling.py's TokenLogprob, one per token id);
+The engine fills `Event.logprobs` (TokenLogprob, one per token id);
 the numbers are of the model's distribution before temperature, top-k and top-p. Text is
 each token decoded on its own: a byte-fallback or byte-level token that is not valid UTF-8
 alone is written `bytes:\\xNN`, as OpenAI does.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from serving.sampling import TokenLogprob
+from serving.engine import TokenLogprob
 
 _BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 

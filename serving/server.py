@@ -29,7 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from serving import auth
 from serving.artifact import Artifact
 from serving.config import ServeConfig
-from serving.engine import Engine, EngineConfig, Event, Request
+from serving.engine import Engine, EngineConfig, Event, Request, TokenLogprob
 from serving.errors import InvalidRequest, QueueFull, ShuttingDown
 from serving.http import HttpFront
 from serving.logprobs import TokenTexts
@@ -37,7 +37,7 @@ from serving.logs import Access, request_id
 from serving.metrics import Metrics
 from serving.proto import SERVICE_NAME, pb, pb_grpc
 from serving.runtime import Runtime
-from serving.sampling import SamplingParams, TokenLogprob
+from serving.sampling import SamplingParams
 
 log = logging.getLogger("shelley.server")
 MAX_MESSAGE_BYTES = 1 << 20   # grpc refuses bigger requests itself (RESOURCE_EXHAUSTED)
@@ -232,7 +232,7 @@ class Server:
 
     @property
     def model_name(self) -> str:
-        return str(self.artifact.config.get("name") or self.artifact.path.name)
+        return self.model_info().name or self.artifact.path.name
 
     def submit(self, prompt: str, params: SamplingParams) -> Request:
         """Queue a request on the engine (InvalidRequest, QueueFull, ShuttingDown)."""

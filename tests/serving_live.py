@@ -70,6 +70,15 @@ class LiveServer:
             time.sleep(0.01)
         return False
 
+    @staticmethod
+    def drain_quietly(call) -> None:
+        """Read a streaming call to its end, ignoring how it ends (for background threads)."""
+        try:
+            for _ in call:
+                pass
+        except grpc.RpcError:
+            pass
+
     def close(self) -> None:
         try:
             self.call(self.server.drain())

@@ -264,14 +264,6 @@ def test_a_client_that_disconnects_frees_its_row(live, http):
     assert live.wait_for(lambda: gone() == before + 2, 5)
 
 
-def _drain_quietly(call) -> None:
-    try:
-        for _ in call:
-            pass
-    except grpc.RpcError:
-        pass
-
-
 def test_queue_full_is_429(art):
     s = LiveServer(art, max_batch=1, max_queue=1, max_new_tokens=MAX_NEW)
     calls = []
@@ -280,7 +272,7 @@ def test_queue_full_is_429(art):
         calls.append(s.stub.Generate(long, timeout=60))
         next(calls[0])                              # the one row is taken (over gRPC: one engine)
         calls.append(s.stub.Generate(long, timeout=60))
-        threading.Thread(target=_drain_quietly, args=(calls[-1],), daemon=True).start()
+        threading.Thread(target=LiveServer.drain_quietly, args=(calls[-1],), daemon=True).start()
         assert s.wait_for(lambda: s.metric("shelley_requests_waiting") == 1)
         r = httpx.post(f"{s.base}/v1/completions", json=dict(prompt="hi", max_tokens=3, stream=True), timeout=10)
         err = error_of(r)
@@ -366,3 +358,28 @@ def test_the_playground_ships_as_package_data():
     files = [p.relative_to(root / "serving").as_posix() for p in (root / "serving" / "playground").iterdir()]
     assert {"playground/index.html", "playground/playground.js", "playground/playground.css"} <= set(files)
     assert all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in files)
+
+
+def test_a_taken_http_port_is_a_one_line_error(art):
+    import asyncio
+
+    from serving.artifact import load_artifact
+    from serving.config import ServeConfig
+    from serving.errors import UserError
+    from serving.server import Server
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cfg = ServeConfig(model=str(art), host="127.0.0.1", port=0, metrics_port=-1,
+                          http_port=taken.getsockname()[1])
+
+        async def start():
+            server = Server(cfg, load_artifact(art))
+            try:
+                await server.start()
+            finally:
+                if server._grpc:
+                    await server._grpc.stop(None)
+        with pytest.raises(UserError, match="--http-port .* pick another port, or -1"):
+            asyncio.run(start())

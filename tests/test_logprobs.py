@@ -6,10 +6,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from serving.engine import Event
+from serving.engine import Event, TokenLogprob
 from serving.logprobs import TokenTexts, openai_logprobs
 from serving.proto import pb
-from serving.sampling import TokenLogprob, token_logprobs
+from serving.sampling import token_logprobs
 from tests.serving_fixtures import cached_artifact
 from tests.serving_live import LiveServer
 
@@ -148,15 +148,3 @@ def test_grpc_logprobs_out_of_range_is_invalid_argument(live, k):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert e.value.details() == f"logprobs must be between 0 and 5, got {k}"
 
-
-def test_logprobs_off_costs_nothing_in_the_engine(live):
-    """A request without logprobs never reaches token_logprobs (the hook is skipped)."""
-    from serving.engine import Engine, EngineConfig, Request
-    from serving.sampling import SamplingParams
-
-    engine = Engine(live.server.artifact, EngineConfig(), live.server.runtime, publish=lambda b: None)
-    rows = [Request([0], SamplingParams(), engine.tok), Request([0], SamplingParams(logprobs=0), engine.tok)]
-    logits = np.zeros((2, engine.tok.get_vocab_size()), np.float32)
-    assert engine._logprobs(rows[:1], logits[:1], [1]) == [None]
-    off, on = engine._logprobs(rows, logits, [1, 2])
-    assert off is None and on.token_id == 2 and on.top == [] and np.isclose(on.logprob, -np.log(logits.shape[1]))
