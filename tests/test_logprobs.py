@@ -67,8 +67,9 @@ def test_token_texts_spell_lone_bytes_as_openai_does(art):
 def test_openai_logprobs_object_and_offsets(art):
     from serving.artifact import load_artifact
 
-    texts = TokenTexts(load_artifact(art).tokenizer)
-    ids = [texts.tok.token_to_id(c) for c in "ab\n"]
+    tok = load_artifact(art).tokenizer
+    texts = TokenTexts(tok)
+    ids = [tok.token_to_id(c) for c in "ab\n"]
     entries = [TokenLogprob(i, -0.5 * n, [(ids[0], -0.1), (ids[1], -0.2)]) for n, i in enumerate(ids)]
     obj = openai_logprobs(entries, texts, offset=4)
     assert obj == {"tokens": ["a", "b", "\n"], "token_logprobs": [0.0, -0.5, -1.0],
