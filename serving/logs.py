@@ -38,8 +38,8 @@ def request_id(given: str | None = None) -> str:
 def _value(v) -> str:
     if v is None:
         return "-"
-    s = str(v)
-    return json.dumps(s) if not s or " " in s or '"' in s else s
+    s = str(v)   # quoted when it has spaces or anything unprintable: one line stays one line
+    return json.dumps(s) if not s or " " in s or '"' in s or not s.isprintable() else s
 
 
 class TextFormatter(logging.Formatter):

@@ -237,6 +237,8 @@ def test_json_and_text_log_lines():
     assert (line["level"], line["logger"], line["message"], line["request_id"], line["ttft_ms"]) == \
         ("info", "shelley.access", "request", "r-1", None)
     assert TextFormatter("%(message)s").format(rec) == 'request request_id=r-1 method="POST /v1/completions" ttft_ms=-'
+    rec.fields = {"method": "GET /v1/a\nforged=1"}                    # a %0A in a path stays on its line
+    assert TextFormatter("%(message)s").format(rec) == 'request method="GET /v1/a\\nforged=1"'
 
 
 def running_zero(live) -> bool:
