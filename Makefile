@@ -19,6 +19,7 @@ PYTEST_ARGS ?=
 EXPLAIN_OUT ?= reports/explain
 EXPLAIN_ARGS ?=
 DTYPE ?= fp32
+QUANTIZE ?=
 FORCE ?=
 
 .PHONY: help setup proto train sample export verify serve client demo test bench-load explain clean
@@ -47,8 +48,8 @@ sample: setup ## sample from $(RUN): make sample PROMPT="ROMEO:" (empty PROMPT =
 explain: setup ## HTML report of what $(RUN) does with PROMPT (attention, logit lens, ...) in $(EXPLAIN_OUT)
 	$(PY) -m training.explain --run $(RUN) --prompt "$(PROMPT)" --out $(EXPLAIN_OUT) $(EXPLAIN_ARGS)
 
-export: setup ## export $(RUN) to the artifact dir $(ART) (DTYPE=fp16 adds model.fp16.onnx; FORCE=1 overwrites)
-	$(PY) -m export --run $(RUN) --out $(ART) --dtype $(DTYPE) $(if $(FORCE),--force)
+export: setup ## export $(RUN) to $(ART) (DTYPE=fp16 adds model.fp16.onnx, QUANTIZE=int8 model.int8.onnx; FORCE=1 overwrites)
+	$(PY) -m export --run $(RUN) --out $(ART) --dtype $(DTYPE) $(if $(QUANTIZE),--quantize $(QUANTIZE)) $(if $(FORCE),--force)
 
 verify: setup ## parity report: ONNX Runtime on $(ART) against PyTorch on $(RUN)
 	$(PY) -m export.verify $(ART) --run $(RUN)

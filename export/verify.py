@@ -1,29 +1,29 @@
-"""Parity report: ONNX Runtime (CPU) against PyTorch for an exported artifact dir.
+"""Parity report: the serving runtime (ONNX Runtime, CPU) against PyTorch for an artifact dir.
 
     python -m export.verify artifacts/default --run runs/default
 
-Checks: the manifest's hashes; max |Δlogits| for prefill at three prompt lengths and for
-50 decode steps (fp32 ≤ 1e-4); identical greedy tokens for 200 steps (sliding the window
-past the context like training.generate); a left-padded batch gives the same logits as
-each sequence alone; the fp16 file, when present, loads and stays close. Prints a table
-and exits 1 when a check fails (2 for bad input).
+Checks, through serving/runtime.py (the code that serves): the manifest's hashes; max
+|Δlogits| for prefill at three prompt lengths and for 50 decode steps (fp32 ≤ 1e-4);
+identical greedy tokens for 200 steps (sliding the window past the context like
+training.generate); prompts of different lengths prefilled together into adjacent slots,
+then decoded beside a free slot, each against the sequence alone; the fp16 file, when
+present, stays close; the int8 file, when present, keeps its quality on held-out text
+(export/quantize.py). Prints a table and exits 1 when a check fails (2 for bad input).
 """
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from serving.artifact import CONFIG_NAME, MANIFEST_NAME, check_manifest, load_artifact, read_json
+from serving.runtime import Runtime
 from training.cli import UserError, run_main
 from training.generate import generate
 from training.model_config import window_keep
-
-from export.artifact import CONFIG_NAME, MANIFEST_NAME, check_manifest
-from export.ort_runner import OrtGPT, position_ids_for
 
 FP32_TOL, FP16_TOL = 1e-4, 5e-2
 
@@ -34,143 +34,166 @@ class Check:
     value: float
     limit: float
     detail: str = ""
+    at_least: bool = False   # the value must reach the limit instead of staying under it
 
     @property
     def ok(self) -> bool:
-        return bool(np.isfinite(self.value)) and self.value <= self.limit
+        if not np.isfinite(self.value):
+            return False
+        return self.value >= self.limit if self.at_least else self.value <= self.limit
 
 
 class TorchSteps:
-    """PyTorch side with the same prefill/decode/slide steps as OrtGPT."""
+    """PyTorch side: the same prefill / decode steps on one sequence."""
 
     def __init__(self, model):
         self.model, self.block = model, model.config.block_size
 
     @torch.no_grad()
-    def prefill(self, ids: np.ndarray, mask: np.ndarray | None = None):
-        ids_t = torch.from_numpy(np.atleast_2d(ids).astype(np.int64))
-        mask_t = torch.ones_like(ids_t) if mask is None else torch.from_numpy(mask)
-        pos = torch.from_numpy(position_ids_for(mask_t.numpy()))
-        logits, _, past = self.model(ids_t, past_kv=None, position_ids=pos, attention_mask=mask_t)
-        return logits.numpy(), past
+    def prefill(self, ids: list[int]):
+        logits, _, past = self.model(torch.tensor([ids]))
+        return logits[0].numpy(), past                        # (T, V)
 
     @torch.no_grad()
-    def decode(self, next_ids: np.ndarray, mask: np.ndarray, past):
-        pos = torch.from_numpy((mask.sum(1, keepdims=True) - 1).astype(np.int64))
-        ids = torch.from_numpy(np.asarray(next_ids, np.int64).reshape(-1, 1))
-        logits, _, past = self.model(ids, past_kv=past, position_ids=pos,
-                                     attention_mask=torch.from_numpy(mask))
-        return logits.numpy(), past
+    def decode(self, token: int, past):
+        logits, _, past = self.model(torch.tensor([[token]]), past_kv=past)
+        return logits[0, -1].numpy(), past                    # (V,)
 
 
-def prompt(n: int, vocab: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, vocab, size=(1, n), dtype=np.int64)
+def prompt(n: int, vocab: int, seed: int = 0) -> list[int]:
+    return np.random.default_rng(seed).integers(0, vocab, size=n).tolist()
 
 
-def check_prefill(ort_gpt: OrtGPT, pt: TorchSteps, vocab: int) -> list[Check]:
+def ort_prefill_all(rt: Runtime, ids: list[int], slot: int = 0) -> np.ndarray:
+    """Logits at every position of one prompt prefilled into `slot`: (T, V)."""
+    n = len(ids)
+    return rt.forward(np.array([ids]), np.arange(n)[None], np.array([n - 1]), n, slot)[0]
+
+
+def check_prefill(rt: Runtime, pt: TorchSteps, vocab: int) -> list[Check]:
     checks = []
     for n in sorted({1, max(1, pt.block // 2), pt.block}):
         ids = prompt(n, vocab, seed=n)
-        d = np.abs(ort_gpt.prefill(ids)[0] - pt.prefill(ids)[0]).max()
+        d = np.abs(ort_prefill_all(rt, ids) - pt.prefill(ids)[0]).max()
         checks.append(Check(f"prefill, prompt of {n} tokens", float(d), FP32_TOL))
     return checks
 
 
-def check_decode(ort_gpt: OrtGPT, pt: TorchSteps, vocab: int, steps: int = 50) -> Check:
+def check_decode(rt: Runtime, pt: TorchSteps, vocab: int, steps: int = 50) -> Check:
     """Both sides fed the same (PyTorch's greedy) tokens; the window slides when full."""
-    tokens = list(prompt(min(8, pt.block), vocab, seed=1)[0])
-    (lo, po), (lt, pt_past) = ort_gpt.prefill(np.array([tokens])), pt.prefill(np.array([tokens]))
-    worst, keep = 0.0, window_keep(pt.block)
+    tokens = prompt(min(8, pt.block), vocab, seed=1)
+    lo, (lt, past) = rt.prefill(0, [tokens])[0], pt.prefill(tokens)
+    lt, worst, keep = lt[-1], 0.0, window_keep(pt.block)
     for _ in range(steps):
-        nxt = int(lt[0, -1].argmax())
-        tokens.append(nxt)
-        if len(tokens) > pt.block:
-            tokens = tokens[-keep:]
-            (lo, po), (lt, pt_past) = ort_gpt.prefill(np.array([tokens])), pt.prefill(np.array([tokens]))
+        nxt = int(lt.argmax())
+        if len(tokens) >= pt.block:
+            tokens = (tokens + [nxt])[-keep:]
+            lo, (lt, past) = rt.prefill(0, [tokens])[0], pt.prefill(tokens)
+            lt = lt[-1]
         else:
-            mask = np.ones((1, len(tokens)), np.int64)
-            (lo, po), (lt, pt_past) = (ort_gpt.decode(np.array([nxt]), mask, po),
-                                       pt.decode(np.array([nxt]), mask, pt_past))
-        worst = max(worst, float(np.abs(lo[0, -1] - lt[0, -1]).max()))
+            lo = rt.decode(np.array([nxt]), np.array([len(tokens)]))[0]
+            lt, past = pt.decode(nxt, past)
+            tokens.append(nxt)
+        worst = max(worst, float(np.abs(lo - lt).max()))
     return Check(f"decode, {steps} steps", worst, FP32_TOL)
 
 
-def check_greedy(ort_gpt: OrtGPT, model, vocab: int, steps: int = 200) -> Check:
-    ids = list(prompt(min(8, model.config.block_size), vocab, seed=2)[0])
+def ort_greedy(rt: Runtime, ids: list[int], steps: int, keep: int) -> list[int]:
+    """Greedy on slot 0 with the server's slide: a full cache re-prefills its newest `keep`."""
+    tokens = ids[-rt.context:]
+    logits, out = rt.prefill(0, [tokens])[0], []
+    for _ in range(steps):
+        nxt = int(logits.argmax())
+        out.append(nxt)
+        if len(tokens) >= rt.context:
+            tokens = (tokens + [nxt])[-keep:]
+            logits = rt.prefill(0, [tokens])[0]
+        else:
+            logits = rt.decode(np.array([nxt]), np.array([len(tokens)]))[0]
+            tokens.append(nxt)
+    return out
+
+
+def check_greedy(rt: Runtime, model, vocab: int, steps: int = 200) -> Check:
+    ids = prompt(min(8, model.config.block_size), vocab, seed=2)
     want = list(generate(model, ids, steps, temperature=0.0))
-    got = list(ort_gpt.generate(ids, steps))
+    got = ort_greedy(rt, ids, steps, window_keep(model.config.block_size))
     diff = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), None)
     detail = "identical" if diff is None else f"first difference at step {diff}"
     return Check(f"greedy tokens, {steps} steps (mismatches)", float(sum(a != b for a, b in zip(want, got))), 0, detail)
 
 
-def check_padding(ort_gpt: OrtGPT, pt: TorchSteps, vocab: int, pad_id: int) -> Check:
-    """A left-padded batch (prefill + decode steps) against each sequence run alone."""
+def check_slots(rt: Runtime, pt: TorchSteps, vocab: int, pad_id: int) -> Check:
+    """Prompts of different lengths prefilled together into slots 1..3 (right-padded), then
+    decoded as rows 0..3 with slot 0 free: each row against its sequence alone."""
     lengths = sorted({max(1, pt.block // 2), min(3, pt.block), 1}, reverse=True)
     steps = max(0, min(5, pt.block - lengths[0]))
-    rows = [prompt(n, vocab, seed=10 + n)[0] for n in lengths]
-    width = lengths[0]
-    ids = np.full((len(rows), width), pad_id, np.int64)
-    mask = np.zeros_like(ids)
-    for r, row in enumerate(rows):
-        ids[r, width - len(row):], mask[r, width - len(row):] = row, 1
-    logits, past = ort_gpt.prefill(ids, mask)
-    alone = [pt.prefill(row[None]) for row in rows]
-    worst = max(float(np.abs(logits[r, width - len(row):] - alone[r][0][0]).max())
-                for r, row in enumerate(rows))
+    rows = [prompt(n, vocab, seed=10 + n) for n in lengths]
+    last = rt.prefill(1, rows, pad_id)
+    alone = [pt.prefill(r) for r in rows]
+    worst = max(float(np.abs(last[i] - alone[i][0][-1]).max()) for i in range(len(rows)))
+    logits = [a[0][-1] for a in alone]
     for _ in range(steps):
-        nxt = np.array([int(a[0][0, -1].argmax()) for a in alone])
-        mask = np.concatenate([mask, np.ones((len(rows), 1), np.int64)], axis=1)
-        logits, past = ort_gpt.decode(nxt, mask, past)
-        for r in range(len(rows)):
-            one = np.ones((1, len(rows[r]) + 1), np.int64)
-            rows[r] = np.append(rows[r], nxt[r])
-            alone[r] = pt.decode(nxt[r:r + 1], one, alone[r][1])
-            worst = max(worst, float(np.abs(logits[r, -1] - alone[r][0][0, -1]).max()))
-    return Check(f"left-padded batch {lengths} + {steps} steps vs alone", worst, FP32_TOL)
+        nxt = [int(lg.argmax()) for lg in logits]
+        got = rt.decode(np.array([pad_id, *nxt]), np.array([0, *[len(r) for r in rows]]))
+        for i in range(len(rows)):
+            logits[i], past = pt.decode(nxt[i], alone[i][1])
+            alone[i] = (None, past)
+            rows[i].append(nxt[i])
+            worst = max(worst, float(np.abs(got[i + 1] - logits[i]).max()))
+    return Check(f"slots 1-{len(rows)}, lengths {lengths}, + {steps} steps beside a free slot", worst, FP32_TOL)
 
 
-def check_fp16(art: Path, pt: TorchSteps, vocab: int, pad_id: int) -> Check:
-    """The fp16 file on the CPU: a left-padded batch of two prompts against PyTorch fp32."""
-    ort16 = OrtGPT(art, model_file=json.loads((art / CONFIG_NAME).read_text())["onnx"]["fp16"])
+def check_fp16(art, pt: TorchSteps, vocab: int) -> Check:
+    """The fp16 file on the CPU: two prompts of different lengths against PyTorch fp32."""
+    rt = Runtime(art, device="cpu", threads=1, precision="fp16", slots=2)
     n = max(2, pt.block // 2)
-    ids = np.concatenate([prompt(n, vocab, seed=3), prompt(n, vocab, seed=4)])
-    ids[1, : n // 2] = pad_id
-    mask = (np.arange(n)[None] >= np.array([[0], [n // 2]])).astype(np.int64)
-    got = ort16.prefill(ids, mask)[0].astype(np.float32)
-    d = max(np.abs(got[0] - pt.prefill(ids[:1])[0][0]).max(),
-            np.abs(got[1, n // 2:] - pt.prefill(ids[1:, n // 2:])[0][0]).max())
-    return Check("fp16 file on CPU, padded prefill", float(d), FP16_TOL)
+    rows = [prompt(n, vocab, seed=3), prompt(n // 2, vocab, seed=4)]
+    last = rt.prefill(0, rows)
+    d = max(float(np.abs(last[i] - pt.prefill(r)[0][-1]).max()) for i, r in enumerate(rows))
+    return Check("fp16 file on CPU, two slots", d, FP16_TOL)
 
 
-def verify(art: Path, run: Path) -> list[Check]:
-    from export.__main__ import load_gpt
-    if not (art / CONFIG_NAME).is_file() or not (art / MANIFEST_NAME).is_file():
-        raise UserError(f"{art} is not an artifact dir (no {CONFIG_NAME}/{MANIFEST_NAME}); "
-                        f"export first: python -m export --run RUN --out {art}")
-    problems = check_manifest(art)
+def check_int8(art_dir: Path, run: Path) -> list[Check]:
+    from export.quantize import MAX_BPC_RATIO, MIN_TOP1_AGREEMENT, int8_quality
+    q = int8_quality(art_dir, run)
+    return [Check("int8 bits/char vs fp32 (ratio)", q.bpc_int8 / q.bpc_fp32, MAX_BPC_RATIO,
+                  f"{q.bpc_int8:.4f} vs {q.bpc_fp32:.4f} on {q.tokens} held-out tokens"),
+            Check("int8 top-1 agreement with fp32", q.top1_agreement, MIN_TOP1_AGREEMENT, at_least=True)]
+
+
+def verify(art_dir: Path, run: Path) -> list[Check]:
+    from export.build import load_gpt
+    if not (art_dir / CONFIG_NAME).is_file() or not (art_dir / MANIFEST_NAME).is_file():
+        raise UserError(f"{art_dir} is not an artifact dir (no {CONFIG_NAME}/{MANIFEST_NAME}); "
+                        f"export first: python -m export --run RUN --out {art_dir}")
+    problems = check_manifest(art_dir, read_json(art_dir / MANIFEST_NAME))
     checks = [Check("manifest sha256 (files differing)", float(len(problems)), 0, "; ".join(problems))]
     if problems:
         return checks
+    art = load_artifact(art_dir)
     model, config, _ = load_gpt(run)
-    meta = json.loads((art / CONFIG_NAME).read_text())
-    if meta["model_config"] != config.to_dict():
-        raise UserError(f"{art} was exported from a different model than {run}; pass its --run")
-    ort_gpt, pt, vocab = OrtGPT(art), TorchSteps(model), config.vocab_size
-    checks += check_prefill(ort_gpt, pt, vocab)
-    checks.append(check_decode(ort_gpt, pt, vocab))
-    checks.append(check_greedy(ort_gpt, model, vocab))
-    checks.append(check_padding(ort_gpt, pt, vocab, meta["pad_token_id"]))
-    if meta["onnx"]["fp16"]:
-        checks.append(check_fp16(art, pt, vocab, meta["pad_token_id"]))
+    if art.config.model_config != config.to_dict():
+        raise UserError(f"{art_dir} was exported from a different model than {run}; pass its --run")
+    rt = Runtime(art, device="cpu", threads=1, precision="fp32", slots=4)
+    pt, vocab, pad = TorchSteps(model), config.vocab_size, art.config.eos_token_id
+    checks += check_prefill(rt, pt, vocab)
+    checks.append(check_decode(rt, pt, vocab))
+    checks.append(check_greedy(rt, model, vocab))
+    checks.append(check_slots(rt, pt, vocab, pad))
+    if "fp16" in art.config.files:
+        checks.append(check_fp16(art, pt, vocab))
+    if "int8" in art.config.files:
+        checks += check_int8(art_dir, run)
     return checks
 
 
 def format_table(checks: list[Check]) -> str:
     w = max(len(c.name) for c in checks)
-    lines = [f"{'check':<{w}}  {'value':>10}  {'limit':>8}  result"]
+    lines = [f"{'check':<{w}}  {'value':>10}  {'limit':>10}  result"]
     for c in checks:
-        lines.append(f"{c.name:<{w}}  {c.value:>10.3g}  {c.limit:>8g}  "
+        limit = f"{'>= ' if c.at_least else ''}{c.limit:g}"
+        lines.append(f"{c.name:<{w}}  {c.value:>10.4g}  {limit:>10}  "
                      f"{'ok' if c.ok else 'FAIL'}{'  ' + c.detail if c.detail else ''}")
     return "\n".join(lines)
 

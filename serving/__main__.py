@@ -1,6 +1,7 @@
 """`python -m serving --model ART`: verify the artifact, serve it, drain on SIGTERM.
 
-Flags and SHELLEY_* env vars: serving/config.py. Exit 0 after a drain, 2 on a user error.
+Flags and SHELLEY_* env vars: serving/config.py. Exit 0 after a drain, 2 on a user error,
+1 when the engine failed (health already NOT_SERVING; a supervisor restarts the process).
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 import signal
 import sys
 
-from serving.errors import UserError
+from serving.errors import run_main
 
 
 async def serve(cfg) -> int:
@@ -24,8 +25,15 @@ async def serve(cfg) -> int:
         loop.add_signal_handler(sig, stop.set)
     await server.start()
     await server.load()
-    await stop.wait()
-    logging.getLogger("shelley.server").info("signal received: draining for up to %.0f s", cfg.drain_seconds)
+    signalled, failed = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(server.failed.wait())
+    await asyncio.wait([signalled, failed], return_when=asyncio.FIRST_COMPLETED)
+    signalled.cancel(), failed.cancel()
+    log = logging.getLogger("shelley.server")
+    if server.failed.is_set():   # requests already ended with errors; exit so Kubernetes restarts us
+        log.error("exiting with status 1: the engine failed")
+        await server.drain()
+        return 1
+    log.info("signal received: draining for up to %.0f s", cfg.drain_seconds)
     await server.drain()
     return 0
 
@@ -36,18 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     setup_logging(cfg.log_level, cfg.log_format)
     return asyncio.run(serve(cfg))
-
-
-def run_main(fn, argv: list[str] | None = None) -> None:
-    """One line and exit 2 for user errors; no traceback (training.cli's twin, torch-free)."""
-    try:
-        code = fn(argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    sys.exit(code or 0)
 
 
 if __name__ == "__main__":

@@ -1,50 +1,135 @@
-"""Load a model artifact dir (written by `python -m export`) and verify it first.
+"""The model artifact dir: its files, its ONNX names and model_config.json, defined once.
 
     art = load_artifact("artifacts/default")   # UserError (one line) if incomplete/corrupt
-    art.config["context_length"], art.onnx_path(fp16=False), art.tokenizer
+    art.config.context_length, art.onnx_path("int8"), art.tokenizer
+    inputs, outputs = graph_names(n_layer)      # the graph's I/O names, in order
+    write_manifest(art_dir, versions, training) # export: hashes every other file, written last
 
+This module is the contract between `python -m export` (which writes the dir) and the
+server (which reads it), and it is torch-free so the serving image can import it; export
+imports it too. docs/DESIGN.md ("Files between stages", "ONNX graph") describes it.
 manifest.json lists the sha256 and size of every other file; each is checked before the
 server loads anything, so a torn copy or a half-synced volume is refused, not served.
 """
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import hashlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizers import Tokenizer
-
 from serving.errors import UserError
 
-REQUIRED = ("model_config.json", "tokenizer.json", "manifest.json")
-CONFIG_KEYS = ("vocab_size", "context_length", "n_layer", "n_head", "head_dim",
-               "eos_token_id", "window_keep", "onnx")
+FORMAT_VERSION = 2     # 2: the in-place KV cache graph (GroupQueryAttention, slots)
+CONFIG_NAME, TOKENIZER_NAME, MANIFEST_NAME = "model_config.json", "tokenizer.json", "manifest.json"
+MODEL_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+PRECISIONS = tuple(MODEL_FILES)
+
+# ONNX input/output names. Hugging Face's where the meaning is theirs; ONNX Runtime's
+# GroupQueryAttention names for the per-row lengths, which have no HF counterpart.
+INPUT_IDS, POSITION_IDS = "input_ids", "position_ids"
+SEQLENS, TOTAL_LENGTH = "seqlens_k", "total_sequence_length"
+PAST_KEY, PAST_VALUE = "past_key_values.{i}.key", "past_key_values.{i}.value"
+LOGITS, PRESENT_KEY, PRESENT_VALUE = "logits", "present.{i}.key", "present.{i}.value"
 
 
-@dataclass
-class Artifact:
-    path: Path
-    config: dict          # model_config.json
-    manifest: dict        # manifest.json
-    tokenizer: Tokenizer
-
-    def onnx_path(self, fp16: bool = False) -> Path | None:
-        name = self.config["onnx"].get("fp16" if fp16 else "fp32")
-        return self.path / name if name else None
+def graph_names(n_layer: int) -> tuple[list[str], list[str]]:
+    """(input names, output names) in the graph's order."""
+    inputs, outputs = [INPUT_IDS, POSITION_IDS, SEQLENS, TOTAL_LENGTH], [LOGITS]
+    for i in range(n_layer):
+        inputs += [PAST_KEY.format(i=i), PAST_VALUE.format(i=i)]
+        outputs += [PRESENT_KEY.format(i=i), PRESENT_VALUE.format(i=i)]
+    return inputs, outputs
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
+@dataclass(frozen=True)
+class ArtifactConfig:
+    """model_config.json: what the server needs to run the graph, and the model's card."""
+    name: str
+    architecture: str
+    vocab_size: int
+    context_length: int        # tokens the model attends to; also the KV buffer's length
+    n_layer: int
+    n_head: int
+    head_dim: int
+    params: int
+    eos_token_id: int
+    window_keep: int           # tokens kept when generation slides past the context
+    opset: int
+    files: dict                # precision -> ONNX file name, for the precisions exported
+    inputs: list
+    outputs: list
+    model_config: dict         # training's ModelConfig, for export.verify and the curious
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> "ArtifactConfig":
+        version = d.get("format_version", 1)
+        if version != FORMAT_VERSION:
+            raise UserError(f"{where} is artifact format {version}; this shelley reads format "
+                            f"{FORMAT_VERSION} (the in-place KV cache graph); re-run the export")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(fields - set(d) - {"format_version"})
+        if missing:
+            raise UserError(f"{where} lacks {', '.join(missing)}; re-run the export")
+        return cls(**{k: v for k, v in d.items() if k in fields})
+
+
+def sha256_file(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _read_json(path: Path) -> dict:
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write via a temp file in the same dir + rename, so a kill never leaves a torn file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        data = json.loads(path.read_text())
+        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a serving pod under another uid must read it
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_manifest(art: Path, versions: dict, training: dict) -> dict:
+    """Hash every file of `art` except the manifest itself; written last, atomically."""
+    files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+             for p in sorted(Path(art).iterdir())
+             if p.is_file() and p.name != MANIFEST_NAME and not p.name.startswith(".")}
+    manifest = {"format_version": FORMAT_VERSION, "files": files, "versions": versions,
+                "training": training,
+                "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    atomic_write(Path(art) / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def check_manifest(art: Path, manifest: dict) -> list[str]:
+    """One line per listed file that is missing or whose size or sha256 differs."""
+    problems = []
+    for name, want in manifest.get("files", {}).items():
+        p = Path(art) / name
+        if not p.is_file():
+            problems.append(f"{name}: missing")
+        elif p.stat().st_size != want.get("bytes") or sha256_file(p) != want.get("sha256"):
+            problems.append(f"{name}: size or sha256 does not match manifest.json")
+    return problems
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is unreadable or not JSON ({type(e).__name__}); re-run the export") from None
     if not isinstance(data, dict):
@@ -52,40 +137,44 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def verify_manifest(path: Path, manifest: dict) -> None:
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise UserError(f"{path}/manifest.json lists no files; re-run the export")
-    for name in ("model_config.json", "tokenizer.json"):
-        if name not in files:
-            raise UserError(f"{path}/manifest.json does not list {name}; re-run the export")
-    for name, entry in files.items():
-        f = path / name
-        if not f.is_file():
-            raise UserError(f"artifact {path} is incomplete: {name} is missing; copy it again or re-run the export")
-        if f.stat().st_size != entry.get("bytes", -1) or sha256_of(f) != entry.get("sha256"):
-            raise UserError(f"artifact {path} is corrupt: {name} does not match manifest.json "
-                            f"(size or sha256); copy it again or re-run the export")
+@dataclass
+class Artifact:
+    path: Path
+    config: ArtifactConfig
+    manifest: dict
+    tokenizer: object     # tokenizers.Tokenizer
+
+    def onnx_path(self, precision: str = "fp32") -> Path:
+        name = self.config.files.get(precision)
+        if not name:
+            have = ", ".join(self.config.files)
+            raise UserError(f"artifact {self.path} has no {precision} model (it has {have}); "
+                            f"export it with `python -m export ... --{'dtype fp16' if precision == 'fp16' else 'quantize int8'}`")
+        return self.path / name
 
 
 def load_artifact(path: str | Path) -> Artifact:
+    from tokenizers import Tokenizer
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"no model artifact dir at {path}; export one with `python -m export --run RUN --out {path}`")
-    for name in REQUIRED:
+    for name in (CONFIG_NAME, TOKENIZER_NAME, MANIFEST_NAME):
         if not (path / name).is_file():
             raise UserError(f"artifact {path} is incomplete: {name} is missing; re-run the export")
-    manifest = _read_json(path / "manifest.json")
-    verify_manifest(path, manifest)
-    config = _read_json(path / "model_config.json")
-    missing = [k for k in CONFIG_KEYS if k not in config]
-    if missing:
-        raise UserError(f"{path}/model_config.json lacks {', '.join(missing)}; re-run the export")
-    onnx = config["onnx"].get("fp32")
-    if not onnx or onnx not in manifest["files"]:
-        raise UserError(f"artifact {path}: the fp32 ONNX file is not in manifest.json; re-run the export")
+    manifest = read_json(path / MANIFEST_NAME)
+    listed = manifest.get("files")
+    if not isinstance(listed, dict) or not {CONFIG_NAME, TOKENIZER_NAME} <= set(listed):
+        raise UserError(f"{path}/manifest.json does not list {CONFIG_NAME} and {TOKENIZER_NAME}; re-run the export")
+    problems = check_manifest(path, manifest)
+    if problems:
+        raise UserError(f"artifact {path} is corrupt or incomplete ({problems[0]}); "
+                        f"copy it again or re-run the export")
+    config = ArtifactConfig.from_dict(read_json(path / CONFIG_NAME), f"{path}/{CONFIG_NAME}")
+    unlisted = [f for f in config.files.values() if f not in listed]
+    if unlisted:
+        raise UserError(f"artifact {path}: {', '.join(unlisted)} not in manifest.json; re-run the export")
     try:
-        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        tokenizer = Tokenizer.from_file(str(path / TOKENIZER_NAME))
     except Exception as e:  # tokenizers raises its own exception type for bad JSON
-        raise UserError(f"{path}/tokenizer.json cannot be loaded ({e}); re-run the export") from None
+        raise UserError(f"{path}/{TOKENIZER_NAME} cannot be loaded ({e}); re-run the export") from None
     return Artifact(path=path, config=config, manifest=manifest, tokenizer=tokenizer)

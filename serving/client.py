@@ -16,8 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from serving.__main__ import run_main
-from serving.errors import UserError
+from serving.errors import UserError, run_main
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

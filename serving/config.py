@@ -16,6 +16,7 @@ from serving.errors import UserError
 from serving.logs import LOG_FORMATS
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "fp16", "int8")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -27,6 +28,7 @@ class ServeConfig:
     metrics_port: int = 9090           # 0 = an ephemeral port (tests); -1 = no metrics server
     http_port: int = 8000              # OpenAI-compatible HTTP API + playground; 0 = ephemeral, -1 = off
     device: str = "auto"
+    precision: str = "fp32"            # which model file: fp32 (on CUDA: the fp16 file if exported), fp16, int8
     max_batch: int = 32
     max_queue: int = 256
     max_new_tokens: int = 1024         # the largest max_tokens a request may ask for
@@ -45,6 +47,8 @@ class ServeConfig:
             raise UserError("no model: pass --model ARTIFACT_DIR (or set SHELLEY_MODEL)")
         if self.device not in DEVICES:
             raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.log_level not in LOG_LEVELS:
             raise UserError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.log_format not in LOG_FORMATS:

@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving import client
-from serving.__main__ import run_main
+from serving.errors import run_main
 from serving.errors import UserError
 
 

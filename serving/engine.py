@@ -1,39 +1,49 @@
-"""Continuous batching over the KV-cache ONNX graph, on one engine thread.
+"""Continuous batching over the in-place KV cache, on one engine thread.
 
-    engine = Engine(artifact, EngineConfig(max_batch=32), Runtime(artifact), publish)
+    engine = Engine(artifact, EngineConfig(max_batch=32), Runtime(artifact, slots=32), publish)
     engine.warmup(); engine.start()
     req = engine.submit("ROMEO:", SamplingParams(...), sink)   # InvalidRequest / QueueFull
     ... publish([(req, Event), ...]) is called from the engine thread ...
-    req.cancel()                                          # leaves the batch at the next step
+    req.cancel()                                                # leaves at the next step
 
-The active rows share one left-padded KV cache ([B, H, P, D] per layer) and attention mask
-([B, P]). New requests are prefilled together (left-padded, up to PREFILL_BATCH per step)
-and join at a step boundary by padding their caches (or the batch's) on the left; finished
-or cancelled rows are dropped and columns that are padding for every row trimmed. A row
-whose cache reaches the context re-prefills its newest `window_keep` tokens (positions
-from 0), exactly like training/generate.py.
+A request owns one slot of the KV cache (serving/slots.py) from admission to finish.
+Joining is prefilling its prompt into its slot (newcomers in adjacent slots share one
+call); leaving frees the slot; no other row's cache is ever touched. Each step decodes one
+token for rows [0, rows) in one ONNX Runtime call and samples them together
+(serving/sampling.py). A row whose cache reaches the context re-prefills its newest
+`window_keep` tokens into its own slot and goes on, exactly like training/generate.py.
+`check_stop` is the one place a request's end is decided. If the loop dies, every request
+ends with an error at once and `on_crash` tells the server, which stops serving.
 """
 from __future__ import annotations
 
+import enum
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from serving.artifact import Artifact
 from serving.errors import InvalidRequest, QueueFull, ShuttingDown
 from serving.runtime import Runtime
-from serving.sampling import (SamplingParams, TextStream, TokenLogprob, make_rng, sample, split_stop,
-                              token_logprobs)
+from serving.sampling import (MAX_LOGPROBS, SamplingParams, TextStream, make_rng, sample_batch,
+                              split_stop, token_bytes, token_logprobs)
+from serving.slots import SlotTable
 
 log = logging.getLogger("shelley.engine")
 MAX_STOP, MAX_STOP_CHARS = 8, 64
-MAX_LOGPROBS = 5
-PREFILL_BATCH = 8   # newcomers per step: one prefill call, so running rows wait one call at most
+PREFILL_BATCH = 8   # newcomers per step, so running rows wait for one short prefill at most
+
+
+class Finish(str, enum.Enum):
+    STOP = "stop"            # end-of-text token or a stop string
+    LENGTH = "length"        # max_tokens reached
+    CANCELLED = "cancelled"  # the client left, its deadline passed, or the drain ran out
+    ERROR = "error"          # the engine failed
 
 
 @dataclass
@@ -44,6 +54,13 @@ class EngineConfig:
 
 
 @dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float                       # of the model's distribution, before sampling settings
+    top: list[tuple[int, float]]         # the k most likely (id, logprob), best first
+
+
+@dataclass
 class Event:
     """One message for the client; finish_reason is set on the last one."""
     text: str
@@ -51,49 +68,73 @@ class Event:
     finish_reason: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    logprobs: list[TokenLogprob] | None = None   # one per token id, when the request asked
+    logprobs: list[TokenLogprob] | None = None   # one per token id, when asked for
 
 
+@dataclass(eq=False)
 class Request:
-    def __init__(self, prompt_ids: list[int], params: SamplingParams, tokenizer):
-        self.prompt_tokens = len(prompt_ids)
-        self.ids = list(prompt_ids)           # prompt + generated: the window re-prefills from it
-        self.params = params
-        self.rng = make_rng(params.seed)
-        self.text = TextStream(tokenizer)
-        self.held = ""                        # text that may be the start of a stop string
-        self.generated = 0
-        self.cached = 0                       # real tokens in this row's KV cache
-        self.next_token = 0                   # sampled, not yet fed to the model
-        self.cancelled = False
-        self.done = False
-        self.sink = None                      # the server's per-request queue
-        self.t_submit = time.perf_counter()
-        self.t_last = 0.0
+    prompt_ids: list[int]
+    params: SamplingParams
+    text: TextStream
+    sink: object = None                  # the front end's per-request queue
+    request_id: str = ""
+    ids: list[int] = field(default_factory=list)   # prompt + generated: the window slides over it
+    held: str = ""                       # text that may be the start of a stop string
+    generated: int = 0
+    slot: int = -1
+    cancelled: bool = False
+    done: bool = False
+    t_submit: float = field(default_factory=time.perf_counter)
+    t_last: float = 0.0
+
+    def __post_init__(self):
+        self.ids = list(self.prompt_ids)
+        self.rng = make_rng(self.params.seed)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
 
     def cancel(self) -> None:
-        self.cancelled = True                 # read by the engine thread at the next step
+        self.cancelled = True            # read by the engine thread at the next step
+
+
+def check_stop(req: Request, token: int, eos: int) -> tuple[Finish | None, str]:
+    """Record `token` for `req`: (why it ends, or None; the text it may send now).
+
+    At the end the held text goes out, and a UTF-8 sequence the last bytes left open
+    becomes U+FFFD (as the tokenizer's own decode shows it); text past a stop string never."""
+    if token == eos and not req.params.ignore_eos:
+        return Finish.STOP, req.held + req.text.flush()
+    req.ids.append(token)
+    text, req.held, hit = split_stop(req.held + req.text.step(token), req.params.stop)
+    if hit:
+        return Finish.STOP, text
+    if req.generated >= req.params.max_tokens:
+        return Finish.LENGTH, text + req.held + req.text.flush()
+    return None, text
 
 
 class Engine:
     def __init__(self, artifact: Artifact, config: EngineConfig, runtime: Runtime,
-                 publish: Callable[[list[tuple[Request, Event]]], None], metrics=None):
-        self.art, self.config, self.rt, self.publish, self.metrics = artifact, config, runtime, publish, metrics
+                 publish: Callable[[list[tuple[Request, Event]]], None], metrics=None,
+                 on_crash: Callable[[BaseException], None] | None = None):
+        self.config, self.rt, self.publish, self.metrics, self.on_crash = config, runtime, publish, metrics, on_crash
         mc = artifact.config
         self.tok = artifact.tokenizer
-        self.context, self.keep, self.eos = mc["context_length"], mc["window_keep"], mc["eos_token_id"]
+        self.token_bytes = token_bytes(self.tok)
+        self.context, self.keep, self.eos = mc.context_length, mc.window_keep, mc.eos_token_id
         self.queue: queue.Queue[Request] = queue.Queue(maxsize=config.max_queue)
-        self.rows: list[Request] = []
-        self.past: list = []                  # 2 * n_layer caches [B, H, P, D] (numpy or OrtValues)
-        self.mask = np.zeros((0, 0), np.int64)
+        self.table = SlotTable(min(config.max_batch, runtime.slots))
         self.outbox: list[tuple[Request, Event]] = []
         self.unfinished: set[Request] = set()   # submitted, no final event yet (for the drain)
         self.accepting = True
+        self.crashed: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="shelley-engine", daemon=True)
 
     # ---- called from the server's thread -------------------------------------------------
-    def submit(self, prompt: str, params: SamplingParams, sink=None) -> Request:
+    def submit(self, prompt: str, params: SamplingParams, sink=None, request_id: str = "") -> Request:
         """Validate and queue a request; its events go to `publish` with `req.sink` set."""
         if not self.accepting:
             raise ShuttingDown("the server is shutting down; retry on another replica")
@@ -101,8 +142,7 @@ class Engine:
         ids = self.tok.encode(prompt, add_special_tokens=False).ids if prompt else [self.eos]
         if len(ids) > self.context:
             raise InvalidRequest(f"prompt is {len(ids)} tokens; the limit is the context length, {self.context}")
-        req = Request(ids, params, self.tok)
-        req.sink = sink
+        req = Request(ids, params, TextStream(self.token_bytes), sink, request_id)
         self.unfinished.add(req)
         try:
             self.queue.put_nowait(req)
@@ -123,13 +163,13 @@ class Engine:
             raise InvalidRequest(f"top_p must be in (0, 1], got {p.top_p}")
         if p.top_k < 0:
             raise InvalidRequest(f"top_k must be >= 0, got {p.top_k}")
+        if p.logprobs is not None and not 0 <= p.logprobs <= MAX_LOGPROBS:
+            raise InvalidRequest(f"logprobs must be between 0 and {MAX_LOGPROBS}, got {p.logprobs}")
         if len(p.stop) > MAX_STOP:
             raise InvalidRequest(f"stop has {len(p.stop)} strings; the limit is {MAX_STOP}")
         for s in p.stop:
             if not s or len(s) > MAX_STOP_CHARS:
                 raise InvalidRequest(f"stop strings must be 1 to {MAX_STOP_CHARS} characters, got {len(s)}")
-        if p.logprobs is not None and not 0 <= p.logprobs <= MAX_LOGPROBS:
-            raise InvalidRequest(f"logprobs must be between 0 and {MAX_LOGPROBS}, got {p.logprobs}")
 
     def in_flight(self) -> int:
         return len(self.unfinished)
@@ -144,224 +184,151 @@ class Engine:
             self._thread.join(timeout)
 
     def warmup(self) -> None:
-        """Prefill and decode once at batch 1 and 2, so the first request pays no setup."""
-        for n in (1, 2):
-            ids = np.full((n, 4), self.eos, np.int64)
-            _, past = self.rt.run(ids, np.ones((n, 4), np.int64), np.tile(np.arange(4), (n, 1)),
-                                  self.rt.empty_past(n))
-            self.rt.run(ids[:, :1], np.ones((n, 5), np.int64), np.full((n, 1), 4, np.int64), past)
+        """Prefill and decode at batch 1 and 2 (both sessions), so the first request pays no setup."""
+        for n in sorted({1, min(2, self.rt.slots)}):
+            self.rt.prefill(0, [[self.eos] * 4] * n)
+            self.rt.decode(np.full(n, self.eos), np.full(n, 4))
 
     # ---- the engine thread ---------------------------------------------------------------
     def _loop(self) -> None:
         try:
             while not self._stop.is_set():
                 self._admit()
-                if self.rows:
+                if self.table.running:
                     self._step()
                 self._flush()
-        except Exception:  # a bug here must not leave clients hanging forever
-            log.exception("engine loop crashed")
-            self.accepting = False
+        except BaseException as e:  # a bug here must not leave clients hanging, nor look healthy
+            log.exception("engine loop crashed; failing every request")
+            self.accepting, self.crashed = False, e
+        reason = Finish.ERROR if self.crashed else Finish.CANCELLED
         self._drain_queue()
         for r in list(self.unfinished):
-            self._finish(r, "cancelled")
-        self.rows = []
+            self._finish(r, reason)
         self._flush()
+        if self.crashed and self.on_crash:
+            self.on_crash(self.crashed)
 
-    def _drain_queue(self) -> list[Request]:
-        out = []
+    def _drain_queue(self) -> None:
         while True:
             try:
-                out.append(self.queue.get_nowait())
+                self.queue.get_nowait()
             except queue.Empty:
-                return out
+                return
 
     def _admit(self) -> None:
-        """Take waiting requests into free rows: prefill each alone, then join the batch."""
+        """Waiting requests take free slots and are prefilled into them."""
         incoming: list[Request] = []
-        if not self.rows:
+        if not self.table.running:
             try:
                 incoming.append(self.queue.get(timeout=0.05))  # idle: sleep until work comes
             except queue.Empty:
                 return
-        while len(self.rows) + len(incoming) < self.config.max_batch and len(incoming) < PREFILL_BATCH:
+        while len(incoming) < min(self.table.free, PREFILL_BATCH):
             try:
                 incoming.append(self.queue.get_nowait())
             except queue.Empty:
                 break
         if self.metrics:
             self.metrics.waiting.set(self.queue.qsize())
-        now = time.perf_counter()
-        live = []
+        now, live = time.perf_counter(), []
         for r in incoming:
             if self.metrics:
                 self.metrics.queue_wait.observe(now - r.t_submit)
                 self.metrics.prompt_tokens.inc(r.prompt_tokens)
             if r.cancelled:
-                self._finish(r, "cancelled")
+                self._finish(r, Finish.CANCELLED)
             else:
                 live.append(r)
         if live:
-            self._join(self._prefill(live, [r.ids[-self.context:] for r in live]))
-        self._flush()  # first tokens go out now, not after the next decode step
+            self._prefill(self.table.admit(live), [r.ids for r in live])
+            self._flush()  # first tokens go out now, not after the next decode step
 
-    def _prefill(self, reqs: list[Request], prompts: list[list[int]]) -> list:
-        """Run the prompts as one left-padded batch and sample each row's next token.
-
-        Returns (request, its cache rows, its mask row) for the rows that go on decoding.
-        """
-        n, width = len(reqs), max(len(t) for t in prompts)
-        ids = np.full((n, width), self.eos, np.int64)
-        mask = np.zeros((n, width), np.int64)
-        for i, t in enumerate(prompts):
-            ids[i, width - len(t):] = t
-            mask[i, width - len(t):] = 1
-        pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-        logits, past = self.rt.run(ids, mask, pos, self.rt.empty_past(n))
-        past = self.rt.to_host(past)
-        joiners, full = [], []
-        toks = [sample(logits[i, -1], r.params, r.rng) for i, r in enumerate(reqs)]
-        lps = self._logprobs(reqs, logits[:, -1], toks)
-        for i, (r, t) in enumerate(zip(reqs, prompts)):
-            r.cached = len(t)
-            if self._accept(r, toks[i], lps[i]):
-                continue
-            if r.cached >= self.context:   # a prompt as long as the context: slide at once
-                full.append(r)
-            else:
-                joiners.append((r, [a[i] for a in past], mask[i]))
-        if full:
-            joiners += self._prefill(full, [r.ids[-self.keep:] for r in full])
-        return joiners
+    def _prefill(self, slots: list[int], windows: list[list[int]]) -> None:
+        """Prefill each window into its slot (runs of adjacent slots in one call), sample."""
+        window_of = dict(zip(slots, windows))
+        for first, run in SlotTable.runs(slots):
+            logits = self.rt.prefill(first, [window_of[s] for s in run], self.eos)
+            for s in run:
+                self.table.lengths[s] = len(window_of[s])
+            self._sample(run, logits)
 
     def _step(self) -> None:
-        """One decode step for every active row."""
-        self._drop([i for i, r in enumerate(self.rows) if r.cancelled], "cancelled")
-        if not self.rows:
+        """One decode step for every running row."""
+        for s, r in self.table.active():
+            if r.cancelled:
+                self._finish(r, Finish.CANCELLED)
+        n = self.table.rows
+        if not n:
             return
-        rows = self.rows
-        b = len(rows)
-        ids = np.fromiter((r.next_token for r in rows), np.int64, b).reshape(b, 1)
-        pos = np.fromiter((r.cached for r in rows), np.int64, b).reshape(b, 1)
-        self.mask = np.concatenate([self.mask, np.ones((b, 1), np.int64)], axis=1)
-        logits, self.past = self.rt.run(ids, self.mask, pos, self.past)
-        logits = logits[:, -1]
-        greedy = logits.argmax(-1)
+        t = self.table
+        logits = self.rt.decode(t.tokens[:n], t.lengths[:n])
+        slots = [s for s, _ in t.active()]
+        t.lengths[slots] += 1
         if self.metrics:
-            self.metrics.batch_size.observe(b)
-        leaving, sliding = [], []
-        toks = [int(greedy[i]) if r.params.temperature <= 0 else sample(logits[i], r.params, r.rng)
-                for i, r in enumerate(rows)]
-        lps = self._logprobs(rows, logits, toks)
-        for i, r in enumerate(rows):
-            r.cached += 1
-            if self._accept(r, toks[i], lps[i]):
-                leaving.append(i)
-            elif r.cached >= self.context:
-                sliding.append(i)
-        slid = [rows[i] for i in sliding]
-        self._drop(leaving + sliding, None)
-        if slid:
-            self._join(self._prefill(slid, [r.ids[-self.keep:] for r in slid]))
+            self.metrics.batch_size.observe(len(slots))
+        self._sample(slots, logits[slots])
 
-    # ---- logprobs: computed once per step, only for the rows that asked ------------------
-    @staticmethod
-    def _logprobs(rows: list[Request], logits: np.ndarray, toks: list[int]) -> list[TokenLogprob | None]:
-        out: list[TokenLogprob | None] = [None] * len(rows)
-        asked = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
-        if not asked:
-            return out
-        k = max(rows[i].params.logprobs for i in asked)
-        lp, top_ids, top_lp = token_logprobs(logits[asked], np.asarray([toks[i] for i in asked]), k)
-        for j, i in enumerate(asked):
-            kk = rows[i].params.logprobs
-            out[i] = TokenLogprob(toks[i], float(lp[j]),
-                                  list(zip(top_ids[j, :kk].tolist(), top_lp[j, :kk].tolist())))
+    def _sample(self, slots: list[int], logits: np.ndarray) -> None:
+        """Sample the next token of each slot's request from its logits row; end or go on."""
+        reqs = [self.table.owner[s] for s in slots]
+        tokens = sample_batch(logits, [r.params for r in reqs], [r.rng for r in reqs])
+        if self.metrics:
+            self.metrics.generated_tokens.inc(len(reqs))
+        logprobs = self._logprobs(reqs, logits, tokens)
+        sliding = []
+        for s, r, tok, lp in zip(slots, reqs, tokens.tolist(), logprobs):
+            if self._emit(r, tok, lp):
+                continue
+            self.table.tokens[s] = tok
+            if self.table.lengths[s] >= self.context:
+                sliding.append(s)
+        if sliding:  # the cache is full: re-prefill the newest window_keep tokens, in place
+            self._prefill(sliding, [self.table.owner[s].ids[-self.keep:] for s in sliding])
+
+    def _logprobs(self, reqs: list[Request], logits: np.ndarray, tokens: np.ndarray) -> list:
+        want = [i for i, r in enumerate(reqs) if r.params.logprobs is not None]
+        out: list[list[TokenLogprob] | None] = [None] * len(reqs)
+        if want:   # off costs nothing; on, one vectorised pass for the rows that asked
+            k = max(reqs[i].params.logprobs for i in want)
+            lp, top, top_lp = token_logprobs(logits[want], tokens[want], k)
+            for j, i in enumerate(want):
+                kk = reqs[i].params.logprobs
+                out[i] = [TokenLogprob(int(tokens[i]), float(lp[j]),
+                                       list(zip(top[j, :kk].tolist(), top_lp[j, :kk].tolist())))]
         return out
 
-    def _accept(self, r: Request, tok: int, lp: TokenLogprob | None = None) -> bool:
+    def _emit(self, r: Request, tok: int, logprobs) -> bool:
         """Record a sampled token and queue its text; True when the request is finished."""
         r.generated += 1
         now = time.perf_counter()
         if self.metrics:
-            self.metrics.generated_tokens.inc()
             if r.generated == 1:
                 self.metrics.ttft.observe(now - r.t_submit)
             else:
                 self.metrics.inter_token.observe(now - r.t_last)
         r.t_last = now
-        if tok == self.eos and not r.params.ignore_eos:
-            self._finish(r, "stop", text=r.held)
-            return True
-        r.ids.append(tok)
-        r.next_token = tok
-        text, r.held, hit = split_stop(r.held + r.text.step(tok), r.params.stop)
-        lps = None if lp is None else [lp]   # the end-of-text token above is never sent: no entry
-        if hit:
-            self._finish(r, "stop", text=text, token_ids=[tok], logprobs=lps)
-            return True
-        if r.generated >= r.params.max_tokens:
-            self._finish(r, "length", text=text + r.held, token_ids=[tok], logprobs=lps)
-            return True
-        self.outbox.append((r, Event(text, [tok], logprobs=lps)))
-        return False
+        reason, text = check_stop(r, tok, self.eos)
+        if reason is None:
+            self.outbox.append((r, Event(text, [tok], logprobs=logprobs)))
+            return False
+        sent = [] if tok == self.eos and not r.params.ignore_eos else [tok]   # EOS is not sent
+        self._finish(r, reason, text, sent, logprobs if sent else None)
+        return True
 
-    def _finish(self, r: Request, reason: str, text: str = "", token_ids: list[int] | None = None,
-                logprobs: list[TokenLogprob] | None = None) -> None:
+    def _finish(self, r: Request, reason: Finish, text: str = "", token_ids: list[int] | None = None,
+                logprobs=None) -> None:
         if r.done:
             return
         r.done = True
         self.unfinished.discard(r)
-        self.outbox.append((r, Event(text, token_ids or [], reason, r.prompt_tokens, r.generated,
-                                     (logprobs or []) if r.params.logprobs is not None else None)))
-
-    def _drop(self, idx: list[int], reason: str | None) -> None:
-        """Remove rows from the batch (finishing them with `reason` if given), trim padding."""
-        if not idx:
-            return
-        gone = set(idx)
-        if reason:
-            for i in gone:
-                self._finish(self.rows[i], reason)
-        keep = [i for i in range(len(self.rows)) if i not in gone]
-        self.rows = [self.rows[i] for i in keep]
-        if not keep:
-            self.past, self.mask = [], np.zeros((0, 0), np.int64)
-        else:
-            mask = self.mask[keep]
-            first = int(mask.any(0).argmax())   # leading columns that are padding for every row
-            self.mask = mask[:, first:]
-            self.past = self.rt.to_device([np.ascontiguousarray(a[keep, :, first:])
-                                           for a in self.rt.to_host(self.past)])
-
-    def _join(self, joiners: list) -> None:
-        """Add prefilled rows to the batch, left-padding caches to a common length."""
-        if not joiners:
-            return
-        old_past = self.rt.to_host(self.past)
-        b0, p0 = len(self.rows), self.mask.shape[1]
-        width = max([p0] + [m.shape[0] for _, _, m in joiners])
-        total = b0 + len(joiners)
-        mask = np.zeros((total, width), np.int64)
-        mask[:b0, width - p0:] = self.mask
-        for k, (_, _, m) in enumerate(joiners):
-            mask[b0 + k, width - m.shape[0]:] = m
-        new_past = []
-        for j, ref in enumerate(joiners[0][1]):
-            a = np.zeros((total, ref.shape[0], width, ref.shape[2]), ref.dtype)   # (B, H, P, D)
-            if b0:
-                a[:b0, :, width - p0:] = old_past[j]
-            for k, (_, rows, _) in enumerate(joiners):
-                a[b0 + k, :, width - rows[j].shape[1]:] = rows[j]
-            new_past.append(a)
-        self.rows = self.rows + [r for r, _, _ in joiners]
-        self.mask, self.past = mask, self.rt.to_device(new_past)
+        if r.slot >= 0 and self.table.owner[r.slot] is r:
+            self.table.release(r.slot)
+        self.outbox.append((r, Event(text, token_ids or [], reason.value, r.prompt_tokens,
+                                     r.generated, logprobs)))
 
     def _flush(self) -> None:
-        # Set here, between steps, not in _drop/_join: a row re-prefilling its window is
-        # briefly out of the batch but still running.
         if self.metrics:
-            self.metrics.running.set(len(self.rows))
+            self.metrics.running.set(self.table.running)
         if self.outbox:
             batch, self.outbox = self.outbox, []
             self.publish(batch)

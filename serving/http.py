@@ -33,7 +33,7 @@ from starlette.staticfiles import StaticFiles
 
 from serving import openai_api as oa
 from serving.auth import key_ok, uvicorn_ssl
-from serving.errors import InvalidRequest, QueueFull, ShuttingDown, UserError
+from serving.errors import EngineFailed, InvalidRequest, QueueFull, ShuttingDown, UserError
 from serving.logprobs import openai_logprobs
 from serving.logs import Access, request_id
 
@@ -53,6 +53,8 @@ def _error_of(e: Exception) -> tuple[int, str, str | None]:
         return 429, "rate_limit_error", "queue_full"
     if isinstance(e, ShuttingDown):
         return 503, "service_unavailable", "unavailable"
+    if isinstance(e, EngineFailed):   # before any token: safe to retry elsewhere
+        return (500, "server_error", None) if e.started else (503, "service_unavailable", "unavailable")
     if isinstance(e, HTTPException):
         return e.status_code, "invalid_request_error", "not_found" if e.status_code == 404 else None
     log.exception("unexpected error in an HTTP request")

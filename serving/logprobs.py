@@ -12,55 +12,28 @@ alone is written `bytes:\\xNN`, as OpenAI does.
 """
 from __future__ import annotations
 
-import re
-
 from serving.engine import TokenLogprob
-
-_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
-
-
-def _byte_level_table() -> dict[str, int]:
-    """GPT-2's byte-level alphabet: the printable character standing for each byte."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[chr(b)] = b
-        else:
-            table[chr(256 + extra)] = b
-            extra += 1
-    return table
-
-
-_BYTE_LEVEL = _byte_level_table()
+from serving.sampling import token_bytes
 
 
 class TokenTexts:
-    """id -> the token's text alone (cached: a vocabulary is small)."""
+    """id -> the token's text alone: its UTF-8 bytes decoded, or `bytes:\\xNN...` when they
+    are not valid UTF-8 on their own (one byte of a multi-byte character)."""
 
     def __init__(self, tokenizer):
-        self.tok = tokenizer
+        self.raw = token_bytes(tokenizer)
         self.cache: dict[int, str] = {}
 
     def __call__(self, token_id: int) -> str:
         text = self.cache.get(token_id)
         if text is None:
-            text = self.cache[token_id] = self._render(token_id)
+            raw = self.raw[token_id]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+            self.cache[token_id] = text
         return text
-
-    def _render(self, token_id: int) -> str:
-        text = self.tok.decode([token_id], skip_special_tokens=False)
-        if "\ufffd" not in text:
-            return text
-        name = self.tok.id_to_token(token_id) or ""
-        m = _BYTE_FALLBACK.fullmatch(name)
-        if m:
-            raw = bytes([int(m.group(1), 16)])
-        elif name and all(c in _BYTE_LEVEL for c in name):
-            raw = bytes(_BYTE_LEVEL[c] for c in name)
-        else:
-            return text
-        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
 
 def openai_logprobs(entries: list[TokenLogprob], texts: TokenTexts, offset: int) -> dict:

@@ -1,14 +1,21 @@
-"""The ONNX Runtime session for the KV-cache graph: provider choice and one `run` call.
+"""ONNX Runtime over the in-place KV-cache graph: the one runtime the server, export.verify
+and the benches share.
 
-    rt = Runtime(artifact, device="auto", threads=0)
-    logits, present = rt.run(input_ids, attention_mask, position_ids, past)
+    rt = Runtime(artifact, device="auto", threads=0, precision="fp32", slots=32)
+    last = rt.prefill(first_slot=3, prompts=[[5, 6, 7], [8, 9]])  # into slots 3 and 4: (2, V)
+    logits = rt.decode(tokens, lengths)        # rows 0..n-1, one token each: (n, V)
+    logits = rt.forward(ids, positions, seqlens, total, first_slot=0)   # the raw call: (B, T, V)
 
-Input and output names come from model_config.json (export defines them once). The CUDA
-provider is used only when a GPU is really usable; otherwise CPU, with one log line.
-On CUDA the KV cache stays on the GPU between steps (IO binding: `present` is a list of
-OrtValues fed back as the next `past`); only logits come back to the host. The engine
-calls `to_host` / `to_device` around its rare batch edits (joins, removals). On CPU,
-plain numpy in and out is as fast, so binding is off unless asked for (tests use it).
+The KV cache (`KVCache`) is one buffer per layer for keys and one for values,
+[slots, n_head, context, head_dim], allocated once. Every call binds a run of adjacent
+slots of those buffers, by pointer, as both `past_key_values.*` and `present.*`, and the
+graph's GroupQueryAttention writes the new tokens' columns in place: nothing is copied
+between steps, whoever joins or leaves. `lengths[b]` counts the tokens already in slot
+b's cache (0 for a free slot, whose row is computed and ignored). The graph contract is
+docs/DESIGN.md's "ONNX graph"; the names come from serving/artifact.py.
+
+The CUDA provider is used only when a GPU is really usable (then the buffers live on the
+GPU and only logits come back); otherwise the CPU, with one log line.
 """
 from __future__ import annotations
 
@@ -17,8 +24,9 @@ import logging
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import _pybind_state as C
 
-from serving.artifact import Artifact
+from serving.artifact import INPUT_IDS, LOGITS, POSITION_IDS, SEQLENS, TOTAL_LENGTH, Artifact
 from serving.errors import UserError
 
 log = logging.getLogger("shelley.runtime")
@@ -44,85 +52,144 @@ def choose_providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def session_options(threads: int) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.inter_op_num_threads = 1
+    if threads:
+        so.intra_op_num_threads = threads
+    so.log_severity_level = 3   # warnings about unused initializers are noise here
+    # Spinning pool threads would steal the CPU from the gRPC event loop between steps.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
+class KVCache:
+    """Per layer a key and a value buffer [slots, n_head, context, head_dim], bound by pointer.
+
+    On the CPU the buffers are numpy arrays (kept alive here: ORT only gets pointers); on
+    CUDA they are OrtValues in GPU memory. A run of adjacent slots is one contiguous block
+    of every buffer, so binding slots [first, first + n) is a pointer offset, never a copy.
+    """
+
+    def __init__(self, n_layer: int, slots: int, n_head: int, context: int, head_dim: int,
+                 dtype: type, device: C.OrtDevice, on_cuda: bool):
+        self.slots, self.dtype, self.device = slots, np.dtype(dtype), device
+        self.row_shape = (n_head, context, head_dim)
+        shape = (slots, *self.row_shape)
+        if on_cuda:
+            self._values = [C.OrtValue.ortvalue_from_shape_and_type(shape, self.dtype, device)
+                            for _ in range(2 * n_layer)]
+            self._host = None
+            self._ptrs = [v.data_ptr() for v in self._values]
+        else:
+            self._host = [np.zeros(shape, self.dtype) for _ in range(2 * n_layer)]
+            self._ptrs = [a.ctypes.data for a in self._host]
+        self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
+
+    def bind(self, io: C.SessionIOBinding, past: list[str], present: list[str], first: int, n: int) -> None:
+        if first < 0 or first + n > self.slots:
+            raise ValueError(f"slots {first}..{first + n - 1} are outside the cache's {self.slots}")
+        shape, elem = (n, *self.row_shape), self.dtype
+        for name_in, name_out, base in zip(past, present, self._ptrs):
+            ptr = base + first * self.row_bytes
+            io.bind_input(name_in, self.device, elem, shape, ptr)
+            io.bind_output(name_out, self.device, elem, shape, ptr)
+
+    def host(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, values) of a layer as numpy arrays (CPU: the buffers themselves; tests)."""
+        if self._host is not None:
+            return self._host[2 * layer], self._host[2 * layer + 1]
+        return self._values[2 * layer].numpy(), self._values[2 * layer + 1].numpy()
+
+
 class Runtime:
-    def __init__(self, artifact: Artifact, device: str = "auto", threads: int = 0, bind: bool = False):
+    def __init__(self, artifact: Artifact, device: str = "auto", threads: int = 0,
+                 precision: str = "fp32", slots: int = 32):
         mc = artifact.config
-        self.n_layer, self.n_head, self.head_dim = mc["n_layer"], mc["n_head"], mc["head_dim"]
+        self.context, self.vocab = mc.context_length, mc.vocab_size
         providers = choose_providers(device)
         on_cuda = providers[0] == CUDA
-        path = artifact.onnx_path(fp16=True) if on_cuda and mc["onnx"].get("fp16") else artifact.onnx_path()
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            so.intra_op_num_threads = threads
-        # Spinning pool threads would steal the CPU from the gRPC event loop between steps.
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if precision == "fp32" and on_cuda and "fp16" in mc.files:
+            precision = "fp16"   # the GPU's file when there is one
+        path = artifact.onnx_path(precision)
         try:
-            self.session = ort.InferenceSession(str(path), so, providers=providers)
+            self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
             self.provider = self.session.get_providers()[0]
-            # --threads 0 on CPU: a batch of one runs on its own 1-thread session. On this
-            # small a model a second thread only adds hand-off cost at batch 1 (measured:
-            # ~1.6x slower), while batches gain from every core. It costs a second copy of
+            # --threads 0 on the CPU: a batch of one runs on its own 1-thread session. On a
+            # model this small a second thread only adds hand-off cost at batch 1 (~1.6x
+            # slower, measured), while batches gain from every core. Costs a second copy of
             # the weights.
             self.single = None
             if threads == 0 and self.provider == "CPUExecutionProvider":
-                so.intra_op_num_threads = 1
-                self.single = ort.InferenceSession(str(path), so, providers=providers)
+                self.single = ort.InferenceSession(str(path), session_options(1), providers=providers)
         except Exception as e:  # ORT raises its own types for a bad graph
             raise UserError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from None
         if on_cuda and self.provider != CUDA:
             log.info("the CUDA provider failed to start; running on CPU")
-        onnx = mc["onnx"]
-        self.past_names = [n for i in range(self.n_layer)
-                           for n in (onnx["past_key"].format(i=i), onnx["past_value"].format(i=i))]
-        self.present_names = [n for i in range(self.n_layer)
-                              for n in (onnx["present_key"].format(i=i), onnx["present_value"].format(i=i))]
         inputs = {i.name: i for i in self.session.get_inputs()}
-        missing = [n for n in ["input_ids", "attention_mask", "position_ids", *self.past_names] if n not in inputs]
+        missing = [n for n in mc.inputs if n not in inputs]
         if missing:
             raise UserError(f"{path} lacks inputs {', '.join(missing)}; re-run the export")
+        self.past_names, self.present_names = mc.inputs[4:], mc.outputs[1:]
         self.dtype = np.float16 if inputs[self.past_names[0]].type == "tensor(float16)" else np.float32
-        self.outputs = ["logits", *self.present_names]
-        self.bind = bind or self.provider == CUDA
+        self.precision = precision
         self.device = "cuda" if self.provider == CUDA else "cpu"
-        log.info("ONNX Runtime %s: %s on %s (%s)", ort.__version__, path.name, self.provider,
-                 np.dtype(self.dtype).name)
+        self._dev = ort.OrtDevice.make(self.device, 0)._get_c_device()
+        self._cpu = ort.OrtDevice.make("cpu", 0)._get_c_device()
+        self.cache = KVCache(mc.n_layer, slots, mc.n_head, mc.context_length, mc.head_dim,
+                             self.dtype, self._dev, self.device == "cuda")
+        log.info("ONNX Runtime %s: %s on %s (%s), KV cache %d slots x %d tokens (%.1f MB)",
+                 ort.__version__, path.name, self.provider, precision, slots, mc.context_length,
+                 2 * mc.n_layer * slots * self.cache.row_bytes / 1e6)
 
-    def empty_past(self, batch: int) -> list[np.ndarray]:
-        shape = (batch, self.n_head, 0, self.head_dim)
-        return [np.zeros(shape, self.dtype) for _ in self.past_names]
+    @property
+    def slots(self) -> int:
+        return self.cache.slots
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
-            past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        if self.bind:
-            return self._run_bound(input_ids, attention_mask, position_ids, past)
-        feeds = dict(zip(self.past_names, past))
-        feeds["input_ids"], feeds["attention_mask"], feeds["position_ids"] = input_ids, attention_mask, position_ids
-        session = self.single if self.single is not None and input_ids.shape[0] == 1 else self.session
-        out = session.run(self.outputs, feeds)
-        return out[0], out[1:]
+    def forward(self, ids: np.ndarray, positions: np.ndarray, seqlens: np.ndarray, total: int,
+                first_slot: int = 0) -> np.ndarray:
+        """One graph call on slots [first_slot, first_slot + B): logits (B, T, V) as float32.
 
-    def _run_bound(self, input_ids, attention_mask, position_ids, past):
-        io = self.session.io_binding()
-        io.bind_cpu_input("input_ids", input_ids)
-        io.bind_cpu_input("attention_mask", attention_mask)
-        io.bind_cpu_input("position_ids", position_ids)
-        for name, value in zip(self.past_names, past):
-            if isinstance(value, np.ndarray):   # a fresh prefill's empty cache, or after an edit
-                io.bind_cpu_input(name, value)
-            else:
-                io.bind_ortvalue_input(name, value)
-        io.bind_output("logits", "cpu")
-        for name in self.present_names:
-            io.bind_output(name, self.device)
-        self.session.run_with_iobinding(io)
-        out = io.get_outputs()
-        return out[0].numpy(), out[1:]
+        A prefill when T == total (each row from position 0, right-padded), else T must be 1.
+        """
+        n = ids.shape[0]
+        session = self.single if self.single is not None and n == 1 else self.session
+        io = C.SessionIOBinding(session._sess)
+        # numpy inputs are bound by pointer: they must (and do) outlive the run
+        feeds = (np.ascontiguousarray(ids, np.int64), np.ascontiguousarray(positions, np.int64),
+                 np.ascontiguousarray(seqlens, np.int32), np.array(total, np.int32))
+        for name, a in zip((INPUT_IDS, POSITION_IDS, SEQLENS, TOTAL_LENGTH), feeds):
+            io.bind_input(name, a)
+        io.bind_output(LOGITS, self._cpu)
+        self.cache.bind(io, self.past_names, self.present_names, first_slot, n)
+        session._sess.run_with_iobinding(io, None)
+        logits = io.get_outputs()[0].numpy()
+        return logits if logits.dtype == np.float32 else logits.astype(np.float32)
 
-    def to_host(self, past: list) -> list[np.ndarray]:
-        return [v if isinstance(v, np.ndarray) else v.numpy() for v in past]
+    def prefill(self, first_slot: int, prompts: list[list[int]], pad_id: int = 0) -> np.ndarray:
+        """Prefill each prompt into its own slot (adjacent slots from first_slot), from
+        position 0, in one right-padded call: each row's last-token logits, (n, V)."""
+        lengths = np.array([len(p) for p in prompts])
+        if lengths.min() < 1 or lengths.max() > self.context:
+            raise ValueError(f"prompt lengths must be 1..{self.context}, got {lengths.tolist()}")
+        width = int(lengths.max())
+        ids = np.full((len(prompts), width), pad_id, np.int64)
+        for i, p in enumerate(prompts):
+            ids[i, : len(p)] = p
+        positions = np.broadcast_to(np.arange(width), ids.shape)
+        logits = self.forward(ids, positions, lengths - 1, width, first_slot)
+        return logits[np.arange(len(prompts)), lengths - 1]
 
-    def to_device(self, arrays: list[np.ndarray]) -> list:
-        if not self.bind:
-            return arrays
-        return [ort.OrtValue.ortvalue_from_numpy(a, self.device, 0) for a in arrays]
+    def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """One token for each of rows 0..n-1, whose caches hold `lengths` tokens (0 = a free
+        slot): logits (n, V). A row must have room: lengths < context."""
+        lengths = np.asarray(lengths, np.int64)
+        total = int(lengths.max()) + 1
+        if total > self.context:
+            raise ValueError(f"a row's cache is full ({self.context} tokens); slide it first")
+        # total >= 2 keeps a decode from reading as a prefill (T == total) even when every
+        # row is a free slot of length 0.
+        return self.forward(np.asarray(tokens, np.int64).reshape(-1, 1), lengths.reshape(-1, 1),
+                            lengths, max(total, 2))[:, 0]

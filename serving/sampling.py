@@ -1,19 +1,24 @@
-"""Per-request sampling in numpy, and stop strings that are never sent to the client.
+"""Sampling for a whole batch in numpy, token logprobs, stop strings, incremental text.
 
     params = SamplingParams(max_tokens=64, temperature=0.8, top_k=40, top_p=0.95, seed=1)
-    token = sample(logits_row, params, rng)             # rng: the request's own generator
-    sent, held, hit = split_stop(text, params.stop)       # hold back a possible stop prefix
-    lp, top_ids, top_lp = token_logprobs(logits, chosen, k=5)   # (N, V) rows at once
+    tokens = sample_batch(logits, [params, ...], [rng, ...])   # (N, V) -> (N,), one row a request
+    lp, top_ids, top_lp = token_logprobs(logits, tokens, k=5)  # before temperature/top-k/top-p
+    sent, held, hit = split_stop(text, params.stop)            # hold back a possible stop prefix
 
-Each request owns its RNG and draws exactly one number per token, so a seeded request gives
-the same tokens whatever else shares the batch. Same rules as training/generate.py.
+Each request owns its RNG and draws exactly one number per sampled token, and every row is
+computed on its own (no arithmetic mixes rows), so a seeded request gives the same tokens
+whatever else shares the batch. Same rules as training/generate.py: temperature, then
+top-k, then top-p (a token is dropped when the tokens ranked above it already reach top_p).
 """
 from __future__ import annotations
 
+import codecs
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+MAX_LOGPROBS = 5
 
 
 @dataclass(frozen=True)
@@ -25,63 +30,60 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
-    logprobs: int | None = None   # None = off (no cost); 0..5 = chosen token's + k alternatives
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    """A generated token's log-probability and the k most likely tokens at its step."""
-    token_id: int
-    logprob: float
-    top: list[tuple[int, float]]   # (token id, logprob), most likely first
+    logprobs: int | None = None   # None = off; k = the chosen token's logprob + k alternatives
 
 
 def make_rng(seed: int | None) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
-    """One (V,) row of logits -> a token id."""
-    if params.temperature <= 0:
-        return int(logits.argmax())
-    x = logits.astype(np.float64) / params.temperature
-    vocab = x.shape[0]
-    if 0 < params.top_k < vocab:
-        kth = np.partition(x, vocab - params.top_k)[vocab - params.top_k]
-        x[x < kth] = -np.inf
-    probs = np.exp(x - x.max())
-    if params.top_p < 1.0:
-        order = np.argsort(-probs, kind="stable")
-        ranked = probs[order] / probs.sum()
-        # drop a token when the tokens ranked above it already reach top_p (the first stays)
-        ranked[(np.cumsum(ranked) - ranked) >= params.top_p] = 0.0
-        cum = np.cumsum(ranked)
-        i = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
-        return int(order[min(i, vocab - 1)])
-    cum = np.cumsum(probs)
-    i = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
-    return min(i, vocab - 1)
+def sample_batch(logits: np.ndarray, params: Sequence[SamplingParams],
+                 rngs: Sequence[np.random.Generator]) -> np.ndarray:
+    """(N, V) logits, one row per request -> (N,) token ids."""
+    tokens = logits.argmax(-1)
+    rows = [i for i, p in enumerate(params) if p.temperature > 0]
+    if not rows:
+        return tokens
+    u = np.array([rngs[i].random() for i in rows])
+    temperature = np.array([params[i].temperature for i in rows])
+    top_k = np.array([params[i].top_k for i in rows])
+    top_p = np.array([params[i].top_p for i in rows])
+    x = logits[rows].astype(np.float64) / temperature[:, None]
+    vocab = x.shape[1]
+    filtered = ((top_k > 0) & (top_k < vocab)) | (top_p < 1.0)
+    order = np.broadcast_to(np.arange(vocab), x.shape)
+    if filtered.any():   # only these rows pay for a sort
+        f = np.flatnonzero(filtered)
+        ranked = np.argsort(-x[f], axis=1, kind="stable")
+        x[f] = np.take_along_axis(x[f], ranked, axis=1)
+        order = order.copy()
+        order[f] = ranked
+    probs = np.exp(x - x.max(axis=1, keepdims=True))
+    k = np.where((top_k > 0) & filtered, top_k, vocab)
+    probs[np.arange(vocab)[None] >= k[:, None]] = 0.0          # sorted rows: keep the first k
+    cum = np.cumsum(probs, axis=1)
+    nucleus = (cum - probs) >= (top_p * cum[:, -1])[:, None]     # mass above already reaches top_p
+    probs[nucleus & filtered[:, None]] = 0.0
+    cum = np.cumsum(probs, axis=1)
+    pick = np.minimum((cum <= (u * cum[:, -1])[:, None]).sum(axis=1), vocab - 1)
+    tokens[rows] = order[np.arange(len(rows)), pick]
+    return tokens
 
 
 def token_logprobs(logits: np.ndarray, chosen: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Log-softmax of raw logits (N, V) -> (chosen's logprob (N,), top ids (N, k), their
-    logprobs (N, k), most likely first).
-
-    The model's own distribution, before temperature, top-k and top-p (as vLLM reports by
-    default), so the numbers do not depend on how a request samples.
-    """
-    x = logits.astype(np.float32, copy=False)
+    """Log-probabilities of the model's distribution (raw logits: before temperature, top-k
+    and top-p): (logprob of `chosen` (N,), top-k ids (N, k), their logprobs (N, k)), the
+    top ids in descending order of logprob."""
+    x = logits.astype(np.float64)
     shifted = x - x.max(axis=1, keepdims=True)
     logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    rows = np.arange(x.shape[0])
+    rows = np.arange(len(x))
     chosen_lp = logp[rows, chosen]
-    k = min(k, x.shape[1])
     if k <= 0:
-        return chosen_lp, np.zeros((x.shape[0], 0), np.int64), np.zeros((x.shape[0], 0), np.float32)
+        return chosen_lp, np.zeros((len(x), 0), np.int64), np.zeros((len(x), 0))
     top = np.argpartition(-logp, k - 1, axis=1)[:, :k]
-    order = np.argsort(-logp[rows[:, None], top], axis=1, kind="stable")
-    top_ids = np.take_along_axis(top, order, axis=1)
-    return chosen_lp, top_ids, logp[rows[:, None], top_ids]
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(logp, top, 1), axis=1, kind="stable"), 1)
+    return chosen_lp, top, np.take_along_axis(logp, top, 1)
 
 
 def split_stop(text: str, stop: Sequence[str]) -> tuple[str, str, bool]:
@@ -96,36 +98,69 @@ def split_stop(text: str, stop: Sequence[str]) -> tuple[str, str, bool]:
     if cut >= 0:
         return text[:cut], "", True
     longest = max(len(s) for s in stop) - 1
-    for k in range(min(longest, len(text)), 0, -1):
-        tail = text[-k:]
+    for n in range(min(longest, len(text)), 0, -1):
+        tail = text[-n:]
         if any(s.startswith(tail) for s in stop):
-            return text[:-k], tail, False
+            return text[:-n], tail, False
     return text, "", False
+
+
+def token_bytes(tokenizer) -> list[bytes]:
+    """Every token id's UTF-8 bytes: what it adds to the text (special tokens: their name).
+
+    Byte-level BPE spells bytes in GPT-2's printable alphabet; the char tokenizer's byte
+    fallback tokens are `<0xNN>`; anything else decodes on its own.
+    """
+    from tokenizers import decoders
+    vocab = tokenizer.get_vocab_size()
+    byte_level = isinstance(tokenizer.decoder, decoders.ByteLevel)
+    if byte_level:
+        from tokenizers.pre_tokenizers import ByteLevel
+        alphabet = ByteLevel.alphabet()
+        unicode_to_byte = {c: b for b, c in enumerate(_gpt2_byte_chars())}
+        assert set(unicode_to_byte) == set(alphabet)
+    specials = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
+    out = []
+    for i in range(vocab):
+        piece = tokenizer.id_to_token(i) or ""
+        if piece in specials:
+            out.append(piece.encode())
+        elif byte_level:
+            out.append(bytes(unicode_to_byte[c] for c in piece))
+        elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            out.append(bytes([int(piece[3:5], 16)]))
+        else:
+            out.append(tokenizer.decode([i], skip_special_tokens=False).encode())
+    return out
+
+
+def _gpt2_byte_chars() -> list[str]:
+    """GPT-2's reversible map from the 256 bytes to printable characters, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
 
 
 class TextStream:
     """Incremental detokenizer: text deltas that never end inside a UTF-8 sequence.
 
-    Decodes a short window of recent ids (the prefix gives the decoder its context) and
-    holds the text back while it ends in U+FFFD, i.e. while a byte-fallback or byte-level
-    sequence is incomplete; a byte that can never complete is sent as U+FFFD once a later
-    token arrives. (tokenizers' DecodeStream raises on such invalid sequences.)
+    Feeds each token's bytes to an incremental UTF-8 decoder, which holds an incomplete
+    sequence back until its last byte arrives (and turns bytes that can never complete
+    into U+FFFD). O(1) a token, where decoding a window of ids each step is not.
     """
 
-    def __init__(self, tokenizer):
-        self.tok = tokenizer
-        self.ids: list[int] = []
-        self.prefix = 0    # ids[prefix:read] were already sent; they give the decoder context
-        self.read = 0
+    def __init__(self, table: list[bytes]):
+        self.table = table
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def step(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        sent = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=False)
-        text = self.tok.decode(self.ids[self.prefix:], skip_special_tokens=False)
-        if text.endswith("\ufffd") or len(text) <= len(sent):
-            return ""
-        self.prefix, self.read = self.read, len(self.ids)
-        if len(self.ids) > 64:   # keep the window short; the offsets move with it
-            drop = self.prefix
-            self.ids, self.prefix, self.read = self.ids[drop:], 0, self.read - drop
-        return text[len(sent):]
+        return self.decoder.decode(self.table[token_id])
+
+    def flush(self) -> str:
+        return self.decoder.decode(b"", final=True)

@@ -8,6 +8,8 @@ with health, reflection, API keys, TLS and drain.
     async for ev in server.events(req, access): ...
     await server.drain()            # SIGTERM: NOT_SERVING, refuse new (UNAVAILABLE / 503), let
                                     # running streams finish within --drain-seconds, stop
+    await server.failed.wait()      # set if the engine thread died: health is NOT_SERVING
+                                    # and `python -m serving` exits non-zero (a restart)
 
 Exceptions become status codes in one place (`_status_of`), applied by the `rpc` wrapper,
 which also counts every RPC by method and code, and writes its access-log line with the
@@ -29,8 +31,8 @@ from grpc_reflection.v1alpha import reflection
 from serving import auth
 from serving.artifact import Artifact
 from serving.config import ServeConfig
-from serving.engine import Engine, EngineConfig, Event, Request, TokenLogprob
-from serving.errors import InvalidRequest, QueueFull, ShuttingDown
+from serving.engine import Engine, EngineConfig, Event, Finish, Request, TokenLogprob
+from serving.errors import EngineFailed, InvalidRequest, QueueFull, ShuttingDown
 from serving.http import HttpFront
 from serving.logprobs import TokenTexts
 from serving.logs import Access, request_id
@@ -51,6 +53,8 @@ def _status_of(e: Exception) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)
     if isinstance(e, ShuttingDown):
         return grpc.StatusCode.UNAVAILABLE, str(e)
+    if isinstance(e, EngineFailed):  # nothing sent yet: safe to retry on another replica
+        return (grpc.StatusCode.INTERNAL if e.started else grpc.StatusCode.UNAVAILABLE), str(e)
     log.exception("unexpected error in an RPC")
     return grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}"
 
@@ -166,6 +170,7 @@ class Server:
         self.engine: Engine | None = None
         self.runtime: Runtime | None = None
         self.draining = False
+        self.failed = asyncio.Event()   # the engine died: stop serving, exit non-zero
         self.port = self.metrics_port = self.http_port = 0
         self._grpc: grpc.aio.Server | None = None
         self.http: HttpFront | None = None
@@ -209,10 +214,13 @@ class Server:
         def publish(batch):  # engine thread -> event loop, once per step
             loop.call_soon_threadsafe(deliver, batch)
 
+        def crashed(e: BaseException) -> None:  # engine thread, after every request has ended
+            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._engine_failed(e)))
+
         def build() -> Engine:
-            self.runtime = Runtime(self.artifact, c.device, c.threads)
+            self.runtime = Runtime(self.artifact, c.device, c.threads, c.precision, slots=c.max_batch)
             engine = Engine(self.artifact, EngineConfig(c.max_batch, c.max_queue, c.max_new_tokens),
-                            self.runtime, publish, self.metrics)
+                            self.runtime, publish, self.metrics, on_crash=crashed)
             t0 = time.perf_counter()
             engine.warmup()
             log.info("warmed up in %.0f ms", 1000 * (time.perf_counter() - t0))
@@ -221,8 +229,8 @@ class Server:
         self.engine = await asyncio.to_thread(build)
         self.engine.start()
         mc = self.artifact.config
-        self.metrics.model.info({"name": str(mc.get("name", "")), "params": str(mc.get("params", 0)),
-                                 "context": str(mc["context_length"]), "provider": self.runtime.provider})
+        self.metrics.model.info({"name": mc.name, "params": str(mc.params), "context": str(mc.context_length),
+                                 "provider": self.runtime.provider, "precision": self.runtime.precision})
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s", self.artifact.path)
 
@@ -251,6 +259,8 @@ class Server:
                 ev: Event = await req.sink.get()
                 while not ev.finish_reason and not req.sink.empty():
                     ev = merge(ev, req.sink.get_nowait())
+                if ev.finish_reason == Finish.ERROR:
+                    raise EngineFailed(req.generated > 0)
                 access.saw(ev)
                 yield ev
                 if ev.finish_reason:
@@ -262,12 +272,18 @@ class Server:
         mc, c = self.artifact.config, self.config
         rt = self.runtime
         return pb.ModelInfo(
-            name=str(mc.get("name", "")), architecture=str(mc.get("architecture", "gpt")),
-            params=int(mc.get("params", 0)), vocab_size=mc["vocab_size"],
-            context_length=mc["context_length"], n_layer=mc["n_layer"], n_head=mc["n_head"],
-            head_dim=mc["head_dim"], eos_token_id=mc["eos_token_id"], window_keep=mc["window_keep"],
-            provider=rt.provider if rt else "", dtype=rt.dtype.__name__ if rt else "",
+            name=mc.name, architecture=mc.architecture, params=mc.params, vocab_size=mc.vocab_size,
+            context_length=mc.context_length, n_layer=mc.n_layer, n_head=mc.n_head,
+            head_dim=mc.head_dim, eos_token_id=mc.eos_token_id, window_keep=mc.window_keep,
+            provider=rt.provider if rt else "", dtype=rt.precision if rt else "",
             max_batch=c.max_batch, max_new_tokens=c.max_new_tokens)
+
+    async def _engine_failed(self, e: BaseException) -> None:
+        """The engine thread died (every request already ended with an error): stop serving,
+        so probes fail and the process exits non-zero for Kubernetes to restart it."""
+        log.error("engine failed (%s: %s); not serving", type(e).__name__, e)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.failed.set()
 
     async def _set_health(self, status) -> None:
         for name in ("", SERVICE_NAME):

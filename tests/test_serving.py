@@ -8,6 +8,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import numpy as np
 import pytest
 
 from serving.errors import UserError
@@ -81,17 +82,15 @@ def test_stop_sequence_ends_generation_without_sending_it(live):
 
 def test_stream_deltas_never_split_utf8(live):
     """Characters outside the char vocab are spelled as byte tokens; deltas stay whole."""
-    from serving.engine import Engine, EngineConfig, Request
-    from serving.sampling import SamplingParams
+    from serving.engine import Request, check_stop
+    from serving.sampling import SamplingParams, TextStream, token_bytes
 
-    engine = Engine(live.server.artifact, EngineConfig(), live.server.runtime, publish=lambda b: None)
+    tok = live.server.artifact.tokenizer
     word = "é€😀 ok"
-    ids = live.server.artifact.tokenizer.encode(word, add_special_tokens=False).ids
+    ids = tok.encode(word, add_special_tokens=False).ids
     assert len(ids) > len(word)                           # multi-byte chars became byte tokens
-    r = Request([0], SamplingParams(max_tokens=100), live.server.artifact.tokenizer)
-    for t in ids:
-        engine._accept(r, t)
-    deltas = [ev.text for _, ev in engine.outbox]
+    r = Request([0], SamplingParams(max_tokens=100), TextStream(token_bytes(tok)))
+    deltas = [check_stop(r, t, eos=-1)[1] for t in ids]
     assert "".join(deltas) == word and "" in deltas and "\ufffd" not in "".join(deltas)
     text, _, _ = live.generate(prompt="naïve café 😀", max_tokens=5, temperature=0.0)
     assert "\ufffd" not in text
@@ -211,7 +210,7 @@ def test_corrupt_or_incomplete_artifact_is_refused(model, tmp_path):
     data = bytearray((bad / "model.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (bad / "model.onnx").write_bytes(bytes(data))
-    with pytest.raises(UserError, match="corrupt: model.onnx"):
+    with pytest.raises(UserError, match=r"corrupt or incomplete \(model.onnx"):
         load_artifact(bad)
     (bad / "tokenizer.json").unlink()
     r = subprocess.run([sys.executable, "-m", "serving", "--model", str(bad), "--port", "0"],
@@ -229,33 +228,42 @@ def test_serving_never_imports_torch():
     assert r.returncode == 0, r.stderr
 
 
-def test_io_binding_path_gives_the_same_tokens(live):
-    """The CUDA path (KV cache kept as OrtValues between steps) run on the CPU provider."""
+def test_a_running_rows_cache_never_moves(live):
+    """While others join, leave and slide past the context, a running request's keys and
+    values stay where they were written: bit for bit, in its own slot."""
     import threading as th
 
     from serving.engine import Engine, EngineConfig
     from serving.runtime import Runtime
     from serving.sampling import SamplingParams
 
-    def run(runtime) -> list[list[int]]:
-        got, done = {}, th.Event()
+    rt = Runtime(live.server.artifact, "cpu", threads=1, slots=4)
+    snapshots, done = [], th.Event()
+    engine = Engine(live.server.artifact, EngineConfig(max_batch=4), rt, publish=lambda batch: None)
+    decode = rt.decode
 
-        def publish(batch):
-            for r, ev in batch:
-                got.setdefault(r, []).extend(ev.token_ids)
-                if ev.finish_reason and sum(x.done for x in reqs) == len(reqs):
-                    done.set()
-        engine = Engine(live.server.artifact, EngineConfig(max_batch=4), runtime, publish)
-        engine.warmup()
-        engine.start()
-        reqs = [engine.submit(PROMPT[: 4 + 3 * i], SamplingParams(max_tokens=30 + 7 * i, temperature=0.9,
-                                                                  seed=i, ignore_eos=True)) for i in range(6)]
-        assert done.wait(30)
+    def watched_decode(tokens, lengths):    # slot 0's cache after every step it is in
+        out = decode(tokens, lengths)
+        if engine.table.owner[0] is first:
+            n = int(lengths[0]) + 1
+            snapshots.append([(k[0, :, :n].copy(), v[0, :, :n].copy()) for k, v in map(rt.cache.host, range(2))])
+        else:
+            done.set()
+        return out
+    rt.decode = watched_decode
+    engine.start()
+    try:   # `first` fits the 32-token context; the others join, leave and slide around it
+        first = engine.submit("R", SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True))
+        others = [engine.submit(PROMPT[:3 + i] if i != 2 else PROMPT + PROMPT[:9],
+                                SamplingParams(max_tokens=4 + 5 * i, seed=i, ignore_eos=True)) for i in range(5)]
+        assert done.wait(30) and first.slot == 0 and all(r.slot > 0 for r in others)
+    finally:
         engine.stop()
-        return [got[r] for r in reqs]
-
-    bound = Runtime(live.server.artifact, "cpu", bind=True)
-    assert bound.bind and run(bound) == run(live.server.runtime)
+    assert len(snapshots) == 29 and others[2].generated > 32 - len(PROMPT + PROMPT[:9])   # one slid
+    for earlier, later in zip(snapshots, snapshots[1:]):   # slot 0 only grew; nothing moved
+        for (k0, v0), (k1, v1) in zip(earlier, later):
+            n = k0.shape[1]
+            assert k1.shape[1] == n + 1 and np.array_equal(k0, k1[:, :n]) and np.array_equal(v0, v1[:, :n])
 
 
 def test_config_flags_beat_env_which_beats_defaults():

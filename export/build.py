@@ -1,0 +1,132 @@
+"""Build a model artifact dir from a training run: trace, fuse, check, quantize, write.
+
+    manifest = export_run(ExportConfig(run="runs/default", out="artifacts/default", quantize="int8"))
+
+Writes model.onnx (+ model.fp16.onnx with dtype fp16, + model.int8.onnx with quantize int8),
+tokenizer.json, model_config.json and, last, manifest.json (sha256 of every other file).
+Each graph is checked with onnx.checker (full shape inference) and loaded in ONNX Runtime
+before it is kept; the int8 file only if its quality holds (export/quantize.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving.artifact import CONFIG_NAME, MANIFEST_NAME, MODEL_FILES, TOKENIZER_NAME
+from training.cli import UserError, ensure_writable_dir
+
+from export.artifact import write_manifest, write_model_config
+from export.onnx_graph import MAX_OPSET, MIN_OPSET
+
+
+@dataclass
+class ExportConfig:
+    run: str
+    out: str
+    dtype: str = "fp32"            # "fp16" also writes model.fp16.onnx (for the CUDA provider)
+    quantize: str | None = None    # "int8" also writes model.int8.onnx (for CPUs)
+    opset: int = 17
+    force: bool = False
+
+
+def load_gpt(run_dir: Path):
+    """(model, config, tokenizer); refuses anything but a GPT before building it."""
+    from training.checkpoint import CKPT_NAME, load_checkpoint, load_run
+    if not run_dir.is_dir():
+        raise UserError(f"run dir {run_dir} does not exist; train first (make train) or fix --run")
+    kind = load_checkpoint(run_dir / CKPT_NAME)["model_config"].get("model", "gpt")
+    if kind != "gpt":
+        raise UserError(f"{run_dir / CKPT_NAME} holds a {kind!r} model; export supports gpt "
+                        f"only (it has the KV cache the server needs); train with --model gpt")
+    return load_run(run_dir)
+
+
+def prepare_out(out: Path, force: bool) -> Path:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; choose a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise UserError(f"output dir {out} already exists; pass --force to overwrite it or choose another --out")
+        # The manifest goes first so a half-rewritten dir is never taken for a valid one.
+        for name in (MANIFEST_NAME, *MODEL_FILES.values(), TOKENIZER_NAME, CONFIG_NAME):
+            (out / name).unlink(missing_ok=True)
+    return ensure_writable_dir(out)
+
+
+def check_runnable(path: Path, opset: int) -> None:
+    """onnx.checker with full shape inference, then one ONNX Runtime session (CPU)."""
+    import onnx
+    import onnxruntime as ort
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:
+        raise UserError(f"the exported graph fails onnx.checker at opset {opset}: "
+                        f"{str(e).splitlines()[0]}; try --opset 17") from None
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise UserError(f"ONNX Runtime {ort.__version__} cannot run the graph at opset {opset} "
+                        f"({str(e).splitlines()[0][:200]}); try --opset 17") from None
+
+
+def read_summary(path: Path) -> dict:
+    """The run's summary.json for the manifest; {} (and a warning) if missing or unreadable."""
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        print(f"warning: {path} is unreadable ({e}); manifest.json gets no training summary",
+              file=sys.stderr)
+        return {}
+
+
+def export_run(cfg: ExportConfig) -> dict:
+    """Write the artifact dir; returns the manifest."""
+    import torch
+    from training.model import count_params
+    from training.tokenizer import eos_id
+
+    from export.onnx_graph import check_exportable, convert_fp16, export_onnx, fuse_for_ort
+    from export.quantize import describe, quantize_int8
+
+    if not MIN_OPSET <= cfg.opset <= MAX_OPSET:
+        raise UserError(f"--opset {cfg.opset} is not supported: the exporter writes opsets "
+                        f"{MIN_OPSET}..{MAX_OPSET} (ONNX Runtime runs them all); try --opset 17")
+    run, out = Path(cfg.run), Path(cfg.out)
+    model, config, tok = load_gpt(run)
+    check_exportable(model)
+    eos = eos_id(tok)
+    if eos is None:
+        raise UserError(f"{run / TOKENIZER_NAME} has no <|endoftext|> token; retrain with this version")
+    out = prepare_out(out, cfg.force)
+
+    files = {"fp32": MODEL_FILES["fp32"]}
+    tmp = out / ".model.onnx.tmp"
+    try:
+        torch.manual_seed(0)  # the tracing inputs are random; keep exports reproducible
+        export_onnx(model, tmp, cfg.opset)
+        fuse_for_ort(tmp, config.n_head, config.n_embd)
+        check_runnable(tmp, cfg.opset)
+        os.replace(tmp, out / files["fp32"])
+        if cfg.dtype == "fp16":
+            convert_fp16(out / files["fp32"], tmp)
+            check_runnable(tmp, cfg.opset)
+            files["fp16"] = MODEL_FILES["fp16"]
+            os.replace(tmp, out / files["fp16"])
+    finally:
+        tmp.unlink(missing_ok=True)
+    shutil.copyfile(run / TOKENIZER_NAME, out / TOKENIZER_NAME)
+    write_model_config(out, run.resolve().name, config, count_params(model), eos, cfg.opset, files)
+    quality = quantize_int8(out, run, files) if cfg.quantize == "int8" else None
+    manifest = write_manifest(out, read_summary(run / "summary.json"))
+    if quality is not None:
+        if not quality.ok:
+            raise UserError(f"int8 quality too low, so no model.int8.onnx ({describe(quality)}); "
+                            f"the fp32 artifact in {out} is complete: serve it with --precision fp32")
+        print(describe(quality), file=sys.stderr)
+    return manifest

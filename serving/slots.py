@@ -1,0 +1,71 @@
+"""The batch's state: which request owns which slot of the KV cache, and how full it is.
+
+    table = SlotTable(32)
+    slots = table.admit([req_a, req_b])     # the lowest free slots, e.g. [0, 1]
+    for first, reqs in table.runs(slots):   # adjacent slots prefill in one call
+        ...
+    n = table.rows                          # decode rows 0..n-1 (the highest owned slot + 1)
+    table.release(slot)                     # the request is done: its slot is free again
+
+A request owns one slot from admission to finish; nothing ever moves between slots.
+Taking the lowest free slot keeps the owned slots packed at the front, so a decode step
+runs over rows [0, rows) with few free rows inside (their rows are computed and ignored).
+`lengths[s]` counts the tokens in slot s's cache; `tokens[s]` is the token it feeds next.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class SlotTable:
+    def __init__(self, slots: int):
+        self.owner: list = [None] * slots          # slot -> request, or None when free
+        self.lengths = np.zeros(slots, np.int64)  # tokens in each slot's cache
+        self.tokens = np.zeros(slots, np.int64)   # next token to feed each slot
+        self.running = 0                           # owned slots
+
+    @property
+    def free(self) -> int:
+        return len(self.owner) - self.running
+
+    @property
+    def rows(self) -> int:
+        """Rows a decode step covers: up to the highest owned slot."""
+        for s in range(len(self.owner) - 1, -1, -1):
+            if self.owner[s] is not None:
+                return s + 1
+        return 0
+
+    def active(self) -> list[tuple[int, object]]:
+        """(slot, request) for every owned slot, in slot order."""
+        return [(s, r) for s, r in enumerate(self.owner) if r is not None]
+
+    def admit(self, requests: list) -> list[int]:
+        """Give each request the lowest free slot; returns the slots, in request order."""
+        free = [s for s, r in enumerate(self.owner) if r is None]
+        if len(requests) > len(free):
+            raise ValueError(f"{len(requests)} requests for {len(free)} free slots")
+        for s, r in zip(free, requests):
+            self.owner[s] = r
+            self.running += 1
+            r.slot = s
+            self.lengths[s] = 0
+        return free[: len(requests)]
+
+    def release(self, slot: int) -> None:
+        if self.owner[slot] is not None:
+            self.running -= 1
+        self.owner[slot] = None
+        self.lengths[slot] = 0
+        self.tokens[slot] = 0
+
+    @staticmethod
+    def runs(slots: list[int]) -> list[tuple[int, list[int]]]:
+        """Group slots into runs of adjacent ones: [(first slot, [slots...]), ...]."""
+        out: list[tuple[int, list[int]]] = []
+        for s in sorted(slots):
+            if out and out[-1][1][-1] == s - 1:
+                out[-1][1].append(s)
+            else:
+                out.append((s, [s]))
+        return out

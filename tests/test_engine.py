@@ -1,0 +1,182 @@
+"""The engine's parts on their own: slots, batch sampling, logprobs, stop decisions, and a
+crashed engine (a fault injected into the runtime) that must not look healthy."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from serving.engine import Finish, Request, check_stop
+from serving.proto import pb, pb_grpc
+from serving.sampling import SamplingParams, TextStream, make_rng, sample_batch, token_logprobs
+from serving.slots import SlotTable
+from tests.serving_fixtures import cached_artifact
+from tests.serving_live import LiveServer
+
+
+class Req:   # a stand-in owner for slot tests
+    slot = -1
+
+
+def test_slots_take_the_lowest_free_and_group_adjacent_runs():
+    t = SlotTable(6)
+    reqs = [Req() for _ in range(4)]
+    assert t.admit(reqs) == [0, 1, 2, 3] and [r.slot for r in reqs] == [0, 1, 2, 3]
+    t.release(1)
+    t.release(2)
+    assert (t.running, t.free, t.rows) == (2, 4, 4)
+    assert t.admit([Req(), Req(), Req()]) == [1, 2, 4]
+    assert SlotTable.runs([4, 1, 2]) == [(1, [1, 2]), (4, [4])]
+    t.release(4)
+    t.release(3)
+    assert t.rows == 3
+    with pytest.raises(ValueError):
+        t.admit([Req() for _ in range(4)])
+
+
+def _params(**kw):
+    return SamplingParams(**{"max_tokens": 10, **kw})
+
+
+MIXED = [_params(temperature=0.0), _params(temperature=0.7), _params(temperature=1.3, top_k=5),
+         _params(temperature=1.0, top_p=0.6), _params(temperature=0.9, top_k=20, top_p=0.9)]
+
+
+def test_each_row_samples_the_same_alone_or_in_any_batch():
+    logits = np.random.default_rng(0).normal(0, 3, (len(MIXED), 97)).astype(np.float32)
+    alone = [int(sample_batch(logits[i:i + 1], [p], [make_rng(100 + i)])[0]) for i, p in enumerate(MIXED)]
+    for order in ([0, 1, 2, 3, 4], [4, 2, 0, 3, 1]):
+        got = sample_batch(logits[order], [MIXED[i] for i in order], [make_rng(100 + i) for i in order])
+        assert [int(g) for g in got] == [alone[i] for i in order]
+
+
+def test_sampling_follows_temperature_top_k_and_top_p():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 2, 50).astype(np.float32)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    n = 20000
+    draws = sample_batch(np.tile(logits, (n, 1)), [_params(temperature=1.0)] * n, [rng] * n)
+    freq = np.bincount(draws, minlength=50) / n
+    assert np.abs(freq - probs).max() < 0.02                           # plain sampling = softmax
+    assert sample_batch(logits[None], [_params(temperature=0.0)], [rng])[0] == logits.argmax()
+    top5 = set(np.argsort(-logits)[:5].tolist())
+    assert set(sample_batch(np.tile(logits, (500, 1)), [_params(top_k=5)] * 500, [rng] * 500).tolist()) <= top5
+    ranked = np.argsort(-probs)
+    nucleus = ranked[: int(np.searchsorted(np.cumsum(probs[ranked]), 0.5)) + 1]
+    got = set(sample_batch(np.tile(logits, (500, 1)), [_params(top_p=0.5)] * 500, [rng] * 500).tolist())
+    assert got <= set(nucleus.tolist()) and len(got) > 1
+
+
+def test_token_logprobs_match_a_float64_reference():
+    logits = np.random.default_rng(2).normal(0, 4, (3, 40)).astype(np.float32)
+    chosen = np.array([3, 17, 39])
+    lp, top, top_lp = token_logprobs(logits, chosen, k=5)
+    x = logits.astype(np.float64)
+    ref = x - np.log(np.exp(x).sum(1, keepdims=True))
+    np.testing.assert_allclose(lp, ref[[0, 1, 2], chosen], atol=1e-9)
+    assert (top == np.argsort(-ref, axis=1, kind="stable")[:, :5]).all()
+    np.testing.assert_allclose(top_lp, np.take_along_axis(ref, top, 1), atol=1e-9)
+    assert np.all(np.diff(top_lp, axis=1) <= 0)
+    assert token_logprobs(logits, chosen, k=0)[1].shape == (3, 0)
+
+
+def _request(params, table=None):
+    table = table or [t.encode() for t in ("a", "b", "c", "<eos>")]
+    return Request([0], params, TextStream(table))
+
+
+def test_check_stop_is_the_one_decision():
+    eos = 3
+    r = _request(_params(max_tokens=3))
+    assert check_stop(r, 0, eos) == (None, "a")
+    r.generated = 1
+    assert check_stop(r, eos, eos) == (Finish.STOP, "")                 # EOS ends it, not sent
+    r = _request(_params(max_tokens=2, ignore_eos=True))
+    r.generated = 1
+    assert check_stop(r, eos, eos) == (None, "<eos>")
+    r.generated = 2
+    assert check_stop(r, 1, eos) == (Finish.LENGTH, "b")
+    r = _request(_params(stop=("bc",)))
+    assert [check_stop(r, t, eos) for t in (0, 1)] == [(None, "a"), (None, "")]   # "b" held back
+    assert check_stop(r, 2, eos) == (Finish.STOP, "")                   # "bc" never sent
+    r = _request(_params(max_tokens=1), table=[b"\xc3"])                # half a UTF-8 character
+    r.generated = 1
+    assert check_stop(r, 0, eos) == (Finish.LENGTH, "\ufffd")           # shown as the tokenizer would
+
+
+@pytest.fixture(scope="module")
+def art(tiny_run, tmp_path_factory):
+    return cached_artifact(tiny_run, tmp_path_factory)
+
+
+def test_a_crashed_engine_fails_requests_at_once_and_stops_serving(art):
+    """A fault in the runtime mid-stream: the running stream ends INTERNAL, the waiting one
+    UNAVAILABLE, health turns NOT_SERVING and the server asks to exit."""
+    s = LiveServer(art, max_batch=1, max_new_tokens=5000)
+    try:
+        calls = [s.stub.Generate(pb.GenerateRequest(prompt="hi", max_tokens=5000, ignore_eos=True), timeout=30)
+                 for _ in range(2)]
+        next(calls[0])
+        assert s.wait_for(lambda: s.metric("shelley_requests_waiting") == 1)
+
+        def broken(*args):
+            raise RuntimeError("injected fault")
+        s.server.runtime.decode = broken
+        t0 = time.monotonic()
+        codes = []
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as e:
+                list(call)
+            codes.append(e.value.code())
+        assert codes == [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE]
+        assert time.monotonic() - t0 < 5
+        assert s.wait_for(lambda: s.server.failed.is_set(), 5)
+        assert s.health_of() == s.health_of("") == "NOT_SERVING"
+        with pytest.raises(grpc.RpcError) as e:
+            s.generate(prompt="hi", max_tokens=3)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        s.close()
+
+
+def test_the_server_process_exits_non_zero_when_its_engine_dies(art):
+    """The real `python -m serving` with a runtime whose third decode step raises."""
+    code = textwrap.dedent(f"""
+        import sys
+        from serving import runtime, __main__ as main
+        real, calls = runtime.Runtime.decode, [0]
+        def faulty(self, *a):
+            calls[0] += 1
+            if calls[0] > 2 + 2:          # warm-up decodes twice
+                raise RuntimeError("injected fault")
+            return real(self, *a)
+        runtime.Runtime.decode = faulty
+        sys.exit(main.main(["--model", {str(art)!r}, "--host", "127.0.0.1", "--port", "0",
+                            "--metrics-port", "-1"]))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(__file__)))
+    try:
+        port = None
+        for line in proc.stderr:
+            if "listening on" in line:
+                port = int(line.split("listening on ")[1].split(" ")[0].rsplit(":", 1)[1])
+            if "serving " in line and port:
+                break
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.TextGenerationStub(ch)
+            with pytest.raises(grpc.RpcError) as e:
+                list(stub.Generate(pb.GenerateRequest(prompt="hi", max_tokens=50, ignore_eos=True), timeout=30))
+            assert e.value.code() == grpc.StatusCode.INTERNAL
+        assert proc.wait(30) == 1
+        assert "exiting with status 1: the engine failed" in proc.stderr.read()
+    finally:
+        proc.kill()
+
