@@ -61,7 +61,7 @@ $(STUBS): proto/shelley/v1/shelley.proto $(VENV)/.installed-$(EXTRAS)
 
 proto: setup $(STUBS) ## generate the gRPC stubs into serving/_gen/ (git-ignored)
 
-serve: proto ## serve $(ART) over gRPC (:50051) with metrics (:9090)
+serve: proto ## serve $(ART): gRPC (:50051), HTTP + playground (:8000), metrics (:9090)
 	$(PY) -m serving --model $(ART)
 
 client: proto ## stream a completion from $(TARGET): make client PROMPT="ROMEO:"

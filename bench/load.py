@@ -4,6 +4,7 @@ Face transformers `generate` of the same model shape in the same run; and a soak
     python -m bench.load                          # 1, 32, 64 streams vs HF batch 1 and 16
     python -m bench.load --model ART --streams 1,32 --seconds 30 --rounds 3
     python -m bench.load --soak 180               # 48 mixed clients, 3 minutes, --max-batch 32
+    python -m bench.load --http                   # each scenario over gRPC and over HTTP (SSE)
 
 Reports time to first token and inter-token latency (p50/p99), aggregate tokens/s, errors,
 the CPU the server and the clients used, and the ratio to HF generate. Greedy with
@@ -67,15 +68,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(art: Path, extra: list[str]) -> tuple[subprocess.Popen, str, int]:
-    """(process, gRPC target, metrics port) once health says SERVING."""
+def start_server(art: Path, extra: list[str], http_port: int = -1) -> tuple[subprocess.Popen, str, int]:
+    """(process, gRPC target, metrics port) once health says SERVING; HTTP on http_port (-1 = off)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     port, metrics = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "serving", "--model", str(art), "--host", "127.0.0.1",
-                             "--port", str(port), "--metrics-port", str(metrics), "--log-level", "warning",
-                             *extra])
+                             "--port", str(port), "--metrics-port", str(metrics), "--http-port", str(http_port),
+                             "--log-level", "warning", *extra])
     target = f"127.0.0.1:{port}"
     with grpc.insecure_channel(target) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
@@ -150,6 +151,43 @@ async def run_streams(target: str, n: int, seconds: float, prompt: str, new_toke
     return tally
 
 
+async def run_sse_streams(base: str, n: int, seconds: float, prompt: str, new_tokens: int) -> Tally:
+    """The same scenario over POST /v1/completions with stream: true (httpx, one connection
+    per client); an SSE chunk may carry several tokens, as a gRPC message may."""
+    import json
+
+    import httpx
+
+    tally = Tally()
+    body = {"prompt": prompt, "max_tokens": new_tokens, "temperature": 0.0, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True}}
+    end = time.perf_counter() + seconds
+
+    async def client() -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=120) as http:
+            while time.perf_counter() < end:
+                last, first = time.perf_counter(), True
+                try:
+                    async with http.stream("POST", "/v1/completions", json=body) as r:
+                        async for line in r.aiter_lines():
+                            if not line.startswith("data: {"):
+                                continue
+                            chunk = json.loads(line[6:])
+                            if chunk["choices"]:
+                                now = time.perf_counter()
+                                (tally.ttft if first else tally.itl).append(now - last)
+                                first, last = False, now
+                            elif chunk.get("usage"):
+                                tally.tokens += chunk["usage"]["completion_tokens"]
+                        tally.count("OK" if r.status_code == 200 else str(r.status_code))
+                        tally.requests += r.status_code == 200
+                except httpx.HTTPError as e:
+                    tally.count(type(e).__name__)
+
+    await asyncio.gather(*(client() for _ in range(n)))
+    return tally
+
+
 def cpu_seconds(pid: int) -> float:
     """user + system CPU time of a process (Linux /proc), to show where the cores went."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -203,9 +241,15 @@ def compare(args, art: Path, prompt: str, vocab: int) -> int:
     streams = [int(x) for x in args.streams.split(",")]
     hf_batches = [int(x) for x in args.hf_batches.split(",")]
     per_round = args.seconds / args.rounds
-    proc, target, _ = start_server(art, args.server_args.split())
-    tallies = {n: Tally() for n in streams}
-    walls, cpu = dict.fromkeys(streams, 0.0), {n: [0.0, 0.0] for n in streams}
+    http_port = free_port() if args.http else -1
+    proc, target, _ = start_server(art, args.server_args.split(), http_port)
+    apis = {"gRPC": lambda n: run_streams(target, n, per_round, prompt, args.new_tokens)}
+    if args.http:
+        base = f"http://127.0.0.1:{http_port}"
+        apis["HTTP/SSE"] = lambda n: run_sse_streams(base, n, per_round, prompt, args.new_tokens)
+    scenarios = [(api, n) for n in streams for api in apis]
+    tallies = {s: Tally() for s in scenarios}
+    walls, cpu = dict.fromkeys(scenarios, 0.0), {s: [0.0, 0.0] for s in scenarios}
     hf_done = {b: [0.0, 0.0] for b in hf_batches}
     try:
         for _ in range(args.rounds):
@@ -213,13 +257,13 @@ def compare(args, art: Path, prompt: str, vocab: int) -> int:
                 tokens, wall = hf.run(b, per_round)
                 hf_done[b][0] += tokens
                 hf_done[b][1] += wall
-            for n in streams:
+            for s in scenarios:
                 server0, client0, t0 = cpu_seconds(proc.pid), time.process_time(), time.perf_counter()
-                t = asyncio.run(run_streams(target, n, per_round, prompt, args.new_tokens))
-                walls[n] += time.perf_counter() - t0
-                cpu[n][0] += cpu_seconds(proc.pid) - server0
-                cpu[n][1] += time.process_time() - client0
-                merge(tallies[n], t)
+                t = asyncio.run(apis[s[0]](s[1]))
+                walls[s] += time.perf_counter() - t0
+                cpu[s][0] += cpu_seconds(proc.pid) - server0
+                cpu[s][1] += time.process_time() - client0
+                merge(tallies[s], t)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
@@ -231,12 +275,12 @@ def compare(args, art: Path, prompt: str, vocab: int) -> int:
     print("| scenario | TTFT p50 / p99 ms | ITL p50 / p99 ms | tokens/s | requests | errors "
           "| server / client cores | " + " | ".join(f"vs HF b{b}" for b in hf_batches) + " |")
     print("| --- | --- | --- | ---: | ---: | ---: | --- |" + " ---: |" * len(hf_batches))
-    for n in streams:
-        r = tallies[n].row(walls[n])
+    for api, n in scenarios:
+        r = tallies[api, n].row(walls[api, n])
         ratios = " | ".join(f"{r['tok_s'] / hf_rate[b]:.2f}x" for b in hf_batches)
-        print(f"| shelley, {n} stream{'s' if n > 1 else ''} | {r['ttft50']:.1f} / {r['ttft99']:.1f} | "
+        print(f"| shelley {api}, {n} stream{'s' if n > 1 else ''} | {r['ttft50']:.1f} / {r['ttft99']:.1f} | "
               f"{r['itl50']:.2f} / {r['itl99']:.2f} | {r['tok_s']:,.0f} | {r['requests']} | {r['errors']} | "
-              f"{cpu[n][0] / walls[n]:.2f} / {cpu[n][1] / walls[n]:.2f} | {ratios} |")
+              f"{cpu[api, n][0] / walls[api, n]:.2f} / {cpu[api, n][1] / walls[api, n]:.2f} | {ratios} |")
     for b in hf_batches:
         print(f"| HF transformers generate, batch {b} | | | {hf_rate[b]:,.0f} | | | |" + " |" * len(hf_batches))
     return 0
@@ -330,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hf-batches", default="1,16")
     p.add_argument("--server-args", default="--max-batch 64", help="extra flags for python -m serving")
     p.add_argument("--soak", type=float, default=0, help="run the soak test for this many seconds instead")
+    p.add_argument("--http", action="store_true", help="also run each scenario over HTTP/SSE, beside gRPC")
     args = p.parse_args(argv)
 
     tmp = tempfile.TemporaryDirectory()

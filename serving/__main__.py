@@ -40,9 +40,9 @@ async def serve(cfg) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from serving.config import parse_args
+    from serving.logs import setup_logging
     cfg = parse_args(argv)
-    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(cfg.log_level, cfg.log_format)
     return asyncio.run(serve(cfg))
 
 

@@ -3,14 +3,17 @@
     cfg = parse_args(["--model", "artifacts/default"])   # env: SHELLEY_MODEL=... etc.
 
 A flag beats its env var, which beats the default. Bad values -> UserError (one line).
+The API key is never printed (not in --help, not in the config's repr).
 """
 from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from serving.errors import UserError
+from serving.logs import LOG_FORMATS
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -23,6 +26,7 @@ class ServeConfig:
     host: str = "0.0.0.0"
     port: int = 50051
     metrics_port: int = 9090           # 0 = an ephemeral port (tests); -1 = no metrics server
+    http_port: int = 8000              # OpenAI-compatible HTTP API + playground; 0 = ephemeral, -1 = off
     device: str = "auto"
     precision: str = "fp32"            # which model file: fp32 (on CUDA: the fp16 file if exported), fp16, int8
     max_batch: int = 32
@@ -31,6 +35,12 @@ class ServeConfig:
     drain_seconds: float = 20.0        # SIGTERM grace for running streams
     threads: int = 0                   # ORT intra-op threads; 0 = ORT's default (1 for a batch of one)
     log_level: str = "info"
+    log_format: str = "text"           # "json": every log line one JSON object
+    api_key: str = field(default="", repr=False)   # required as `Bearer KEY` by TextGeneration and /v1/*
+    api_key_file: str = ""             # one key a line (a mounted Kubernetes Secret); adds to --api-key
+    tls_cert: str = ""                 # PEM; with tls_key, both ports speak TLS
+    tls_key: str = ""
+    tls_client_ca: str = ""            # PEM CA: clients must present a certificate it signed (mTLS)
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -41,10 +51,20 @@ class ServeConfig:
             raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.log_level not in LOG_LEVELS:
             raise UserError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
-        for name, low in (("max_batch", 1), ("max_queue", 1), ("max_new_tokens", 1),
-                          ("threads", 0), ("port", 0), ("metrics_port", -1), ("drain_seconds", 0)):
+        if self.log_format not in LOG_FORMATS:
+            raise UserError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
+        for name, low in (("max_batch", 1), ("max_queue", 1), ("max_new_tokens", 1), ("threads", 0),
+                          ("port", 0), ("metrics_port", -1), ("http_port", -1), ("drain_seconds", 0)):
             if getattr(self, name) < low:
                 raise UserError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise UserError("--tls-cert and --tls-key go together: pass both, or neither for plaintext")
+        if self.tls_client_ca and not self.tls_cert:
+            raise UserError("--tls-client-ca needs --tls-cert and --tls-key: client certificates only work over TLS")
+        for name in ("api_key_file", "tls_cert", "tls_key", "tls_client_ca"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise UserError(f"--{name.replace('_', '-')} {path}: no such file; check the path (or the mounted Secret)")
 
 
 def env_name(field: str) -> str:

@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
                        "--out", args.run, *args.train_args.split()])
     if not (Path(args.art) / "manifest.json").is_file():
         step("export", [py, "-m", "export", "--run", args.run, "--out", args.art])
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port, http_port = free_port(), free_port(), free_port()
     target = f"127.0.0.1:{port}"
     cmd = [py, "-m", "serving", "--model", args.art, "--host", "127.0.0.1", "--port", str(port),
-           "--metrics-port", str(metrics_port), "--drain-seconds", "5"]
+           "--metrics-port", str(metrics_port), "--http-port", str(http_port), "--drain-seconds", "5"]
     print(f"\n== serve: {' '.join(cmd)}", flush=True)
     server = subprocess.Popen(cmd)
     try:
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n== stream: python -m serving.client {args.prompt!r} --target {target}\n", flush=True)
         client.main([args.prompt, "--target", target, "--max-tokens", str(args.max_tokens),
                      "--temperature", "0.8", "--seed", "1"])
-        print(f"\n(metrics were at http://127.0.0.1:{metrics_port}/metrics)")
+        print(f"\n(metrics were at http://127.0.0.1:{metrics_port}/metrics, the playground at "
+              f"http://127.0.0.1:{http_port}/; `make serve` keeps them up)")
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(30)

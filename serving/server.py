@@ -1,15 +1,20 @@
-"""The gRPC server: a thin TextGeneration servicer over the engine, health, reflection, drain.
+"""The server: a thin gRPC TextGeneration servicer and the HTTP front door over one engine,
+with health, reflection, API keys, TLS and drain.
 
     server = Server(config, artifact)
-    port = await server.start()     # listening; health NOT_SERVING
+    port = await server.start()     # gRPC and HTTP (serving/http.py) listening; health NOT_SERVING
     await server.load()             # ONNX session + warm-up; health SERVING
-    await server.drain()            # SIGTERM: NOT_SERVING, refuse new (UNAVAILABLE), let
+    req = server.submit(prompt, params)          # what both front doors call
+    async for ev in server.events(req, access): ...
+    await server.drain()            # SIGTERM: NOT_SERVING, refuse new (UNAVAILABLE / 503), let
                                     # running streams finish within --drain-seconds, stop
     await server.failed.wait()      # set if the engine thread died: health is NOT_SERVING
                                     # and `python -m serving` exits non-zero (a restart)
 
 Exceptions become status codes in one place (`_status_of`), applied by the `rpc` wrapper,
-which also counts every RPC by method and code.
+which also counts every RPC by method and code, and writes its access-log line with the
+request id (the client's `x-request-id` metadata, else a new one, sent back in the initial
+metadata). API keys are checked by one interceptor (serving/auth.py).
 """
 from __future__ import annotations
 
@@ -23,10 +28,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from serving import auth
 from serving.artifact import Artifact
 from serving.config import ServeConfig
-from serving.engine import Engine, EngineConfig, Event, Finish, Request
+from serving.engine import Engine, EngineConfig, Event, Finish, Request, TokenLogprob
 from serving.errors import EngineFailed, InvalidRequest, QueueFull, ShuttingDown
+from serving.http import HttpFront
+from serving.logprobs import TokenTexts
+from serving.logs import Access, request_id
 from serving.metrics import Metrics
 from serving.proto import SERVICE_NAME, pb, pb_grpc
 from serving.runtime import Runtime
@@ -51,40 +60,48 @@ def _status_of(e: Exception) -> tuple[grpc.StatusCode, str]:
 
 
 def rpc(fn):
-    """Map exceptions to status codes and record requests_total / request_duration."""
+    """Map exceptions to status codes, record requests_total / request_duration, give the
+    call its request id and write its access line. The handler gets the Access record."""
     name = fn.__name__
 
-    def record(self, code: grpc.StatusCode, t0: float) -> None:
+    async def begin(context) -> Access:
+        metadata = dict(context.invocation_metadata() or ())
+        access = Access(request_id(metadata.get("x-request-id")), "grpc", name)
+        await context.send_initial_metadata((("x-request-id", access.request_id),))
+        return access
+
+    def record(self, code: grpc.StatusCode, access: Access) -> None:
         self.metrics.requests.labels(rpc=name, code=code.name).inc()
-        self.metrics.duration.labels(rpc=name).observe(time.perf_counter() - t0)
+        self.metrics.duration.labels(rpc=name).observe(time.perf_counter() - access.t0)
+        access.done(code.name)
 
     if inspect.isasyncgenfunction(fn):
         @functools.wraps(fn)
         async def stream(self, request, context):
-            t0, code = time.perf_counter(), grpc.StatusCode.CANCELLED  # until it ends normally
+            access, code = await begin(context), grpc.StatusCode.CANCELLED  # until it ends normally
             try:
-                async for item in fn(self, request, context):
+                async for item in fn(self, request, context, access):
                     yield item
                 code = grpc.StatusCode.OK
             except Exception as e:
                 code, message = _status_of(e)
                 await context.abort(code, message)
             finally:
-                record(self, code, t0)
+                record(self, code, access)
         return stream
 
     @functools.wraps(fn)
     async def unary(self, request, context):
-        t0, code = time.perf_counter(), grpc.StatusCode.CANCELLED
+        access, code = await begin(context), grpc.StatusCode.CANCELLED
         try:
-            result = await fn(self, request, context)
+            result = await fn(self, request, context, access)
             code = grpc.StatusCode.OK
             return result
         except Exception as e:
             code, message = _status_of(e)
             await context.abort(code, message)
         finally:
-            record(self, code, t0)
+            record(self, code, access)
     return unary
 
 
@@ -93,53 +110,53 @@ def params_of(r: pb.GenerateRequest) -> SamplingParams:
         max_tokens=r.max_tokens if r.HasField("max_tokens") else DEFAULT_MAX_TOKENS,
         temperature=r.temperature if r.HasField("temperature") else 1.0,
         top_k=r.top_k, top_p=r.top_p if r.HasField("top_p") else 1.0,
-        seed=r.seed if r.HasField("seed") else None, stop=tuple(r.stop), ignore_eos=r.ignore_eos)
+        seed=r.seed if r.HasField("seed") else None, stop=tuple(r.stop), ignore_eos=r.ignore_eos,
+        logprobs=r.logprobs if r.HasField("logprobs") else None)
+
+
+def merge(a: Event, b: Event) -> Event:
+    """Two consecutive events of one request as one (the later one's finish and usage)."""
+    lps = None if a.logprobs is None and b.logprobs is None else (a.logprobs or []) + (b.logprobs or [])
+    return Event(a.text + b.text, a.token_ids + b.token_ids, b.finish_reason, b.prompt_tokens,
+                 b.completion_tokens, lps)
+
+
+def pb_logprobs(entries: list[TokenLogprob] | None, texts: TokenTexts) -> list[pb.TokenLogprob]:
+    return [pb.TokenLogprob(token_id=e.token_id, token=texts(e.token_id), logprob=e.logprob,
+                            top=[pb.TopLogprob(token_id=i, token=texts(i), logprob=lp) for i, lp in e.top])
+            for e in entries or []]
 
 
 class TextGeneration(pb_grpc.TextGenerationServicer):
     def __init__(self, server: "Server"):
-        self.server, self.metrics = server, server.metrics
+        self.server, self.metrics, self.texts = server, server.metrics, server.texts
 
-    async def _events(self, request: pb.GenerateRequest):
-        """The request's events; those already waiting are merged into one, so a client that
-        falls behind gets fewer, larger messages instead of a growing backlog."""
-        req: Request = self.server.submit(request)
-        try:
-            while True:
-                ev: Event = await req.sink.get()
-                while not ev.finish_reason and not req.sink.empty():
-                    nxt = req.sink.get_nowait()
-                    ev = Event(ev.text + nxt.text, ev.token_ids + nxt.token_ids, nxt.finish_reason,
-                               nxt.prompt_tokens, nxt.completion_tokens,
-                               None if ev.logprobs is None else ev.logprobs + (nxt.logprobs or []))
-                if ev.finish_reason == Finish.ERROR:
-                    raise EngineFailed(req.generated > 0)
-                yield ev
-                if ev.finish_reason:
-                    return
-        finally:
-            req.cancel()  # no-op when finished; otherwise the client left: free the row
+    def _events(self, request: pb.GenerateRequest, access: Access):
+        return self.server.events(self.server.submit(request.prompt, params_of(request)), access)
 
     @rpc
-    async def Generate(self, request, context):
-        async for ev in self._events(request):
-            msg = pb.GenerateResponse(text=ev.text, token_ids=ev.token_ids, finish_reason=ev.finish_reason)
+    async def Generate(self, request, context, access):
+        async for ev in self._events(request, access):
+            msg = pb.GenerateResponse(text=ev.text, token_ids=ev.token_ids, finish_reason=ev.finish_reason,
+                                      logprobs=pb_logprobs(ev.logprobs, self.texts))
             if ev.finish_reason:
                 msg.usage.prompt_tokens, msg.usage.completion_tokens = ev.prompt_tokens, ev.completion_tokens
             yield msg
 
     @rpc
-    async def Complete(self, request, context):
-        text, ids = [], []
-        async for ev in self._events(request):
+    async def Complete(self, request, context, access):
+        text, ids, lps = [], [], []
+        async for ev in self._events(request, access):
             text.append(ev.text)
             ids.extend(ev.token_ids)
+            lps.extend(ev.logprobs or [])
         return pb.CompleteResponse(text="".join(text), token_ids=ids, finish_reason=ev.finish_reason,
                                    usage=pb.Usage(prompt_tokens=ev.prompt_tokens,
-                                                  completion_tokens=ev.completion_tokens))
+                                                  completion_tokens=ev.completion_tokens),
+                                   logprobs=pb_logprobs(lps, self.texts))
 
     @rpc
-    async def GetModelInfo(self, request, context):
+    async def GetModelInfo(self, request, context, access):
         return self.server.model_info()
 
 
@@ -148,17 +165,21 @@ class Server:
         self.config, self.artifact = config, artifact
         self.metrics = Metrics()
         self.health = health.aio.HealthServicer()
+        self.keys = auth.load_keys(config)
+        self.texts = TokenTexts(artifact.tokenizer)
         self.engine: Engine | None = None
         self.runtime: Runtime | None = None
         self.draining = False
         self.failed = asyncio.Event()   # the engine died: stop serving, exit non-zero
-        self.port = self.metrics_port = 0
+        self.port = self.metrics_port = self.http_port = 0
         self._grpc: grpc.aio.Server | None = None
+        self.http: HttpFront | None = None
 
     async def start(self) -> int:
         opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0)]
-        self._grpc = grpc.aio.server(options=opts)
+        auth.check_tls_files(self.config)
+        self._grpc = grpc.aio.server(options=opts, interceptors=[auth.ApiKeyInterceptor(self.keys, self.metrics)])
         pb_grpc.add_TextGenerationServicer_to_server(TextGeneration(self), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
@@ -166,12 +187,19 @@ class Server:
              reflection.SERVICE_NAME], self._grpc)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         host = self.config.host
-        self.port = self._grpc.add_insecure_port(f"[{host}]:{self.config.port}" if ":" in host
-                                                 else f"{host}:{self.config.port}")
+        address = f"[{host}]:{self.config.port}" if ":" in host else f"{host}:{self.config.port}"
+        creds = auth.grpc_credentials(self.config)
+        self.port = self._grpc.add_secure_port(address, creds) if creds else self._grpc.add_insecure_port(address)
         await self._grpc.start()
+        if self.config.http_port >= 0:
+            self.http = HttpFront(self)
+            self.http_port = await self.http.start(host, self.config.http_port)
         if self.config.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(host, self.config.metrics_port)
-        log.info("listening on %s:%d (gRPC), metrics on :%d", host, self.port, self.metrics_port)
+        log.info("listening on %s:%d (gRPC%s), HTTP on :%s, metrics on :%s%s", host, self.port,
+                 ", TLS" + (" + client certificates" if self.config.tls_client_ca else "") if creds else "",
+                 self.http_port if self.http else "off", self.metrics_port if self.config.metrics_port >= 0 else "off",
+                 f"; {len(self.keys)} API key(s) required" if self.keys else "")
         return self.port
 
     async def load(self) -> None:
@@ -206,11 +234,39 @@ class Server:
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s", self.artifact.path)
 
-    def submit(self, request: pb.GenerateRequest) -> Request:
+    @property
+    def serving(self) -> bool:
+        return self.engine is not None and not self.draining
+
+    @property
+    def model_name(self) -> str:
+        return self.model_info().name or self.artifact.path.name
+
+    def submit(self, prompt: str, params: SamplingParams) -> Request:
+        """Queue a request on the engine (InvalidRequest, QueueFull, ShuttingDown)."""
         if self.draining or self.engine is None:
             raise ShuttingDown("the server is shutting down; retry on another replica" if self.draining
                                else "the model is still loading; retry shortly")
-        return self.engine.submit(request.prompt, params_of(request), asyncio.Queue())
+        return self.engine.submit(prompt, params, asyncio.Queue())
+
+    async def events(self, req: Request, access: Access):
+        """The request's events; those already waiting are merged into one, so a client that
+        falls behind gets fewer, larger messages instead of a growing backlog. Leaving early
+        (client gone, deadline) cancels the request: its row is freed at the next step."""
+        access.prompt_tokens = req.prompt_tokens
+        try:
+            while True:
+                ev: Event = await req.sink.get()
+                while not ev.finish_reason and not req.sink.empty():
+                    ev = merge(ev, req.sink.get_nowait())
+                if ev.finish_reason == Finish.ERROR:
+                    raise EngineFailed(req.generated > 0)
+                access.saw(ev)
+                yield ev
+                if ev.finish_reason:
+                    return
+        finally:
+            req.cancel()  # no-op when finished
 
     def model_info(self) -> pb.ModelInfo:
         mc, c = self.artifact.config, self.config
@@ -247,8 +303,10 @@ class Server:
             left = self.engine.in_flight()
             log.info("drained%s", f"; cancelling {left} requests past --drain-seconds" if left else "")
             await asyncio.to_thread(self.engine.stop)
-        if self._grpc:
-            await self._grpc.stop(grace=1.0)  # lets the last messages reach their clients
+        stops = [self._grpc.stop(grace=1.0)] if self._grpc else []   # lets the last messages out
+        if self.http:
+            stops.append(self.http.stop())
+        await asyncio.gather(*stops)
         self.metrics.close()
 
     async def wait(self) -> None:

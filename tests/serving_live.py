@@ -1,7 +1,8 @@
-"""A real grpc.aio server on an ephemeral loopback port, run on its own event-loop thread.
+"""A real grpc.aio server (and its HTTP front door) on ephemeral loopback ports, run on its
+own event-loop thread.
 
-Tests talk to it with ordinary blocking stubs (threads give concurrency), so no async test
-plugin is needed.
+Tests talk to it with ordinary blocking stubs and httpx (threads give concurrency), so no
+async test plugin is needed. `live.base` is the HTTP root (http://127.0.0.1:PORT).
 """
 from __future__ import annotations
 
@@ -25,9 +26,11 @@ class LiveServer:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        cfg = ServeConfig(model=str(art), host="127.0.0.1", port=0, metrics_port=0, **overrides)
+        cfg = ServeConfig(model=str(art), host="127.0.0.1", port=0, metrics_port=0, **{"http_port": 0, **overrides})
         self.server = Server(cfg, load_artifact(art))
         self.port = self.call(self.server.start())
+        self.http_port = self.server.http_port
+        self.base = f"{'https' if cfg.tls_cert else 'http'}://127.0.0.1:{self.http_port}"
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.stub = pb_grpc.TextGenerationStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
@@ -66,6 +69,15 @@ class LiveServer:
                 return True
             time.sleep(0.01)
         return False
+
+    @staticmethod
+    def drain_quietly(call) -> None:
+        """Read a streaming call to its end, ignoring how it ends (for background threads)."""
+        try:
+            for _ in call:
+                pass
+        except grpc.RpcError:
+            pass
 
     def close(self) -> None:
         try:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,11 @@ K8S_VERSION = "1.30"
 OVERLAYS = ["cpu", "gpu"]
 HEALTH_SERVICE = "shelley.v1.TextGeneration"
 # The server's flags as fixed by the contract (python -m serving --help once serving exists).
-CONTRACT_FLAGS = ["model", "host", "port", "metrics-port", "device", "max-batch", "max-queue",
-                  "max-new-tokens", "drain-seconds", "threads", "log-level"]
+CONTRACT_FLAGS = ["model", "host", "port", "metrics-port", "http-port", "device", "max-batch", "max-queue",
+                  "max-new-tokens", "drain-seconds", "threads", "log-level", "log-format", "api-key",
+                  "api-key-file", "tls-cert", "tls-key", "tls-client-ca"]
+# Server settings that come from a Secret, not the ConfigMap (an absent Secret = no key).
+SECRET_ENV = {"SHELLEY_API_KEY": ("shelley-api-key", "api-key")}
 SERVING_MAIN = ROOT / "serving" / "__main__.py"
 PENDING = "not on this branch yet (comes with the {} branch)"
 
@@ -342,7 +346,11 @@ def test_healthcheck_reports_the_health_service(tmp_path):
 def test_configmap_is_exactly_the_server_flags(manifests, overlay):
     data = find(manifests[overlay], "ConfigMap", "shelley-serve")["data"]
     expected = {"SHELLEY_" + flag.upper().replace("-", "_") for flag in server_flags()}
-    assert set(data) == expected
+    assert set(data) == expected - set(SECRET_ENV)
+    env = {e["name"]: e for e in container(find(manifests[overlay], "Deployment", "shelley-serve"), "serve")["env"]}
+    for name, (secret, key) in SECRET_ENV.items():
+        assert name in expected
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": key, "optional": True}
     serve_env = docker_env(final_stage(dockerfile("Dockerfile.serve")))
     for key, value in serve_env.items():
         if key.startswith("SHELLEY_"):
@@ -358,7 +366,8 @@ def test_ports_and_probes_agree(manifests, overlay):
     deployment = find(resources, "Deployment", "shelley-serve")
     serve = container(deployment, "serve")
     ports = {p["name"]: p["containerPort"] for p in serve["ports"]}
-    assert ports == {"grpc": int(data["SHELLEY_PORT"]), "metrics": int(data["SHELLEY_METRICS_PORT"])}
+    assert ports == {"grpc": int(data["SHELLEY_PORT"]), "http": int(data["SHELLEY_HTTP_PORT"]),
+                     "metrics": int(data["SHELLEY_METRICS_PORT"])}
     expose = next(args for op, args in dockerfile("Dockerfile.serve") if op == "EXPOSE")
     assert sorted(int(p) for p in expose.split()) == sorted(ports.values())
     probes = {k: serve[k]["grpc"] for k in ["startupProbe", "readinessProbe", "livenessProbe"]}
@@ -535,11 +544,11 @@ def image_tree(dest: Path) -> Path:
 
 def test_server_starts_from_serve_only_venv(serve_venv, tiny_artifact, tmp_path):
     app = image_tree(tmp_path / "app")
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port, http_port = free_port(), free_port(), free_port()
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(app), "HOME": str(tmp_path),
            "SHELLEY_MODEL": str(tiny_artifact), "SHELLEY_HOST": "127.0.0.1",
            "SHELLEY_PORT": str(port), "SHELLEY_METRICS_PORT": str(metrics_port),
-           "SHELLEY_DEVICE": "cpu", "SHELLEY_THREADS": "1"}
+           "SHELLEY_HTTP_PORT": str(http_port), "SHELLEY_DEVICE": "cpu", "SHELLEY_THREADS": "1"}
     server = subprocess.Popen([str(serve_venv), "-m", "serving"], cwd=app, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -553,6 +562,12 @@ def test_server_starts_from_serve_only_venv(serve_venv, tiny_artifact, tmp_path)
                                  f"127.0.0.1:{port}", "--max-tokens", "5", "--temperature", "0"],
                                 cwd=app, env=env, capture_output=True, text=True, timeout=60)
         assert client.returncode == 0, client.stderr
+        # the HTTP front door runs from the same image (starlette + uvicorn are serve deps)
+        request = urllib.request.Request(f"http://127.0.0.1:{http_port}/v1/completions", method="POST",
+                                         data=json.dumps({"prompt": "ROMEO:", "max_tokens": 5, "ignore_eos": True}).encode())
+        with urllib.request.urlopen(request, timeout=30) as r:
+            assert json.loads(r.read())["usage"]["completion_tokens"] == 5
+        assert "playground" in urllib.request.urlopen(f"http://127.0.0.1:{http_port}/", timeout=30).read().decode()
     finally:
         server.send_signal(signal.SIGTERM)
         try:

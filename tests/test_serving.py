@@ -154,14 +154,6 @@ def test_metrics_endpoint_shows_counters_moving(live):
         assert name in after
 
 
-def _drain_quietly(call) -> None:
-    try:
-        for _ in call:
-            pass
-    except grpc.RpcError:
-        pass
-
-
 def test_queue_overflow_is_resource_exhausted(model):
     s = LiveServer(model[1], max_batch=1, max_queue=2, max_new_tokens=MAX_NEW)
     calls = []
@@ -171,7 +163,7 @@ def test_queue_overflow_is_resource_exhausted(model):
         next(calls[0])
         for _ in range(2):      # these wait: the one batch slot is taken
             calls.append(s.stub.Generate(long, timeout=60))
-            threading.Thread(target=_drain_quietly, args=(calls[-1],), daemon=True).start()
+            threading.Thread(target=LiveServer.drain_quietly, args=(calls[-1],), daemon=True).start()
         assert s.wait_for(lambda: s.metric("shelley_requests_waiting") == 2)
         with pytest.raises(grpc.RpcError) as e:
             s.generate(prompt="hi", max_tokens=3)

@@ -1,0 +1,242 @@
+"""The HTTP front door: OpenAI-compatible completions, /health and the playground page, a
+Starlette app under uvicorn on the gRPC server's event loop, over the same engine.
+
+    front = HttpFront(server)                    # server: serving.server.Server
+    port = await front.start("0.0.0.0", 8000)   # 0 = an ephemeral port; TLS from the config
+    await front.stop()                           # after the drain: running streams have ended
+
+    POST /v1/completions   {"prompt": "ROMEO:", "max_tokens": 50, "stream": true, "logprobs": 3}
+    GET  /v1/models        GET /health (200 SERVING, else 503)        GET / (the playground)
+
+One gate middleware sees every /v1/* request: its request id (`x-request-id` in and out),
+the API key, the metrics and the access line. Errors take OpenAI's shape in one place
+(`_error_of`). A client that disconnects cancels its request: the row is freed at the next step.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import time
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.requests import Request as HttpRequest
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from serving import openai_api as oa
+from serving.auth import key_ok, uvicorn_ssl
+from serving.errors import EngineFailed, InvalidRequest, QueueFull, ShuttingDown, UserError
+from serving.logprobs import openai_logprobs
+from serving.logs import Access, request_id
+
+log = logging.getLogger("shelley.http")
+PLAYGROUND = Path(__file__).resolve().parent / "playground"
+MAX_BODY_BYTES = 1 << 20          # as gRPC's message limit
+ROUTES = ("POST /v1/completions", "GET /v1/models")
+FIELDS = {"prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "logprobs",
+          "stream", "stream_options", "include_usage", "ignore_eos", *oa.NEUTRAL}
+
+
+def _error_of(e: Exception) -> tuple[int, str, str | None]:
+    """(HTTP status, OpenAI error type, code) of an exception."""
+    if isinstance(e, InvalidRequest):
+        return 400, "invalid_request_error", None
+    if isinstance(e, QueueFull):
+        return 429, "rate_limit_error", "queue_full"
+    if isinstance(e, ShuttingDown):
+        return 503, "service_unavailable", "unavailable"
+    if isinstance(e, EngineFailed):   # before any token: safe to retry elsewhere
+        return (500, "server_error", None) if e.started else (503, "service_unavailable", "unavailable")
+    if isinstance(e, HTTPException):
+        return e.status_code, "invalid_request_error", "not_found" if e.status_code == 404 else None
+    log.exception("unexpected error in an HTTP request")
+    return 500, "server_error", None
+
+
+def error_response(e: Exception) -> JSONResponse:
+    status, kind, code = _error_of(e)
+    message = str(e.detail) if isinstance(e, HTTPException) else \
+        f"internal error: {type(e).__name__}" if status == 500 else str(e)
+    word = message.split(" ", 1)[0]   # engine and parser messages name the field first
+    param = word if isinstance(e, InvalidRequest) and word in FIELDS else None
+    return JSONResponse(oa.error_body(message, kind, param, code), status_code=status)
+
+
+def _unauthorized() -> JSONResponse:
+    body = oa.error_body("missing or wrong API key: send the header `Authorization: Bearer KEY`",
+                         "invalid_request_error", None, "invalid_api_key")
+    return JSONResponse(body, status_code=401, headers={"www-authenticate": "Bearer"})
+
+
+class Gate:
+    """ASGI middleware for /v1/*: request id, API key, metrics, one access line."""
+
+    def __init__(self, app, server):
+        self.app, self.server = app, server
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        route = f"{scope['method']} {scope['path']}"
+        access = Access(request_id(headers.get("x-request-id")), "http", route)
+        scope.setdefault("state", {}).update(access=access, client_gone=False)
+        status = 500
+
+        async def send_with_id(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"x-request-id", access.request_id.encode())]}
+            await send(message)
+
+        try:
+            if key_ok(self.server.keys, headers.get("authorization")):
+                await self.app(scope, receive, send_with_id)
+            else:
+                await _unauthorized()(scope, receive, send_with_id)
+        finally:
+            code = "499" if scope["state"]["client_gone"] else str(status)   # nginx's "client closed"
+            label = route if route in ROUTES else "other"
+            self.server.metrics.requests.labels(rpc=label, code=code).inc()
+            self.server.metrics.duration.labels(rpc=label).observe(time.perf_counter() - access.t0)
+            access.done(code)
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handlers: `python -m serving` owns SIGTERM (the drain)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+class HttpFront:
+    def __init__(self, server):
+        self.server = server
+        self.created = int(time.time())
+        routes = [Route("/", self.playground), Route("/health", self.health),
+                  Route("/v1/models", self.models), Route("/v1/completions", self.completions, methods=["POST"]),
+                  Mount("/playground", StaticFiles(directory=PLAYGROUND), name="playground")]
+        app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
+        self.app = Gate(app, server)
+        self._uv: _Uvicorn | None = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so, and without
+        # it each SSE chunk waits out the client's delayed ACK (~40 ms) behind Nagle's algorithm.
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
+                             socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            sock.close()
+            raise UserError(f"--http-port {port}: cannot listen on {host}:{port} ({e.strerror}); "
+                            "pick another port, or -1 for no HTTP") from None
+        config = uvicorn.Config(self.app, http="h11", ws="none", lifespan="off", log_config=None,
+                                access_log=False, timeout_graceful_shutdown=2, **uvicorn_ssl(self.server.config))
+        config.load()
+        self._uv = _Uvicorn(config)
+        self._task = asyncio.create_task(self._uv.serve(sockets=[sock]))
+        while not self._uv.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
+        return sock.getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._uv and self._task:
+            self._uv.should_exit = True
+            await self._task
+
+    # ---- routes ---------------------------------------------------------------------------
+    async def playground(self, request: HttpRequest) -> Response:
+        return FileResponse(PLAYGROUND / "index.html")
+
+    async def health(self, request: HttpRequest) -> Response:
+        ok = self.server.serving
+        return JSONResponse({"status": "SERVING" if ok else "NOT_SERVING"}, status_code=200 if ok else 503)
+
+    async def models(self, request: HttpRequest) -> Response:
+        info = self.server.model_info()
+        return JSONResponse({"object": "list", "data": [{
+            "id": self.server.model_name, "object": "model", "created": self.created, "owned_by": "shelley",
+            "context_length": info.context_length, "max_new_tokens": info.max_new_tokens}]})
+
+    async def completions(self, request: HttpRequest) -> Response:
+        access: Access = request.state.access
+        try:
+            c = oa.parse_completion(await _json_body(request))
+            req = self.server.submit(c.prompt, c.params)
+        except Exception as e:
+            return error_response(e)
+        meta = (access.request_id, self.server.model_name, int(time.time()))
+        if c.stream:
+            return StreamingResponse(self._sse(request, req, c, meta), media_type="text/event-stream",
+                                     headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        watch = asyncio.create_task(_cancel_on_disconnect(request, req))
+        try:
+            text, lps = [], []
+            async for ev in self.server.events(req, access):
+                text.append(ev.text)
+                lps.extend(ev.logprobs or [])
+        finally:
+            watch.cancel()
+        lp = openai_logprobs(lps, self.server.texts, 0) if c.params.logprobs is not None else None
+        return JSONResponse(oa.completion(*meta, "".join(text), ev.finish_reason, lp,
+                                          oa.usage(ev.prompt_tokens, ev.completion_tokens)))
+
+    async def _sse(self, request: HttpRequest, req, c: oa.Completion, meta: tuple):
+        """Server-sent events: one chunk per engine event, [usage], [DONE]."""
+        sent, finished = 0, False
+        try:
+            async for ev in self.server.events(req, request.state.access):
+                lp = None if ev.logprobs is None else openai_logprobs(ev.logprobs, self.server.texts, sent)
+                sent += len(ev.text)
+                finished = bool(ev.finish_reason)
+                yield _sse(oa.chunk(*meta, ev.text, ev.finish_reason, lp, c.include_usage))
+            if c.include_usage:
+                yield _sse(oa.usage_chunk(*meta, oa.usage(ev.prompt_tokens, ev.completion_tokens)))
+            yield "data: [DONE]\n\n"
+        finally:
+            request.state.client_gone = not finished   # Starlette cancelled us: the client left
+
+
+async def _http_exception(request: HttpRequest, e: HTTPException) -> Response:
+    return error_response(e)
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _json_body(request: HttpRequest):
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > MAX_BODY_BYTES:
+            raise InvalidRequest(f"the body is over {MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(body)
+    except ValueError as e:   # JSONDecodeError, UnicodeDecodeError
+        raise InvalidRequest(f"the body is not valid JSON: {e}") from None
+
+
+async def _cancel_on_disconnect(request: HttpRequest, req) -> None:
+    """Wait for the client to hang up while a whole (non-streamed) completion is made."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    request.state.client_gone = True
+    req.cancel()
