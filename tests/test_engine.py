@@ -120,10 +120,11 @@ def test_a_crashed_engine_fails_requests_at_once_and_stops_serving(art):
     """A fault in the runtime mid-stream: the running stream ends INTERNAL, the waiting one
     UNAVAILABLE, health turns NOT_SERVING and the server asks to exit."""
     s = LiveServer(art, max_batch=1, max_new_tokens=10**6)
-    try:   # the first request cannot finish during the test, so the second one waits
-        calls = [s.stub.Generate(pb.GenerateRequest(prompt="hi", max_tokens=10**6, ignore_eos=True), timeout=30)
-                 for _ in range(2)]
+    try:   # the first request holds the one slot for good, so the second one waits
+        long = pb.GenerateRequest(prompt="hi", max_tokens=10**6, ignore_eos=True)
+        calls = [s.stub.Generate(long, timeout=30)]
         next(calls[0])
+        calls.append(s.stub.Generate(long, timeout=30))
         assert s.wait_for(lambda: s.metric("shelley_requests_waiting") == 1)
 
         def broken(*args):
