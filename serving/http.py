@@ -210,6 +210,10 @@ class HttpFront:
             if c.include_usage:
                 yield _sse(oa.usage_chunk(*meta, oa.usage(ev.prompt_tokens, ev.completion_tokens)))
             yield "data: [DONE]\n\n"
+        except EngineFailed as e:   # the 200 is sent: say in the stream why it ends (as vLLM does)
+            finished = True
+            _, kind, code = _error_of(e)
+            yield _sse(oa.error_body(str(e), kind, None, code))
         finally:
             request.state.client_gone = not finished   # Starlette cancelled us: the client left
 

@@ -2,6 +2,8 @@
 crashed engine (a fault injected into the runtime) that must not look healthy."""
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -127,6 +129,9 @@ def test_a_crashed_engine_fails_requests_at_once_and_stops_serving(art):
         calls.append(s.stub.Generate(long, timeout=30))
         assert s.wait_for(lambda: s.metric("shelley_requests_waiting") == 1)
 
+        sse = s.spawn(asyncio.to_thread(_stream_sse, s.base))   # a third client, over HTTP
+        assert s.wait_for(lambda: s.metric("shelley_requests_waiting") == 2)
+
         def broken(*args):
             raise RuntimeError("injected fault")
         s.server.runtime.decode = broken
@@ -137,6 +142,8 @@ def test_a_crashed_engine_fails_requests_at_once_and_stops_serving(art):
                 list(call)
             codes.append(e.value.code())
         assert codes == [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE]
+        status, events = sse.result(5)      # it was waiting: the stream opened, then said why it ends
+        assert status == 200 and events[-1]["error"]["code"] == "unavailable"
         assert time.monotonic() - t0 < 5
         assert s.wait_for(lambda: s.server.failed.is_set(), 5)
         assert s.health_of() == s.health_of("") == "NOT_SERVING"
@@ -145,6 +152,18 @@ def test_a_crashed_engine_fails_requests_at_once_and_stops_serving(art):
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         s.close()
+
+
+def _stream_sse(base: str) -> tuple[int, list]:
+    """(HTTP status, the JSON events) of a streamed completion."""
+    import httpx
+    events = []
+    with httpx.stream("POST", f"{base}/v1/completions", timeout=30,
+                      json={"prompt": "hi", "max_tokens": 1000, "stream": True, "ignore_eos": True}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                events.append(json.loads(line[6:]))
+    return r.status_code, events
 
 
 def test_the_server_process_exits_non_zero_when_its_engine_dies(art):
