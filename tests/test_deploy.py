@@ -284,6 +284,14 @@ def test_build_args_default_to_production_and_are_documented():
         assert f"`{arg}" in readme, f"README.md does not say what the build argument {arg} is for"
 
 
+def test_ci_runs_the_image_test_after_the_suite():
+    # `make test` stays free of images (no root, no buildah); CI runs both, the suite first.
+    commands = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("make ")]
+    assert commands == ["make test", "make image-test"]
+    assert "image-test" in make_targets()
+    assert re.search(r"^image-test:.*\n\t\$\(PY\) tests/images\.py$", makefile(), re.M)
+
+
 def make_dry_run(targets: list[str], env: dict[str, str], venv: Path) -> str:
     """What `make TARGETS` would run in an image whose venv is `venv` (stamped as installed)."""
     venv.mkdir(parents=True, exist_ok=True)
