@@ -84,7 +84,7 @@ REGISTRY ?= registry.example.com/shelley
 TAG ?= 0.1.0
 OVERLAY ?= cpu
 KUBECTL ?= kubectl
-.PHONY: docker-train docker-serve docker-push k8s-render k8s-apply
+.PHONY: docker-train docker-serve docker-push image-test k8s-render k8s-apply
 
 docker-train: ## build the training image (CUDA torch): REGISTRY=... TAG=...
 	docker build -f Dockerfile.train -t $(REGISTRY)/shelley-train:$(TAG) .
@@ -95,6 +95,9 @@ docker-serve: ## build the serving image (onnxruntime-gpu, no torch): REGISTRY=.
 docker-push: docker-train docker-serve ## build and push both images to $(REGISTRY)
 	docker push $(REGISTRY)/shelley-train:$(TAG)
 	docker push $(REGISTRY)/shelley-serve:$(TAG)
+
+image-test: proto ## build both images (CPU variants) and run train, export, serve inside them (root: buildah, debootstrap)
+	$(PY) tests/images.py
 
 k8s-render: ## print the manifests of OVERLAY=cpu|gpu (kubectl kustomize, else k8s/render.py)
 	@if command -v $(KUBECTL) >/dev/null; then $(KUBECTL) kustomize k8s/overlays/$(OVERLAY); \

@@ -74,6 +74,12 @@ def docker_env(instructions: list[tuple[str, str]]) -> dict[str, str]:
     return env
 
 
+def docker_args(instructions: list[tuple[str, str]]) -> dict[str, str]:
+    """The defaults of a Dockerfile's ARGs: RUN steps see them as environment variables."""
+    return {name: value for name, _, value in (shlex.split(args)[0].partition("=")
+                                               for op, args in instructions if op == "ARG")}
+
+
 def json_form(args: str) -> list[str]:
     return json.loads(args)
 
@@ -212,7 +218,8 @@ def test_serving_image_has_no_torch_and_generates_stubs():
     instructions = dockerfile("Dockerfile.serve")
     text = (ROOT / "Dockerfile.serve").read_text()
     assert "torch" not in " ".join(args for _, args in instructions)
-    assert "extras['serve-gpu']" in text
+    assert docker_args(instructions)["SERVE_EXTRA"] == "serve-gpu"  # production: the GPU build
+    assert "extras[os.environ['SERVE_EXTRA']]" in text
     runtime = final_stage(instructions)
     assert not any("grpcio-tools" in args or "extras['dev']" in args for _, args in runtime)
     assert any(op == "RUN" and "make proto" in args for op, args in instructions)
@@ -252,18 +259,41 @@ def test_train_image_command_is_make_train_then_export():
         pytest.skip(f"Makefile {missing} " + PENDING.format("export"))
 
 
-@pytest.mark.parametrize("name", ["Dockerfile.train", "Dockerfile.serve"])
-def test_requirement_snippets_read_the_right_extras(name):
-    # Run each `python -c "...tomllib..."` of the Dockerfile, as the build would, on pyproject.toml.
+@pytest.mark.parametrize("name, build_args", [("Dockerfile.train", {}), ("Dockerfile.serve", {}),
+                                              ("Dockerfile.serve", {"SERVE_EXTRA": "serve"})])
+def test_requirement_snippets_read_the_right_extras(name, build_args):
+    # Run each `python -c "...tomllib..."` of the Dockerfile, as the build would, on pyproject.toml,
+    # with the ARGs (defaults, or what `make image-test` passes) in the environment.
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    tools = [r for r in extras["dev"] if r.startswith("grpcio-tools")]
     expected = {"Dockerfile.train": [extras["train"] + extras["export"]],
-                "Dockerfile.serve": [extras["serve-gpu"],
-                                     [r for r in extras["dev"] if r.startswith("grpcio-tools")]]}[name]
-    snippets = [shlex.split(args)[2] for op, args in dockerfile(name)
+                "Dockerfile.serve": [extras[build_args.get("SERVE_EXTRA", "serve-gpu")], tools]}[name]
+    instructions = dockerfile(name)
+    env = {**os.environ, **docker_args(instructions), **build_args}
+    snippets = [shlex.split(args)[2] for op, args in instructions
                 if op == "RUN" and args.startswith("python -c") and "tomllib" in args]
-    got = [subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+    got = [subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           check=True).stdout.split("\n")[:-1] for code in snippets]
     assert got == expected and all(got)
+
+
+def test_build_args_default_to_production_and_are_documented():
+    # Defaults build what production runs; the CPU variants are what `make image-test` builds.
+    train, serve = docker_args(dockerfile("Dockerfile.train")), docker_args(dockerfile("Dockerfile.serve"))
+    assert train["PIP_FIND_LINKS"] == "", "empty: pip takes the registry's (CUDA) torch"
+    assert serve["SERVE_EXTRA"] == "serve-gpu"
+    assert train["PYTHON_IMAGE"] == serve["PYTHON_IMAGE"] == "python:3.11-slim-bookworm"
+    readme = (ROOT / "README.md").read_text()
+    for arg in ["PYTHON_IMAGE", "SERVE_EXTRA", "PIP_FIND_LINKS"]:
+        assert f"`{arg}" in readme, f"README.md does not say what the build argument {arg} is for"
+
+
+def test_ci_runs_the_image_test_after_the_suite():
+    # `make test` stays free of images (no root, no buildah); CI runs both, the suite first.
+    commands = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("make ")]
+    assert commands == ["make test", "make image-test"]
+    assert "image-test" in make_targets()
+    assert re.search(r"^image-test:.*\n\t\$\(PY\) tests/images\.py$", makefile(), re.M)
 
 
 def make_dry_run(targets: list[str], env: dict[str, str], venv: Path) -> str:
