@@ -36,7 +36,7 @@ from training.data import get_batch, load_corpus, split_train_val  # noqa: E402
 from training.model import GPT, count_params  # noqa: E402
 from training.model_config import ModelConfig  # noqa: E402
 from training.tokenizer import build_tokenizer, encode_documents  # noqa: E402
-from training.optim import build_optimizers, set_lr  # noqa: E402
+from training.optim import build_optimizers, lr_factor, set_lr  # noqa: E402
 
 
 # --- (b) the reference: "Let's build GPT" as the tutorials write it ---------------------
@@ -131,7 +131,7 @@ class Contender:
 def ours_step(model, optimizers, tc, autocast):
     """The trainer's inner loop for grad_accum=1 on one process (training/train.py)."""
     def step(it, x, y):
-        set_lr(optimizers, it, tc)
+        set_lr(optimizers, tc, lr_factor(it, tc))
         with autocast():
             loss = model(x, y)[1]
         loss.backward()

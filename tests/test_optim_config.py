@@ -46,7 +46,7 @@ def test_muon_for_block_matrices_adamw_for_the_rest():
     assert in_muon == {id(p) for n, p in named.items() if n.startswith("blocks.") and p.dim() == 2}
     assert id(named["wte.weight"]) not in in_muon
     assert len(build_optimizers(model, TrainConfig(optimizer="adamw"), "cpu")) == 1
-    lr = set_lr([muon, adamw], 0, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02, warmup_iters=0))
+    lr = set_lr([muon, adamw], TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02), 1.0)
     assert lr == 1e-3 and muon.param_groups[0]["lr"] == 0.02
 
 

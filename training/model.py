@@ -171,3 +171,13 @@ def build_model(config: ModelConfig) -> nn.Module:
 def count_params(model: nn.Module) -> int:
     """Distinct parameters (the tied embedding counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def flops_per_token(model: nn.Module) -> int:
+    """Training FLOPs per token (forward + backward), PaLM's estimate: 6 per weight of every
+    matrix multiply (the output layer included, lookups not) plus attention's 12 * layers *
+    context * width. Divide achieved FLOP/s by the hardware's peak for MFU."""
+    c = model.config
+    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    attention = 12 * c.n_layer * c.block_size * c.n_embd if isinstance(model, GPT) else 0
+    return 6 * matmul + attention

@@ -1,7 +1,7 @@
 """Optimizers and the learning-rate schedule.
 
     optimizers = build_optimizers(model, tc, "cpu", ns_dtype=torch.float32)
-    set_lr(optimizers, it, tc)                 # every step, before optimizer.step()
+    set_lr(optimizers, tc, lr_factor(it, tc))  # every step, before optimizer.step()
 
 `--optimizer adamw`: AdamW for everything (matrices and embeddings decay, biases and
 LayerNorm weights do not). `--optimizer muon`: Muon for the transformer blocks' weight
@@ -97,9 +97,8 @@ def lr_factor(it: int, tc: TrainConfig) -> float:
     return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - floor)
 
 
-def set_lr(optimizers: list[torch.optim.Optimizer], it: int, tc: TrainConfig) -> float:
-    """Set every group's lr for step `it` (from tc, so a resumed run may change it); returns AdamW's."""
-    factor = lr_factor(it, tc)
+def set_lr(optimizers: list[torch.optim.Optimizer], tc: TrainConfig, factor: float) -> float:
+    """Every group's lr = its peak in tc (so a resumed run may change it) x factor; returns AdamW's."""
     for opt in optimizers:
         for group in opt.param_groups:
             group["lr"] = (tc.muon_lr if isinstance(opt, Muon) else tc.lr) * factor

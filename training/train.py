@@ -32,7 +32,7 @@ from training.cli import UserError, atomic_write, ensure_writable_dir, process_a
 from training.config import MODEL_FIELDS, PRESETS, TrainConfig, parse_flags, resolve
 from training.data import get_batch, load_corpus, split_train_val, spread_batches
 from training.generate import generate
-from training.model import build_model, count_params
+from training.model import build_model, count_params, flops_per_token
 from training.model_config import ModelConfig
 from training.optim import build_optimizers, lr_factor, set_lr
 from training.tokenizer import bits_per_char, build_tokenizer, chars_per_token, decode, encode, encode_documents
@@ -202,7 +202,7 @@ def build(tc: TrainConfig, mc: ModelConfig, data: Data, ckpt: dict | None, dd: D
 def train_step(run: Run, it: int) -> float:
     """One optimizer step (grad_accum micro-batches); returns the step's training loss."""
     tc, device = run.tc, run.dd.device
-    set_lr(run.optimizers, it, tc)
+    set_lr(run.optimizers, tc, lr_factor(it, tc))
     loss_sum = 0.0
     for micro in range(tc.grad_accum):
         x, y = get_batch(run.data.train, run.mc.block_size, tc.batch_size, run.gen)
@@ -311,12 +311,14 @@ def train(run: Run, progress: Progress, resumed: bool) -> None:
 
 
 def summarize(run: Run, progress: Progress) -> dict:
+    tokens_per_s = run.tokens_per_iter * progress.iter / max(progress.elapsed_s, 1e-9)
     return {"params": count_params(run.raw), "device": str(run.dd.device), "world_size": run.dd.world,
             "precision": "bf16 autocast" if run.autocast is not contextlib.nullcontext else "fp32",
             "best_val_loss": round(progress.best_val_loss, 5),
             "best_val_bpc": round(bits_per_char(progress.best_val_loss, run.data.chars_per_token), 5),
             "iters": progress.iter, "wall_s": round(process_age(), 2), "train_s": round(progress.elapsed_s, 2),
-            "tokens_per_s": round(run.tokens_per_iter * progress.iter / max(progress.elapsed_s, 1e-9), 1),
+            "tokens_per_s": round(tokens_per_s, 1),
+            "model_tflops": round(tokens_per_s * flops_per_token(run.raw) / 1e12, 4),   # / peak = MFU
             "model_config": run.mc.to_dict(), "train_config": run.tc.to_dict()}
 
 
