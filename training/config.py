@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from training.model_config import MODEL_KINDS, ModelConfig
 
 PRESETS: dict[str, dict] = {
-    # ~0.8M parameters; about a minute on 2 CPU cores. The default without a GPU.
+    # ~0.8M parameters; about a minute on 2 CPU cores. The default without a GPU. Muon
+    # reaches the loss AdamW had after 2000 steps of batch 12 in ~0.4x the tokens
+    # (bench/train_speed.py --time-to-loss; the README has the figures).
     "cpu-small": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0,
-                      batch_size=12, max_iters=2000, lr=2e-3, min_lr=2e-4, warmup_iters=100,
-                      eval_interval=250, eval_iters=20, optimizer="adamw"),
+                      batch_size=24, max_iters=420, optimizer="muon", muon_lr=0.02, lr=8e-3,
+                      min_lr=8e-4, warmup_iters=20, eval_interval=60, eval_iters=10),
     # ~10.7M parameters: nanoGPT's shakespeare-char shape. The default with a GPU.
     "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2,
                 batch_size=64, max_iters=5000, lr=1e-3, min_lr=1e-4, warmup_iters=100,

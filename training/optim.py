@@ -33,9 +33,9 @@ def orthogonalize(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.fl
     if not wide:
         x = x.T                                   # iterate on the smaller Gram matrix
     x = x / (x.norm() + 1e-7)                     # spectral norm <= Frobenius norm <= 1
-    for _ in range(steps):
+    for _ in range(steps):                        # x <- a x + (b G + c G^2) x, G = x x^T
         gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return (x if wide else x.T).to(g.dtype)
 
 
