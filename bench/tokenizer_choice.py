@@ -5,8 +5,9 @@
 
 The tutorials pick characters or an 8k BPE without measuring. Here one cpu-small model per
 tokenizer (same shape, context in tokens and recipe; only the vocabulary differs) trains
-for the same wall time, in alternating chunks of steps so load from other processes hits
-all alike; the learning rate decays over each one's time budget. Every tokenizer is built
+for the same time (with --threads 1, CPU seconds, which other processes' load does not
+inflate; else wall seconds), in alternating chunks of steps so load hits all alike; the
+learning rate decays over each one's time budget. Every tokenizer is built
 from the training text only, and every model is scored on the same validation text (the
 last 10% of the corpus, cut at a line break): total cross-entropy over all its tokens, in
 bits, divided by its characters. That number compares across tokenizers; loss per token
@@ -82,6 +83,9 @@ def lr_factor_by_time(c: Contender, tc, budget: float) -> float:
 
 
 def train_interleaved(contenders, tc, block: int, budget: float, chunk: int) -> None:
+    # One thread: CPU seconds of this process, which load from other processes does not
+    # inflate (on an idle machine they equal wall seconds); more threads: wall seconds.
+    clock = time.process_time if torch.get_num_threads() == 1 else time.perf_counter
     rnd = 0
     while any(c.seconds < budget for c in contenders):
         for c in (contenders if rnd % 2 == 0 else contenders[::-1]):
@@ -89,14 +93,14 @@ def train_interleaved(contenders, tc, block: int, budget: float, chunk: int) -> 
                 if c.seconds >= budget:
                     break
                 x, y = get_batch(c.train, block, tc.batch_size, c.gen)
-                t0 = time.perf_counter()
+                t0 = clock()
                 set_lr(c.optimizers, tc, lr_factor_by_time(c, tc, budget))
                 c.model(x, y)[1].backward()
                 torch.nn.utils.clip_grad_norm_(c.model.parameters(), tc.grad_clip)
                 for opt in c.optimizers:
                     opt.step()
                 c.model.zero_grad(set_to_none=True)
-                c.seconds += time.perf_counter() - t0
+                c.seconds += clock() - t0
                 c.iters += 1
         rnd += 1
 
@@ -135,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     contenders += [make(f"bpe {v}", "bpe", v, train_docs, val_text, model_fields, tc, args.seed) for v in args.vocabs]
     print(f"cpu-small ({model_fields['n_layer']} layers, {model_fields['n_embd']} wide, context {block} tokens, "
           f"batch {tc.batch_size}, {tc.optimizer}) on {args.corpus}: {len(val_text):,} validation characters | "
-          f"tokenizers built in {time.perf_counter() - t0:.0f} s | {args.seconds:g} s of training each | "
+          f"tokenizers built in {time.perf_counter() - t0:.0f} s | {args.seconds:g} "
+          f"{'CPU' if torch.get_num_threads() == 1 else 'wall'} s of training each | "
           f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}", flush=True)
     train_interleaved(contenders, tc, block, args.seconds, args.chunk)
     print("\n| tokenizer | vocab | chars/token | params | steps | tokens/s | chars/s | val bits/char |")
