@@ -77,7 +77,8 @@ def build_optimizers(model: torch.nn.Module, tc: TrainConfig, device_type: str,
     matrices = {n for n, p in params.items() if p.dim() == 2 and n.startswith("blocks.")}
     optimizers: list[torch.optim.Optimizer] = []
     if tc.optimizer == "muon" and matrices:
-        optimizers.append(Muon([p for n, p in params.items() if n in matrices], lr=tc.muon_lr, ns_dtype=ns_dtype))
+        optimizers.append(Muon([p for n, p in params.items() if n in matrices], lr=tc.muon_lr,
+                               momentum=tc.muon_momentum, ns_dtype=ns_dtype))
     else:
         matrices = set()
     rest = [p for n, p in params.items() if n not in matrices]
