@@ -1,7 +1,7 @@
 """Export a training run to a model artifact dir for ONNX Runtime.
 
     python -m export --run runs/default --out artifacts/default [--dtype fp32|fp16] [--opset 17] [--force]
-    python -m export --format hf --run runs/default --out hf/default   # transformers' format (export/hf.py)
+    python -m export --format hf --run runs/default --out hf/default   # transformers' format: export/hf.py
 
 Writes model.onnx (+ model.fp16.onnx with --dtype fp16), tokenizer.json, model_config.json
 and, last, manifest.json (sha256 of every other file). The graph is checked with
@@ -32,7 +32,6 @@ class ExportConfig:
     dtype: str = "fp32"     # "fp16" also writes model.fp16.onnx (for the CUDA provider)
     opset: int = 17
     force: bool = False
-    format: str = "onnx"    # "hf": a transformers directory instead (export/hf.py)
 
 
 def parse_args(argv: list[str] | None) -> ExportConfig:
@@ -43,8 +42,6 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
                    help="fp16 writes model.fp16.onnx next to model.onnx")
     p.add_argument("--opset", type=int, default=17, help=f"ONNX opset ({MIN_OPSET}..{MAX_OPSET})")
     p.add_argument("--force", action="store_true", help="overwrite an existing artifact dir")
-    p.add_argument("--format", choices=("onnx", "hf"), default="onnx",
-                   help="hf: a Hugging Face transformers directory (GPT-2, safetensors) instead")
     return ExportConfig(**vars(p.parse_args(argv)))
 
 
@@ -140,12 +137,13 @@ def export_run(cfg: ExportConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    fmt = argparse.ArgumentParser(add_help=False)
+    fmt.add_argument("--format", choices=("onnx", "hf"), default="onnx")
+    known, argv = fmt.parse_known_args(argv)
+    if known.format == "hf":
+        from export.hf import main as export_hf_main
+        return export_hf_main(argv)
     cfg = parse_args(argv)
-    if cfg.format == "hf":
-        from export.hf import export_hf
-        for path in export_hf(cfg.run, cfg.out, cfg.force):
-            print(f"{path}  {path.stat().st_size / 1e6:8.2f} MB")
-        return 0
     manifest = export_run(cfg)
     out = Path(cfg.out)
     for name, f in manifest["files"].items():

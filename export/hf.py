@@ -15,6 +15,7 @@ transformers.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -99,3 +100,15 @@ def export_hf(run_dir: str | Path, out: str | Path, force: bool = False) -> list
     atomic_write(out / "special_tokens_map.json", json.dumps(SPECIAL_TOKENS, indent=2) + "\n")
     shutil.copyfile(run_dir / TOKENIZER_NAME, out / TOKENIZER_NAME)
     return [out / name for name in HF_FILES]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m export --format hf ...` (export/__main__.py hands over the other flags)."""
+    p = argparse.ArgumentParser(prog="python -m export --format hf", description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="training run dir (ckpt.pt, tokenizer.json)")
+    p.add_argument("--out", required=True, help="directory to write")
+    p.add_argument("--force", action="store_true", help="overwrite an existing directory")
+    args = p.parse_args(argv)
+    for path in export_hf(args.run, args.out, args.force):
+        print(f"{path}  {path.stat().st_size / 1e6:8.2f} MB")
+    return 0

@@ -28,7 +28,7 @@ from training import run_files
 from training.checkpoint import (CKPT_NAME, LAST_NAME, TOKENIZER_NAME, Progress, load_checkpoint,
                                  load_tokenizer, model_config_of, restore_training_state,
                                  serialize_checkpoint, training_state)
-from training.cli import UserError, atomic_write, ensure_writable_dir, process_age, run_main
+from training.cli import UserError, atomic_write, ensure_writable_dir, run_main
 from training.config import MODEL_FIELDS, PRESETS, TrainConfig, parse_flags, resolve
 from training.data import get_batch, load_corpus, split_train_val, spread_batches
 from training.generate import generate
@@ -36,6 +36,20 @@ from training.model import build_model, count_params, flops_per_token
 from training.model_config import ModelConfig
 from training.optim import build_optimizers, lr_factor, set_lr
 from training.tokenizer import bits_per_char, build_tokenizer, chars_per_token, decode, encode, encode_documents
+
+
+_IMPORTED = time.monotonic()
+
+
+def process_age() -> float:
+    """Seconds since this process started, interpreter start-up and imports included (from
+    Linux's /proc; elsewhere, since this module was imported)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))   # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED
 
 
 def pick_device(requested: str) -> torch.device:
