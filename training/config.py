@@ -88,7 +88,9 @@ def _add_flag(p: argparse.ArgumentParser, f: dataclasses.Field, help: str, choic
         p.add_argument(flag, action="store_true", default=None, help=help)
     else:
         kind = {"int": int, "float": float, "str": str}[f.type]
-        p.add_argument(flag, type=kind, choices=choices, help=f"{help} (default {f.default})")
+        preset = PRESETS["cpu-small"]
+        shown = f"cpu-small: {preset[f.name]}" if f.name in preset else f"default {f.default}"
+        p.add_argument(flag, type=kind, choices=choices, help=f"{help} ({shown})")
 
 
 def build_parser() -> argparse.ArgumentParser:
