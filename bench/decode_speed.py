@@ -77,27 +77,13 @@ def export_artifact(run: Path, out: Path, int8: bool) -> Artifact:
 
 
 def to_hf(model: GPT):
-    """The same weights in transformers' GPT2LMHeadModel (Conv1D stores W transposed)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-    c = model.config
-    hf = GPT2LMHeadModel(GPT2Config(
-        vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
-        n_head=c.n_head, activation_function="gelu_new", layer_norm_epsilon=1e-5,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0))
-    sd = {"transformer.wte.weight": model.wte.weight, "transformer.wpe.weight": model.wpe.weight,
-          "transformer.ln_f.weight": model.ln_f.weight, "transformer.ln_f.bias": model.ln_f.bias}
-    names = {"ln_1": "ln_1", "attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj",
-             "ln_2": "ln_2", "mlp.fc": "mlp.c_fc", "mlp.proj": "mlp.c_proj"}
-    for i, blk in enumerate(model.blocks):
-        for ours, theirs in names.items():
-            mod = blk.get_submodule(ours)
-            w = mod.weight if ours.startswith("ln") else mod.weight.t()
-            sd[f"transformer.h.{i}.{theirs}.weight"] = w.contiguous()
-            sd[f"transformer.h.{i}.{theirs}.bias"] = mod.bias
-    missing, unexpected = hf.load_state_dict(sd, strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
-    hf.tie_weights()
-    return hf.eval()
+    """The same weights in transformers' GPT2LMHeadModel, written by `python -m export --format hf`'s code."""
+    from transformers import GPT2LMHeadModel
+
+    from export.hf import save_gpt2
+    with tempfile.TemporaryDirectory(prefix="decode-bench-hf-") as d:
+        save_gpt2(model, Path(d), eos=0)
+        return GPT2LMHeadModel.from_pretrained(d).eval()
 
 
 def to_ctranslate2(hf, out: Path, vocab_size: int) -> Path:

@@ -2,6 +2,7 @@
 
     python bench/train_speed.py                      # cpu-small shape, shakespeare, 40 s each
     python bench/train_speed.py --seconds 20 --corpus tests/data/sonnets.txt --no-compile
+    python bench/train_speed.py --time-to-loss        # cpu-small now vs before: bench/time_to_loss.py
 
 Same data (the trainer's char tokenizer and batches from one seed), same shape, same
 batch and context. The contenders run in alternating chunks of steps, each timing only its
@@ -32,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from training.cli import UserError, run_main  # noqa: E402
 from training.config import resolve  # noqa: E402
 from training.data import get_batch, load_corpus, split_train_val  # noqa: E402
-from training.model import GPT, configure_optimizer, count_params  # noqa: E402
+from training.model import GPT, count_params  # noqa: E402
 from training.model_config import ModelConfig  # noqa: E402
 from training.tokenizer import build_tokenizer, encode_documents  # noqa: E402
-from training.train import lr_at  # noqa: E402
+from training.optim import build_optimizers, lr_factor, set_lr  # noqa: E402
 
 
 # --- (b) the reference: "Let's build GPT" as the tutorials write it ---------------------
@@ -127,11 +128,10 @@ class Contender:
     notes: list[str] = field(default_factory=list)
 
 
-def ours_step(model, optimizer, tc, autocast):
+def ours_step(model, optimizers, tc, autocast):
     """The trainer's inner loop for grad_accum=1 on one process (training/train.py)."""
     def step(it, x, y):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(it, tc)
+        set_lr(optimizers, tc, lr_factor(it, tc))
         with autocast():
             loss = model(x, y)[1]
         loss.backward()
@@ -140,16 +140,17 @@ def ours_step(model, optimizer, tc, autocast):
             raise RuntimeError(f"loss became {loss_sum}")
         if tc.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
     return step
 
 
 def make_ours(name, mc, tc, seed, compile_: bool, bf16: bool, sample) -> Contender:
     torch.manual_seed(seed)
     raw = GPT(mc)
-    optimizer = configure_optimizer(raw, tc.lr, tc.weight_decay, "cpu")
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    optimizers = build_optimizers(raw, tc, "cpu", torch.bfloat16 if bf16 else torch.float32)
     model, setup_s = raw, 0.0
     if compile_:
         model = torch.compile(raw)
@@ -159,7 +160,7 @@ def make_ours(name, mc, tc, seed, compile_: bool, bf16: bool, sample) -> Contend
             model(x, y)[1].backward()         # compiles forward and backward; no weight update
         raw.zero_grad(set_to_none=True)
         setup_s = time.perf_counter() - t0
-    return Contender(name, model, raw, ours_step(model, optimizer, tc, autocast),
+    return Contender(name, model, raw, ours_step(model, optimizers, tc, autocast),
                      torch.Generator().manual_seed(seed), setup_s=setup_s)
 
 
@@ -212,11 +213,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref-lr", type=float, default=1e-3, help="reference's constant AdamW lr (default 1e-3)")
     p.add_argument("--no-compile", action="store_true", help="skip the ours+compile row")
     p.add_argument("--no-bf16", action="store_true", help="skip the ours+bf16 row (CPU bf16 autocast)")
+    t = p.add_argument_group("--time-to-loss: cpu-small now vs before issue #11, as real trainer processes "
+                             "(bench/time_to_loss.py)")
+    t.add_argument("--time-to-loss", action="store_true", help="run this comparison instead")
+    t.add_argument("--precision", choices=["fp32", "auto"], default="fp32", help="both recipes (default fp32)")
+    t.add_argument("--evals", type=int, default=20, help="evaluations per recipe (default 20)")
+    t.add_argument("--val-windows", type=int, default=960,
+                   help="validation windows of every evaluation, the same for both (default 960)")
+    t.add_argument("--repeats", type=int, default=1, help="pairs of runs, alternating order (default 1)")
+    t.add_argument("--out", help="keep the run dirs here (default: a temp dir, removed)")
+    t.add_argument("--fraction", type=float, default=1.0, help="run this fraction of each recipe's steps "
+                   "(a smoke test: the target then means little)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.time_to_loss:
+        from bench.time_to_loss import main as time_to_loss
+        return time_to_loss(args)
     if args.seconds <= 0 or args.chunk < 1 or args.eval_batches < 1 or args.threads < 0:
         raise UserError("--seconds must be > 0, --chunk and --eval-batches >= 1, --threads >= 0")
     if args.threads:

@@ -2,6 +2,7 @@
 
     python -m export --run runs/default --out artifacts/default [--dtype fp32|fp16]
                      [--quantize int8] [--opset 17] [--force]
+    python -m export --format hf --run runs/default --out hf/default   # transformers' format: export/hf.py
 
 The work is in export/build.py; check the result against PyTorch with
 `python -m export.verify ART --run RUN`.
@@ -27,10 +28,20 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
                    help="int8 writes model.int8.onnx (int8 MatMul weights, for CPUs) if its quality holds")
     p.add_argument("--opset", type=int, default=17, help=f"ONNX opset ({MIN_OPSET}..{MAX_OPSET})")
     p.add_argument("--force", action="store_true", help="overwrite an existing artifact dir")
-    return ExportConfig(**vars(p.parse_args(argv)))
+    p.add_argument("--format", choices=("onnx", "hf"), default="onnx",
+                   help="hf: the run in transformers' GPT-2 format instead (takes --run, --out, --force)")
+    args = vars(p.parse_args(argv))
+    args.pop("format")
+    return ExportConfig(**args)
 
 
 def main(argv: list[str] | None = None) -> int:
+    fmt = argparse.ArgumentParser(add_help=False)
+    fmt.add_argument("--format", choices=("onnx", "hf"), default="onnx")
+    known, rest = fmt.parse_known_args(argv)
+    if known.format == "hf":
+        from export.hf import main as export_hf_main
+        return export_hf_main(rest)
     cfg = parse_args(argv)
     manifest = export_run(cfg)
     out = Path(cfg.out)

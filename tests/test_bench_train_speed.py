@@ -54,3 +54,17 @@ def test_bench_prints_table(capsys):
     assert rows["reference"][6].strip() == "1.00x"
     for cells in rows.values():
         assert int(cells[3]) > 0 and math.isfinite(float(cells[7]))
+
+
+def test_time_to_loss_prints_both_recipes(capsys):
+    """Two real trainer processes, a few steps each: the table, the target and the ratio."""
+    bench = load_bench()
+    assert bench.main(["--time-to-loss", "--corpus", str(SONNETS), "--fraction", "0.02", "--evals", "2",
+                       "--val-windows", "48", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line.split("|") for line in out.splitlines()
+            if line.startswith("| before") or line.startswith("| now")}
+    assert set(rows) == {"before", "now"}
+    assert rows["before"][3].strip() == "adamw" and rows["now"][3].strip() == "muon"
+    assert rows["before"][8].strip() in ("1.00x", "-")
+    assert "now / before" in out or "never" in rows["now"][7]

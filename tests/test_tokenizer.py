@@ -60,6 +60,15 @@ def test_encode_documents_separates_with_eos():
     assert decode(tok, ids) == f"ab\ncd{EOS}ef{EOS}"
 
 
+def test_char_lookup_encodes_as_the_tokenizer_does(tok):
+    """encode_documents' table lookup (char) gives the tokenizer's own ids, byte fallback included."""
+    docs = [TEXT[:3000], "naïve café — 日本語 🤖\r\n", "", "\x00 <0x41> x"]
+    expected = []
+    for doc in docs:
+        expected += encode(tok, doc) + [eos_id(tok)]
+    assert encode_documents(tok, docs).tolist() == expected
+
+
 def test_tokenizer_file_loads_without_torch(tmp_path):
     path = tmp_path / "tokenizer.json"
     build_tokenizer("char", [TEXT]).save(str(path))

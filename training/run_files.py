@@ -41,9 +41,10 @@ def plot_losses(run_dir: Path, rows: list[dict], title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    iters = [r["iter"] for r in rows]
-    ax.plot(iters, [r["train_loss"] for r in rows], label="train", color="#1f77b4")
-    ax.plot(iters, [r["val_loss"] for r in rows], label="validation", color="#d62728")
+    trained = [r for r in rows if r["train_loss"] is not None]   # none before the first step
+    ax.plot([r["iter"] for r in trained], [r["train_loss"] for r in trained],
+            label="train (mean since the previous evaluation)", color="#1f77b4")
+    ax.plot([r["iter"] for r in rows], [r["val_loss"] for r in rows], label="validation", color="#d62728")
     ax.set_xlabel("iteration")
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.set_title(title)

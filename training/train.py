@@ -4,34 +4,52 @@
     python -m training.train --out runs/default --resume           # after a kill
     torchrun --standalone --nproc_per_node=2 -m training.train ...  # DDP (gloo CPU, NCCL GPU)
 
-Each evaluation measures train/val loss and bits per character, appends metrics.jsonl,
-redraws loss.png, prints a short sample, saves `last.pt` (what --resume continues from)
-and, when validation improved, `ckpt.pt` (the model later stages use). Only rank 0 writes.
+`main` resolves the settings, loads the corpus and builds the run; `train` is the loop:
+a `train_step` per iteration and, every `eval_interval` steps, `evaluate_and_save`: the
+validation loss on the same batches each time, a row of metrics.jsonl, `last.pt` (what
+--resume continues from) and, when validation improved, `ckpt.pt` (the model later
+stages use). summary.json and loss.png are written at the end. Only rank 0 writes.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import os
-import random
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from training import run_files
-from training.checkpoint import (CKPT_NAME, LAST_NAME, TOKENIZER_NAME, load_checkpoint,
-                                 load_tokenizer, model_config_of, save_checkpoint)
+from training.checkpoint import (CKPT_NAME, LAST_NAME, TOKENIZER_NAME, Progress, load_checkpoint,
+                                 load_tokenizer, model_config_of, restore_training_state,
+                                 serialize_checkpoint, training_state)
 from training.cli import UserError, atomic_write, ensure_writable_dir, run_main
-from training.config import MODEL_FIELDS, PRESETS, TrainConfig, build_parser, explicit_flags, resolve
-from training.data import get_batch, load_corpus, split_train_val
+from training.config import MODEL_FIELDS, PRESETS, TrainConfig, parse_flags, resolve
+from training.data import get_batch, load_corpus, split_train_val, spread_batches
 from training.generate import generate
-from training.model import build_model, configure_optimizer, count_params
+from training.model import build_model, count_params, flops_per_token
 from training.model_config import ModelConfig
-from training.tokenizer import build_tokenizer, decode, encode, encode_documents
+from training.optim import build_optimizers, lr_factor, set_lr
+from training.tokenizer import bits_per_char, build_tokenizer, chars_per_token, decode, encode, encode_documents
+
+
+_IMPORTED = time.monotonic()
+
+
+def process_age() -> float:
+    """Seconds since this process started, interpreter start-up and imports included (from
+    Linux's /proc; elsewhere, since this module was imported)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))   # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED
 
 
 def pick_device(requested: str) -> torch.device:
@@ -51,21 +69,11 @@ def has_bf16(device: torch.device) -> bool:
         return False
 
 
-def autocast_for(device: torch.device, precision: str):
-    """A context-manager factory: bf16 autocast (weights and optimizer stay fp32) or nothing."""
+def use_bf16(device: torch.device, precision: str) -> bool:
+    """bf16 autocast (weights and optimizer stay fp32) or not, from --precision."""
     if precision == "bf16" and not has_bf16(device):
         raise UserError(f"--precision bf16 asked for, but this {device.type} has no native bf16; use --precision fp32")
-    if precision == "fp32" or (precision == "auto" and not has_bf16(device)):
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def lr_at(it: int, tc: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to min_lr at max_iters."""
-    if it < tc.warmup_iters:
-        return tc.lr * (it + 1) / (tc.warmup_iters + 1)
-    progress = min(1.0, (it - tc.warmup_iters) / max(1, tc.max_iters - tc.warmup_iters))
-    return tc.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (tc.lr - tc.min_lr)
+    return precision == "bf16" or (precision == "auto" and has_bf16(device))
 
 
 class Distributed:
@@ -102,10 +110,10 @@ class Distributed:
             dist.destroy_process_group()
 
 
-def prepare_run(args, flags: dict, dd: Distributed):
+def prepare_run(flags: dict, resume: bool, dd: Distributed):
     """(TrainConfig, model fields, resume checkpoint or None) for a new or resumed run."""
     out = Path(flags.get("out", TrainConfig.out))
-    if args.resume:
+    if resume:
         path = out / LAST_NAME if (out / LAST_NAME).is_file() else out / CKPT_NAME
         if not path.is_file():
             raise UserError(f"nothing to resume in {out} (no {LAST_NAME} or {CKPT_NAME}); drop --resume to start a new run")
@@ -118,7 +126,7 @@ def prepare_run(args, flags: dict, dd: Distributed):
                             f"drop those flags, or start a new run with another --out")
         settings = {**ckpt["train_config"], **{k: v for k, v in flags.items() if k not in MODEL_FIELDS}}
         return TrainConfig(**settings), {k: getattr(saved, k) for k in MODEL_FIELDS}, ckpt
-    preset = flags.pop("preset", None) or ("gpu" if dd.device.type == "cuda" else "cpu-small")
+    preset = flags.get("preset") or ("gpu" if dd.device.type == "cuda" else "cpu-small")
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     model_fields, tc = resolve(flags, preset)
@@ -129,7 +137,15 @@ def prepare_run(args, flags: dict, dd: Distributed):
     return tc, model_fields, None
 
 
-def prepare_data(tc: TrainConfig, resuming: bool, block_size: int, dd: Distributed):
+@dataclass
+class Data:
+    tok: object                      # tokenizers.Tokenizer
+    train: torch.Tensor              # token ids
+    val: torch.Tensor
+    chars_per_token: float           # of the validation split: turns nats/token into bits/char
+
+
+def prepare_data(tc: TrainConfig, resuming: bool, block_size: int, dd: Distributed) -> Data:
     docs = load_corpus(tc.corpus)
     out = Path(tc.out)
     if not resuming and dd.main:
@@ -140,174 +156,211 @@ def prepare_data(tc: TrainConfig, resuming: bool, block_size: int, dd: Distribut
         atomic_write(out / TOKENIZER_NAME, tok.to_str())
     dd.barrier()  # the other ranks read the tokenizer rank 0 just wrote
     tok = load_tokenizer(out)
-    ids = encode_documents(tok, docs)
-    train_data, val_data = split_train_val(ids, block_size)
-    chars_per_token = len(decode(tok, val_data.tolist())) / len(val_data)
-    return tok, train_data, val_data, chars_per_token
+    train_data, val_data = split_train_val(encode_documents(tok, docs), block_size)
+    return Data(tok, train_data, val_data, chars_per_token(tok, val_data))
 
 
-@torch.no_grad()
-def estimate_loss(model, data, tc, block_size, gen, autocast) -> float:
-    model.eval()
-    losses = []
-    for _ in range(tc.eval_iters):
-        x, y = get_batch(data, block_size, tc.batch_size, gen)
-        with autocast():
-            losses.append(model(x.to(model_device(model)), y.to(model_device(model)))[1].item())
-    model.train()
-    return sum(losses) / len(losses)
+@dataclass
+class Run:
+    """What the loop works with; none of it is replaced while it runs."""
+    tc: TrainConfig
+    mc: ModelConfig
+    dd: Distributed
+    data: Data
+    raw: torch.nn.Module             # the model itself: what is saved and sampled
+    model: torch.nn.Module           # what trains: raw, maybe compiled, maybe in DDP
+    optimizers: list
+    autocast: Callable               # a context-manager factory
+    gen: torch.Generator             # the training batches' stream (saved for --resume)
+    val_batches: list                # the same validation batches at every evaluation
+
+    @property
+    def tokens_per_iter(self) -> int:
+        return self.tc.batch_size * self.tc.grad_accum * self.mc.block_size * self.dd.world
 
 
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device
+@dataclass
+class Meter:
+    """Training steps since the last evaluation, and the time spent evaluating."""
+    started: float = field(default_factory=time.perf_counter)
+    iters: int = 0
+    loss_sum: float = 0.0
+    eval_s: float = 0.0              # evaluations and checkpoint writes in this process
+
+    def restart(self) -> None:
+        self.started, self.iters, self.loss_sum = time.perf_counter(), 0, 0.0
 
 
-def rng_state(gen: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "data": gen.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict, gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    gen.set_state(state["data"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def train(tc: TrainConfig, mc: ModelConfig, tok, train_data, val_data, chars_per_token: float,
-          ckpt: dict | None, dd: Distributed) -> dict:
-    device, out = dd.device, Path(tc.out)
+def build(tc: TrainConfig, mc: ModelConfig, data: Data, ckpt: dict | None, dd: Distributed) -> tuple[Run, Progress]:
+    device = dd.device
     if tc.threads and device.type == "cpu":
         torch.set_num_threads(tc.threads)
-    torch.manual_seed(tc.seed)
-    gen = torch.Generator().manual_seed(tc.seed + dd.rank)
-    raw = build_model(mc).to(device)
-    optimizer = configure_optimizer(raw, tc.lr, tc.weight_decay, device.type)
-    start_iter, best_val, stale, elapsed = 0, float("inf"), 0, 0.0
-    if ckpt is not None:
-        raw.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_iter, best_val = ckpt["iter"], ckpt["best_val_loss"]
-        stale, elapsed = ckpt.get("stale_evals", 0), ckpt.get("elapsed_s", 0.0)
-        restore_rng(ckpt["rng"], gen)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    autocast = autocast_for(device, tc.precision)
+    bf16 = use_bf16(device, tc.precision)
+    torch.manual_seed(tc.seed)
+    raw = build_model(mc).to(device)
+    optimizers = build_optimizers(raw, tc, device.type, torch.bfloat16 if bf16 else torch.float32)
+    gen = torch.Generator().manual_seed(tc.seed + dd.rank)
+    progress = Progress() if ckpt is None else restore_training_state(ckpt, raw, optimizers, gen)
     model = torch.compile(raw) if tc.compile else raw
     if dd.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    params = count_params(raw)
-    tokens_per_iter = tc.batch_size * tc.grad_accum * mc.block_size * dd.world
-    precision = "fp32" if autocast is contextlib.nullcontext else "bf16 autocast"
-    if dd.main:
-        print(f"training {mc.model} {params / 1e6:.2f}M params on {device} x{dd.world} ({precision}) | "
-              f"vocab {mc.vocab_size} | {len(train_data):,} train / {len(val_data):,} val tokens | "
-              f"{tokens_per_iter:,} tokens/iter", file=sys.stderr)
-    bar = tqdm(total=tc.max_iters, initial=start_iter, disable=not dd.main, dynamic_ncols=True,
-               desc="train", file=sys.stderr, mininterval=0.5)
-    summary = {"params": params, "device": str(device), "world_size": dd.world, "precision": precision}
-    tokens_per_s, window_t, window_iters = 0.0, time.perf_counter(), 0
-    it = start_iter
-    while True:
-        if it % tc.eval_interval == 0 or it == tc.max_iters:
-            if it != start_iter or ckpt is None:     # a resumed run already evaluated this iter
-                window_s = time.perf_counter() - window_t
-                elapsed += window_s
-                if window_iters:
-                    tokens_per_s = window_iters * tokens_per_iter / window_s
-                train_loss = dd.mean(estimate_loss(model, train_data, tc, mc.block_size, gen, autocast))
-                val_loss = dd.mean(estimate_loss(model, val_data, tc, mc.block_size, gen, autocast))
-                improved = val_loss < best_val
-                best_val, stale = (val_loss, 0) if improved else (best_val, stale + 1)
-                if dd.main:
-                    row = {"iter": it, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
-                           "val_bpc": round(val_loss / math.log(2) / chars_per_token, 5),
-                           "elapsed_s": round(elapsed, 2), "tokens_per_s": round(tokens_per_s, 1),
-                           "lr": lr_at(it, tc), "sample": sample_text(raw, tok, tc)}
-                    state = {"model_config": mc.to_dict(), "train_config": tc.to_dict(),
-                             "model": raw.state_dict(), "optimizer": optimizer.state_dict(),
-                             "iter": it, "best_val_loss": best_val, "stale_evals": stale,
-                             "elapsed_s": elapsed, "rng": rng_state(gen)}
-                    # metrics first: a kill before last.pt is written repeats this evaluation
-                    rows = run_files.append_metrics(out, row, upto_iter=it)
-                    run_files.plot_losses(out, rows, f"{mc.model} {params / 1e6:.2f}M on {tc.corpus}")
-                    if improved:
-                        save_checkpoint(out / CKPT_NAME, state)
-                    save_checkpoint(out / LAST_NAME, state)
-                    bar.write(f"iter {it}: train {train_loss:.4f}  val {val_loss:.4f}  "
-                              f"bpc {row['val_bpc']:.3f}{'  (best)' if improved else ''}\n"
-                              f"  sample: {row['sample'][:200]!r}")
-                window_t, window_iters = time.perf_counter(), 0
-            if it >= tc.max_iters:
-                break
-            if tc.patience and stale >= tc.patience:
-                if dd.main:
-                    bar.write(f"early stop at iter {it}: no better val loss in {stale} evaluations")
-                break
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(it, tc)
-        loss_sum = 0.0
-        for micro in range(tc.grad_accum):
-            x, y = get_batch(train_data, mc.block_size, tc.batch_size, gen)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            sync = dd.world == 1 or micro == tc.grad_accum - 1   # all-reduce once per step
-            with (contextlib.nullcontext() if sync else model.no_sync()), autocast():
-                loss = model(x, y)[1] / tc.grad_accum
-            loss.backward()
-            loss_sum += loss.item()
-        if not math.isfinite(loss_sum):
-            raise UserError(f"loss became {loss_sum} at iteration {it}; stopped. The last good model is "
-                            f"{out / CKPT_NAME} (val {best_val:.4f}). Lower --lr or raise --warmup-iters")
-        if tc.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        it += 1
-        window_iters += 1
-        bar.update(1)
-        rate = window_iters * tokens_per_iter / max(1e-9, time.perf_counter() - window_t)
-        bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{rate:,.0f}", refresh=False)
-    bar.close()
-    summary.update(best_val_loss=round(best_val, 5), best_val_bpc=round(best_val / math.log(2) / chars_per_token, 5),
-                   iters=it, wall_s=round(elapsed, 2), tokens_per_s=round(tokens_per_iter * it / max(elapsed, 1e-9), 1),
-                   model_config=mc.to_dict(), train_config=tc.to_dict())
-    return summary
+    val_batches = spread_batches(data.val, mc.block_size, tc.batch_size, tc.eval_iters, dd.rank, dd.world)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    return Run(tc, mc, dd, data, raw, model, optimizers, autocast, gen, val_batches), progress
 
 
-def sample_text(model, tok, tc: TrainConfig) -> str:
+def train_step(run: Run, it: int) -> float:
+    """One optimizer step (grad_accum micro-batches); returns the step's training loss."""
+    tc, device = run.tc, run.dd.device
+    set_lr(run.optimizers, tc, lr_factor(it, tc))
+    loss_sum = 0.0
+    for micro in range(tc.grad_accum):
+        x, y = get_batch(run.data.train, run.mc.block_size, tc.batch_size, run.gen)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        sync = run.dd.world == 1 or micro == tc.grad_accum - 1   # all-reduce once per step
+        with (contextlib.nullcontext() if sync else run.model.no_sync()), run.autocast():
+            loss = run.model(x, y)[1] / tc.grad_accum
+        loss.backward()
+        loss_sum += loss.item()
+    if not math.isfinite(loss_sum):
+        raise UserError(f"loss became {loss_sum} at iteration {it}; stopped. The last good model is "
+                        f"{Path(tc.out) / CKPT_NAME}. Lower --lr or raise --warmup-iters")
+    if tc.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.grad_clip)
+    for opt in run.optimizers:
+        opt.step()
+    run.model.zero_grad(set_to_none=True)
+    return loss_sum
+
+
+@torch.no_grad()
+def val_loss(run: Run) -> float:
+    """Mean loss over the fixed validation batches, averaged over the processes."""
+    run.model.eval()
+    device = run.dd.device
+    losses = []
+    for x, y in run.val_batches:
+        with run.autocast():
+            losses.append(run.model(x.to(device), y.to(device))[1].item())
+    run.model.train()
+    return run.dd.mean(sum(losses) / len(losses))
+
+
+def evaluate_and_save(run: Run, progress: Progress, meter: Meter, log: Callable[[str], None]) -> None:
+    """Validation loss, a metrics row, last.pt and (if better) ckpt.pt. Updates progress."""
+    started = time.perf_counter()
+    wall_s = process_age()
+    progress.elapsed_s += started - meter.started
+    loss = val_loss(run)
+    improved = loss < progress.best_val_loss
+    if improved:
+        progress.best_val_loss, progress.stale_evals = loss, 0
+    else:
+        progress.stale_evals += 1
+    if run.dd.main:
+        window_s = started - meter.started
+        row = {"iter": progress.iter,
+               "train_loss": round(meter.loss_sum / meter.iters, 5) if meter.iters else None,
+               "val_loss": round(loss, 5), "val_bpc": round(bits_per_char(loss, run.data.chars_per_token), 5),
+               "elapsed_s": round(progress.elapsed_s, 2), "wall_s": round(wall_s, 2),
+               "eval_s": round(meter.eval_s, 2),
+               "tokens_per_s": round(meter.iters * run.tokens_per_iter / window_s, 1) if meter.iters else 0.0,
+               "lr": run.tc.lr * lr_factor(progress.iter, run.tc), "sample": sample_text(run)}
+        # metrics first: a kill before last.pt is written repeats this evaluation
+        run_files.append_metrics(Path(run.tc.out), row, upto_iter=progress.iter)
+        blob = serialize_checkpoint(training_state(run.raw, run.optimizers, run.mc, run.tc, progress, run.gen))
+        if improved:
+            atomic_write(Path(run.tc.out) / CKPT_NAME, blob)
+        atomic_write(Path(run.tc.out) / LAST_NAME, blob)
+        train_loss = "-" if row["train_loss"] is None else f"{row['train_loss']:.4f}"
+        log(f"iter {progress.iter}: train {train_loss}  val {loss:.4f}  bpc {row['val_bpc']:.3f}"
+            f"{'  (best)' if improved else ''}" + (f"\n  sample: {row['sample'][:200]!r}" if row["sample"] else ""))
+    meter.eval_s += time.perf_counter() - started
+    meter.restart()
+
+
+def sample_text(run: Run) -> str:
     """A short sample, to watch the model learn."""
-    if not tc.sample_tokens:
+    if not run.tc.sample_tokens:
         return ""
-    model.eval()
+    run.raw.eval()
     # from a newline, not EOS: the corpus has a few dozen EOS tokens but many thousand lines
-    ids = list(generate(model, encode(tok, "\n"), tc.sample_tokens, temperature=0.8, seed=tc.seed))
-    model.train()
-    return decode(tok, ids)
+    ids = list(generate(run.raw, encode(run.data.tok, "\n"), run.tc.sample_tokens, temperature=0.8,
+                        seed=run.tc.seed))
+    run.raw.train()
+    return decode(run.data.tok, ids)
+
+
+def train(run: Run, progress: Progress, resumed: bool) -> None:
+    """The loop: evaluate every eval_interval steps (and at the end), train in between."""
+    from tqdm import tqdm
+
+    tc, start = run.tc, progress.iter
+    bar = tqdm(total=tc.max_iters, initial=start, disable=not run.dd.main, dynamic_ncols=True,
+               desc="train", file=sys.stderr, mininterval=0.5)
+    meter = Meter()
+    while True:
+        if progress.iter % tc.eval_interval == 0 or progress.iter == tc.max_iters:
+            if not (resumed and progress.iter == start):     # a resumed run already evaluated this iter
+                evaluate_and_save(run, progress, meter, bar.write)
+            if progress.iter >= tc.max_iters:
+                break
+            if tc.patience and progress.stale_evals >= tc.patience:
+                if run.dd.main:
+                    bar.write(f"early stop at iter {progress.iter}: no better val loss in "
+                              f"{progress.stale_evals} evaluations")
+                break
+        loss = train_step(run, progress.iter)
+        progress.iter += 1
+        meter.iters += 1
+        meter.loss_sum += loss
+        bar.update(1)
+        rate = meter.iters * run.tokens_per_iter / max(1e-9, time.perf_counter() - meter.started)
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}", refresh=False)
+    bar.close()
+
+
+def summarize(run: Run, progress: Progress) -> dict:
+    tokens_per_s = run.tokens_per_iter * progress.iter / max(progress.elapsed_s, 1e-9)
+    return {"params": count_params(run.raw), "device": str(run.dd.device), "world_size": run.dd.world,
+            "precision": "bf16 autocast" if run.autocast is not contextlib.nullcontext else "fp32",
+            "best_val_loss": round(progress.best_val_loss, 5),
+            "best_val_bpc": round(bits_per_char(progress.best_val_loss, run.data.chars_per_token), 5),
+            "iters": progress.iter, "wall_s": round(process_age(), 2), "train_s": round(progress.elapsed_s, 2),
+            "tokens_per_s": round(tokens_per_s, 1),
+            "model_tflops": round(tokens_per_s * flops_per_token(run.raw) / 1e12, 4),   # / peak = MFU
+            "model_config": run.mc.to_dict(), "train_config": run.tc.to_dict()}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    flags = explicit_flags(args)
+    flags, resume = parse_flags(argv)
     dd = Distributed(pick_device(flags.get("device", "auto")))
     try:
-        tc, model_fields, ckpt = prepare_run(args, flags, dd)
-        tok, train_data, val_data, chars_per_token = prepare_data(
-            tc, ckpt is not None, model_fields["block_size"], dd)
+        tc, model_fields, ckpt = prepare_run(flags, resume, dd)
+        data = prepare_data(tc, ckpt is not None, model_fields["block_size"], dd)
         try:
-            mc = ModelConfig(vocab_size=tok.get_vocab_size(), **model_fields)
+            mc = ModelConfig(vocab_size=data.tok.get_vocab_size(), **model_fields)
         except ValueError as e:
             raise UserError(str(e)) from None
-        summary = train(tc, mc, tok, train_data, val_data, chars_per_token, ckpt, dd)
+        run, progress = build(tc, mc, data, ckpt, dd)
         if dd.main:
-            run_files.write_summary(Path(tc.out), summary)
-            print(f"done: best val loss {summary['best_val_loss']:.4f} "
-                  f"({summary['best_val_bpc']:.3f} bits/char), {summary['tokens_per_s']:,.0f} tokens/s; "
-                  f"model in {Path(tc.out) / CKPT_NAME}", file=sys.stderr)
+            print(f"training {mc.model} {count_params(run.raw) / 1e6:.2f}M params on {dd.device} x{dd.world} "
+                  f"({'bf16 autocast' if run.autocast is not contextlib.nullcontext else 'fp32'}, "
+                  f"{tc.optimizer}) | vocab {mc.vocab_size} | {len(data.train):,} train / {len(data.val):,} val "
+                  f"tokens | {run.tokens_per_iter:,} tokens/iter | start-up {process_age():.1f} s", file=sys.stderr)
+        train(run, progress, resumed=ckpt is not None)
+        if dd.main:
+            out = Path(tc.out)
+            summary = summarize(run, progress)
+            run_files.write_summary(out, summary)
+            run_files.plot_losses(out, run_files.read_metrics(out), f"{mc.model} {summary['params'] / 1e6:.2f}M on {tc.corpus}")
+            print(f"done: best val loss {summary['best_val_loss']:.4f} ({summary['best_val_bpc']:.3f} bits/char), "
+                  f"{summary['tokens_per_s']:,.0f} tokens/s, {summary['wall_s']:.0f} s in all; "
+                  f"model in {out / CKPT_NAME}", file=sys.stderr)
         dd.barrier()  # let rank 0 finish writing: a peer that exits early can make gloo abort
     finally:
         dd.close()

@@ -1,0 +1,114 @@
+"""Export a training run in Hugging Face transformers' format (GPT-2).
+
+    python -m export --format hf --run runs/default --out hf/default
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained("hf/default")     # GPT2LMHeadModel
+    tok = AutoTokenizer.from_pretrained("hf/default")              # PreTrainedTokenizerFast
+
+Our GPT has GPT-2's layout, so the weights only need renaming, and transposing where GPT-2
+keeps a `Conv1D` (weight stored (in, out), the transpose of `nn.Linear`). The output
+embedding is tied to the input one, so it is not stored. Writes `config.json`,
+`generation_config.json`, `model.safetensors`, `tokenizer.json` (the run's own file),
+`tokenizer_config.json` and `special_tokens_map.json`. Needs torch and safetensors, not
+transformers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from training.cli import UserError, atomic_write, ensure_writable_dir
+from training.model_config import ModelConfig
+from training.tokenizer import EOS, eos_id
+
+TOKENIZER_NAME = "tokenizer.json"
+HF_FILES = ("config.json", "generation_config.json", "model.safetensors", TOKENIZER_NAME,
+            "tokenizer_config.json", "special_tokens_map.json")
+SPECIAL_TOKENS = {"bos_token": EOS, "eos_token": EOS, "pad_token": EOS}   # GPT-2 uses one for all
+# ours -> GPT-2's name inside transformer.h.{i}; True where GPT-2 stores a Conv1D
+BLOCK_NAMES = {"ln_1": ("ln_1", False), "attn.qkv": ("attn.c_attn", True),
+               "attn.proj": ("attn.c_proj", True), "ln_2": ("ln_2", False),
+               "mlp.fc": ("mlp.c_fc", True), "mlp.proj": ("mlp.c_proj", True)}
+
+
+def gpt2_state_dict(state: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
+    """Our GPT's state_dict under GPT2LMHeadModel's names (lm_head left out: it is tied)."""
+    sd = {f"transformer.{name}.{kind}": state[f"{name}.{kind}"]
+          for name in ("wte", "wpe", "ln_f") for kind in ("weight", "bias") if f"{name}.{kind}" in state}
+    for i in range(n_layer):
+        for ours, (theirs, conv1d) in BLOCK_NAMES.items():
+            w = state[f"blocks.{i}.{ours}.weight"]
+            sd[f"transformer.h.{i}.{theirs}.weight"] = w.t() if conv1d else w
+            sd[f"transformer.h.{i}.{theirs}.bias"] = state[f"blocks.{i}.{ours}.bias"]
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sd.items()}
+
+
+def gpt2_config(mc: ModelConfig, eos: int) -> dict:
+    """config.json: GPT-2 with our shape; tanh GELU is GPT-2's `gelu_new`."""
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+            "vocab_size": mc.vocab_size, "n_positions": mc.block_size,
+            "n_embd": mc.n_embd, "n_layer": mc.n_layer, "n_head": mc.n_head,
+            "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+            "initializer_range": 0.02, "scale_attn_weights": True, "tie_word_embeddings": True,
+            "bos_token_id": eos, "eos_token_id": eos}
+
+
+def tokenizer_config(mc: ModelConfig) -> dict:
+    """What AutoTokenizer needs to load tokenizer.json as a fast tokenizer, unchanged.
+
+    No clean-up of spaces: decode must give back exactly the text the ids spell."""
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": mc.block_size,
+            **SPECIAL_TOKENS, "clean_up_tokenization_spaces": False, "add_prefix_space": False}
+
+
+def save_gpt2(model, out: Path, eos: int) -> None:
+    """config.json, generation_config.json and model.safetensors: the model without its
+    tokenizer (what GPT2LMHeadModel.from_pretrained reads; the benches use this alone)."""
+    from safetensors.torch import save_file
+
+    mc = model.config
+    tmp = out / ".model.safetensors.tmp"
+    save_file(gpt2_state_dict(model.state_dict(), mc.n_layer), str(tmp), metadata={"format": "pt"})
+    tmp.replace(out / "model.safetensors")
+    generation = {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}
+    for name, content in (("config.json", gpt2_config(mc, eos)), ("generation_config.json", generation)):
+        atomic_write(out / name, json.dumps(content, indent=2) + "\n")
+
+
+def export_hf(run_dir: str | Path, out: str | Path, force: bool = False) -> list[Path]:
+    """Write the transformers directory for a run's ckpt.pt; returns the files written."""
+    from training.checkpoint import load_run
+
+    run_dir, out = Path(run_dir), Path(out)
+    model, mc, tok = load_run(run_dir)
+    if mc.model != "gpt" or not mc.bias:
+        raise UserError(f"{run_dir} holds a {mc.model!r} model{'' if mc.bias else ' without biases'}; "
+                        f"the transformers export is GPT-2 and needs a gpt with biases")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; choose a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"output dir {out} already exists; pass --force to overwrite it or choose another --out")
+    ensure_writable_dir(out)
+    save_gpt2(model, out, eos_id(tok))
+    atomic_write(out / "tokenizer_config.json", json.dumps(tokenizer_config(mc), indent=2) + "\n")
+    atomic_write(out / "special_tokens_map.json", json.dumps(SPECIAL_TOKENS, indent=2) + "\n")
+    shutil.copyfile(run_dir / TOKENIZER_NAME, out / TOKENIZER_NAME)
+    return [out / name for name in HF_FILES]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m export --format hf ...` (export/__main__.py hands over the other flags)."""
+    p = argparse.ArgumentParser(prog="python -m export --format hf", description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="training run dir (ckpt.pt, tokenizer.json)")
+    p.add_argument("--out", required=True, help="directory to write")
+    p.add_argument("--force", action="store_true", help="overwrite an existing directory")
+    args = p.parse_args(argv)
+    for path in export_hf(args.run, args.out, args.force):
+        print(f"{path}  {path.stat().st_size / 1e6:8.2f} MB")
+    return 0

@@ -1,0 +1,90 @@
+"""`python -m export --format hf`: transformers loads the directory and computes what we do."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.checkpoint import load_run, save_checkpoint
+from training.cli import UserError
+from training.model import build_model
+from training.model_config import ModelConfig
+from training.tokenizer import build_tokenizer, encode
+
+from conftest import SONNETS
+from export.__main__ import main as export_main
+from export.hf import HF_FILES
+
+transformers = pytest.importorskip("transformers", reason="the dev extra installs transformers")
+PROMPT = "When I"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tiny_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("hf") / "tiny"
+    assert export_main(["--format", "hf", "--run", str(tiny_run), "--out", str(out)]) == 0
+    return out
+
+
+def test_files(hf_dir):
+    assert sorted(p.name for p in hf_dir.iterdir()) == sorted(HF_FILES)
+    config = json.loads((hf_dir / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and config["n_layer"] == 2
+
+
+def test_logits_match_pytorch(hf_dir, tiny_run):
+    ours, config, tok = load_run(tiny_run)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    assert type(hf).__name__ == "GPT2LMHeadModel"
+    text = "Shall I compare thee é"                    # 'é' is outside the vocabulary: bytes
+    ids = hf_tok(text, return_tensors="pt").input_ids
+    assert ids[0].tolist() == encode(tok, text)
+    assert hf_tok.decode(ids[0]) == text
+    with torch.no_grad():
+        assert torch.allclose(hf(ids).logits, ours(ids)[0], atol=1e-5, rtol=0)
+
+
+def test_greedy_generate_matches_training_sample(hf_dir, tiny_run):
+    new = 24                                          # prompt + new tokens stay inside the context (32)
+    proc = subprocess.run([sys.executable, "-m", "training.sample", "--run", str(tiny_run), "--prompt", PROMPT,
+                           "--temperature", "0", "--max-new-tokens", str(new)],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    ours = proc.stdout.removesuffix("\n")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    ids = hf_tok(PROMPT, return_tensors="pt").input_ids
+    gen = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                      min_new_tokens=new, do_sample=False)
+    assert hf_tok.decode(gen[0]) == ours
+
+
+def test_bpe_tokenizer_loads_as_a_fast_tokenizer(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    tok = build_tokenizer("bpe", [SONNETS.read_text()], vocab_size=300)
+    tok.save(str(run / "tokenizer.json"))
+    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), block_size=16, n_layer=1, n_head=2, n_embd=16)
+    save_checkpoint(run / "ckpt.pt", {"model_config": cfg.to_dict(), "model": build_model(cfg).state_dict()})
+    assert export_main(["--format", "hf", "--run", str(run), "--out", str(tmp_path / "hf")]) == 0
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "Then let not winter's ragged hand deface"
+    assert hf_tok(text).input_ids == encode(tok, text)
+    assert hf_tok.decode(hf_tok(text).input_ids) == text
+
+
+def test_refuses_bigram_and_existing_dir(tiny_run, hf_dir, tmp_path):
+    with pytest.raises(UserError, match="already exists"):
+        export_main(["--format", "hf", "--run", str(tiny_run), "--out", str(hf_dir)])
+    run = tmp_path / "bigram"
+    run.mkdir()
+    cfg = ModelConfig(vocab_size=10, model="bigram")
+    save_checkpoint(run / "ckpt.pt", {"model_config": cfg.to_dict(), "model": build_model(cfg).state_dict()})
+    build_tokenizer("char", ["abc"]).save(str(run / "tokenizer.json"))
+    with pytest.raises(UserError, match="GPT-2"):
+        export_main(["--format", "hf", "--run", str(run), "--out", str(tmp_path / "out")])
