@@ -3,6 +3,7 @@ Face transformers `generate` of the same model shape in the same run; and a soak
 
     python -m bench.load                          # 1, 32, 64 streams vs HF batch 1 and 16
     python -m bench.load --model ART --streams 1,32 --seconds 30 --rounds 3
+    python -m bench.load --precisions fp32,int8   # the int8 model beside fp32 (one server each)
     python -m bench.load --soak 180               # 48 mixed clients, 3 minutes, --max-batch 32
     python -m bench.load --http                   # each scenario over gRPC and over HTTP (SSE)
 
@@ -40,8 +41,9 @@ TEXT = ("You will rejoice to hear that no disaster has accompanied the commencem
         "enterprise which you have regarded with such evil forebodings. I arrived here yesterday.")
 
 
-def random_artifact(out: Path) -> Path:
-    """A frankenstein-shaped GPT with random weights, exported (timing depends on shape only)."""
+def random_artifact(out: Path, quantize: bool = False) -> Path:
+    """A frankenstein-shaped GPT with random weights, exported (timing depends on shape only);
+    with `quantize`, model.int8.onnx too (its quality is checked on a small local corpus)."""
     import torch
     from training.checkpoint import save_checkpoint
     from training.model import GPT
@@ -52,13 +54,14 @@ def random_artifact(out: Path) -> Path:
 
     run = out / "run"
     run.mkdir(parents=True)
+    (run / "corpus.txt").write_text(TEXT * 400)
     tok = build_tokenizer("char", [TEXT])
     cfg = ModelConfig(vocab_size=tok.get_vocab_size(), **FRANKENSTEIN)
     torch.manual_seed(0)
-    save_checkpoint(run / "ckpt.pt", {"model_config": cfg.to_dict(), "train_config": {},
+    save_checkpoint(run / "ckpt.pt", {"model_config": cfg.to_dict(), "train_config": {"corpus": str(run / "corpus.txt")},
                                       "model": GPT(cfg).state_dict(), "iter": 0, "best_val_loss": 0.0})
     tok.save(str(run / "tokenizer.json"))
-    assert export_main(["--run", str(run), "--out", str(out / "art")]) == 0
+    assert export_main(["--run", str(run), "--out", str(out / "art"), *(["--quantize", "int8"] if quantize else [])]) == 0
     return out / "art"
 
 
@@ -241,13 +244,16 @@ def compare(args, art: Path, prompt: str, vocab: int) -> int:
     streams = [int(x) for x in args.streams.split(",")]
     hf_batches = [int(x) for x in args.hf_batches.split(",")]
     per_round = args.seconds / args.rounds
-    http_port = free_port() if args.http else -1
-    proc, target, _ = start_server(art, args.server_args.split(), http_port)
-    apis = {"gRPC": lambda n: run_streams(target, n, per_round, prompt, args.new_tokens)}
-    if args.http:
-        base = f"http://127.0.0.1:{http_port}"
-        apis["HTTP/SSE"] = lambda n: run_sse_streams(base, n, per_round, prompt, args.new_tokens)
-    scenarios = [(api, n) for n in streams for api in apis]
+    servers, apis = {}, {}
+    for precision in args.precisions.split(","):
+        http_port = free_port() if args.http else -1
+        servers[precision] = proc, target, _ = start_server(
+            art, [*args.server_args.split(), "--precision", precision], http_port)
+        apis[precision, "gRPC"] = lambda n, target=target: run_streams(target, n, per_round, prompt, args.new_tokens)
+        if args.http:
+            base = f"http://127.0.0.1:{http_port}"
+            apis[precision, "HTTP/SSE"] = lambda n, base=base: run_sse_streams(base, n, per_round, prompt, args.new_tokens)
+    scenarios = [(precision, api, n) for n in streams for precision, api in apis]
     tallies = {s: Tally() for s in scenarios}
     walls, cpu = dict.fromkeys(scenarios, 0.0), {s: [0.0, 0.0] for s in scenarios}
     hf_done = {b: [0.0, 0.0] for b in hf_batches}
@@ -258,15 +264,18 @@ def compare(args, art: Path, prompt: str, vocab: int) -> int:
                 hf_done[b][0] += tokens
                 hf_done[b][1] += wall
             for s in scenarios:
-                server0, client0, t0 = cpu_seconds(proc.pid), time.process_time(), time.perf_counter()
-                t = asyncio.run(apis[s[0]](s[1]))
+                pid = servers[s[0]][0].pid
+                server0, client0, t0 = cpu_seconds(pid), time.process_time(), time.perf_counter()
+                t = asyncio.run(apis[s[:2]](s[2]))
                 walls[s] += time.perf_counter() - t0
-                cpu[s][0] += cpu_seconds(proc.pid) - server0
+                cpu[s][0] += cpu_seconds(pid) - server0
                 cpu[s][1] += time.process_time() - client0
                 merge(tallies[s], t)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        for proc, _, _ in servers.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc, _, _ in servers.values():
+            proc.wait(60)
     hf_rate = {b: tok / wall for b, (tok, wall) in hf_done.items()}
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\n{os.cpu_count()} CPUs (load {load} at the end); model {FRANKENSTEIN if not args.model else art}; "
@@ -275,12 +284,13 @@ def compare(args, art: Path, prompt: str, vocab: int) -> int:
     print("| scenario | TTFT p50 / p99 ms | ITL p50 / p99 ms | tokens/s | requests | errors "
           "| server / client cores | " + " | ".join(f"vs HF b{b}" for b in hf_batches) + " |")
     print("| --- | --- | --- | ---: | ---: | ---: | --- |" + " ---: |" * len(hf_batches))
-    for api, n in scenarios:
-        r = tallies[api, n].row(walls[api, n])
+    for s in scenarios:
+        precision, api, n = s
+        r = tallies[s].row(walls[s])
         ratios = " | ".join(f"{r['tok_s'] / hf_rate[b]:.2f}x" for b in hf_batches)
-        print(f"| shelley {api}, {n} stream{'s' if n > 1 else ''} | {r['ttft50']:.1f} / {r['ttft99']:.1f} | "
+        print(f"| shelley {api} {precision}, {n} stream{'s' if n > 1 else ''} | {r['ttft50']:.1f} / {r['ttft99']:.1f} | "
               f"{r['itl50']:.2f} / {r['itl99']:.2f} | {r['tok_s']:,.0f} | {r['requests']} | {r['errors']} | "
-              f"{cpu[api, n][0] / walls[api, n]:.2f} / {cpu[api, n][1] / walls[api, n]:.2f} | {ratios} |")
+              f"{cpu[s][0] / walls[s]:.2f} / {cpu[s][1] / walls[s]:.2f} | {ratios} |")
     for b in hf_batches:
         print(f"| HF transformers generate, batch {b} | | | {hf_rate[b]:,.0f} | | | |" + " |" * len(hf_batches))
     return 0
@@ -373,12 +383,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--hf-batches", default="1,16")
     p.add_argument("--server-args", default="--max-batch 64", help="extra flags for python -m serving")
+    p.add_argument("--precisions", default="fp32", help="serve these model files side by side, e.g. fp32,int8")
     p.add_argument("--soak", type=float, default=0, help="run the soak test for this many seconds instead")
     p.add_argument("--http", action="store_true", help="also run each scenario over HTTP/SSE, beside gRPC")
     args = p.parse_args(argv)
 
     tmp = tempfile.TemporaryDirectory()
-    art = Path(args.model) if args.model else random_artifact(Path(tmp.name))
+    art = Path(args.model) if args.model else random_artifact(Path(tmp.name), "int8" in args.precisions)
     from tokenizers import Tokenizer
     tok = Tokenizer.from_file(str(art / "tokenizer.json"))
     prompt = (TEXT * 4)[: args.prompt_tokens]
