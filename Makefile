@@ -22,7 +22,7 @@ DTYPE ?= fp32
 QUANTIZE ?=
 FORCE ?=
 
-.PHONY: help setup proto train sample export verify serve client demo test bench-load explain clean
+.PHONY: help setup proto train sample export verify serve client demo test bench-load bench-soak explain clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ demo: proto ## fresh clone -> train cpu-small -> export -> serve -> stream one c
 
 bench-load: proto ## load-test the server against HF generate (needs: pip install -e '.[bench]')
 	$(PY) -m bench.load
+
+bench-soak: proto ## 3 minutes of 48 mixed clients (cancels, deadlines, bad requests); fails on anything unexpected
+	$(PY) -m bench.load --soak 180
 
 test: setup proto ## run the whole test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
