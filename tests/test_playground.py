@@ -70,6 +70,8 @@ def test_tokens_stream_in_shaded_with_alternatives_on_hover(page, live, tmp_path
     page.fill("#seed", "3")
     page.click("#generate")
     page.wait_for_function("document.querySelector('#status').textContent.includes('length')", timeout=30000)
+    tokens_shown = page.eval_on_selector_all("#output .tok", "els => els.reduce((n, e) => n + e.items.length, 0)")
+    assert tokens_shown == 80                                   # every token, in some span
     assert token_count(page) >= 60                              # one span per token (bytes grouped)
     shades = page.eval_on_selector_all("#output .tok", "els => new Set(els.map(e => e.style.getPropertyValue('--a'))).size")
     assert shades >= 10
@@ -90,6 +92,26 @@ def test_tokens_stream_in_shaded_with_alternatives_on_hover(page, live, tmp_path
     px = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB")).reshape(-1, 3).astype(int)
     blues = {tuple(p) for p in px[(px[:, 2] > 200) & (px[:, 2] - px[:, 0] > 25)]}   # token backgrounds
     assert len(blues) >= 8, f"only {len(blues)} shades of blue in the screenshot"
+    assert page.errors == []
+
+
+def test_a_chunk_of_several_tokens_still_gets_a_span_per_token(page, live):
+    """The server merges tokens into one chunk when a client falls behind; the page must
+    still split them: one span per token, the three bytes of a character in one span."""
+    page.goto(live.base + "/")
+    page.wait_for_function("typeof addChoice === 'function'")
+    lp = lambda tokens: {"tokens": tokens, "token_logprobs": [-0.1] * len(tokens),   # noqa: E731
+                         "top_logprobs": [{t: -0.1} for t in tokens]}
+    chunks = [{"text": "ab\u2019c", "logprobs": lp(["a", "b", "bytes:\\xe2\\x80", "bytes:\\x99", "c"])},
+              {"text": "", "logprobs": lp(["bytes:\\xc3"])},                 # an open character...
+              {"text": "\u00e9d", "logprobs": lp(["bytes:\\xa9", "d"])},    # ...closed by the next chunk
+              {"text": "!", "logprobs": lp(["!"]), "finish_reason": "length"}]
+    spans = page.evaluate("""chunks => {
+        clearOutput();
+        for (const c of chunks) addChoice(c);
+        return [...document.querySelectorAll('#output .tok')].map(e => [e.textContent, e.items.length]);
+    }""", chunks)
+    assert spans == [["a", 1], ["b", 1], ["\u2019", 2], ["c", 1], ["\u00e9", 2], ["d", 1], ["!", 1]]
     assert page.errors == []
 
 

@@ -6,7 +6,8 @@
 const $ = (id) => document.getElementById(id);
 const TOP = 5;                 // alternatives asked for per token (the server's limit)
 let controller = null;         // the running request's AbortController
-let pending = { text: "", items: [] };   // tokens whose text the server still holds back
+let pending = { text: "", items: [], decoded: "" };   // text and tokens not shown yet, and the tokens' own text
+let tokenDecoder = new TextDecoder();   // UTF-8 of the tokens' bytes, streamed like the server's
 let pinned = null;             // the token span whose tooltip stays open (tap / click)
 
 function authHeaders() {
@@ -63,23 +64,45 @@ function tokenSpan(text, items) {
   return span;
 }
 
-// One streamed choice: its text and, per token, {token, logprob, top}. A token's own text can
-// differ from what the server sends (a character spelled in several byte tokens, text held
-// back near a stop string): such tokens are kept until the text arrives, then shown together.
+// A token's bytes from its text as the server spells it ("bytes:\xe2\x80" for bytes that
+// are not UTF-8 on their own).
+const utf8 = new TextEncoder();
+function tokenBytes(token) {
+  if (!token.startsWith("bytes:")) return utf8.encode(token);
+  return Uint8Array.from(token.slice(6).split("\\x").filter(Boolean), (h) => parseInt(h, 16));
+}
+
+// One streamed choice: its text and, per token, {token, logprob, top}. A chunk may carry
+// several tokens (the server merges them when the client falls behind); each gets its own
+// span, except tokens that spell one character together (its UTF-8 bytes), which share one.
+// The tokens' bytes go through a streaming UTF-8 decoder, as they do on the server, and a
+// span is shown once the server's text has caught up with it (it holds text back near a
+// stop string). If the two ever disagree, what is pending is shown as one span and the
+// decoder starts afresh; the last chunk shows whatever is left.
 function addChoice(choice) {
   const lp = choice.logprobs;
   const items = lp ? lp.tokens.map((t, i) => ({ token: t, logprob: lp.token_logprobs[i], top: lp.top_logprobs[i] })) : [];
-  pending.text += choice.text;
-  pending.items.push(...items);
   const out = $("output");
-  if (pending.items.length && pending.items.map((it) => it.token).join("") === pending.text) {
-    for (const it of pending.items) out.append(tokenSpan(it.token, [it]));
-  } else if (pending.text) {
-    out.append(pending.items.length ? tokenSpan(pending.text, pending.items) : document.createTextNode(pending.text));
-  } else {
-    return items.length;
+  const flush = () => {
+    if (pending.items.length) out.append(tokenSpan(pending.text || pending.decoded, pending.items));
+    else if (pending.text) out.append(document.createTextNode(pending.text));
+    pending = { text: "", items: [], decoded: "" };
+    tokenDecoder = new TextDecoder();
+  };
+  pending.text += choice.text;
+  for (const it of items) {
+    pending.items.push(it);
+    pending.decoded += tokenDecoder.decode(tokenBytes(it.token), { stream: true });
+    if (pending.decoded && pending.text.startsWith(pending.decoded)) {
+      out.append(tokenSpan(pending.decoded, pending.items));
+      pending.text = pending.text.slice(pending.decoded.length);
+      pending.items = [];
+      pending.decoded = "";
+    } else if (pending.decoded && !pending.decoded.startsWith(pending.text)) {
+      flush();   // out of step: show what the server sent, resynchronise
+    }
   }
-  pending = { text: "", items: [] };
+  if (choice.finish_reason || !lp) flush();
   return items.length;
 }
 
@@ -125,7 +148,8 @@ function setRunning(running) {
 }
 
 function clearOutput() {
-  pending = { text: "", items: [] };
+  pending = { text: "", items: [], decoded: "" };
+  tokenDecoder = new TextDecoder();
   pinned = null;
   $("tip").hidden = true;
   $("error").hidden = true;
