@@ -34,6 +34,8 @@ class ServeConfig:
     max_new_tokens: int = 1024         # the largest max_tokens a request may ask for
     drain_seconds: float = 20.0        # SIGTERM grace for running streams
     threads: int = 0                   # ORT intra-op threads; 0 = ORT's default (1 for a batch of one)
+    ort_spin: bool = False             # ORT's threads spin between kernels: faster where the server has
+                                       # its cores to itself, not where clients share them
     log_level: str = "info"
     log_format: str = "text"           # "json": every log line one JSON object
     api_key: str = field(default="", repr=False)   # required as `Bearer KEY` by TextGeneration and /v1/*
@@ -67,6 +69,18 @@ class ServeConfig:
                 raise UserError(f"--{name.replace('_', '-')} {path}: no such file; check the path (or the mounted Secret)")
 
 
+def boolean(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+boolean.__name__ = "boolean (true/false)"
+
+
 def env_name(field: str) -> str:
     return "SHELLEY_" + field.upper()
 
@@ -76,7 +90,7 @@ def parse_args(argv: list[str] | None = None, environ: dict | None = None) -> Se
     p = argparse.ArgumentParser(prog="python -m serving", description="shelley gRPC model server")
     for f in fields(ServeConfig):
         flag = "--" + f.name.replace("_", "-")
-        kind = f.type if callable(f.type) else {"int": int, "float": float, "str": str}[f.type]
+        kind = f.type if callable(f.type) else {"int": int, "float": float, "str": str, "bool": boolean}[f.type]
         raw = env.get(env_name(f.name))
         try:
             default = f.default if raw is None else kind(raw)

@@ -52,7 +52,7 @@ def choose_providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def session_options(threads: int) -> ort.SessionOptions:
+def session_options(threads: int, spin: bool = False) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -60,8 +60,10 @@ def session_options(threads: int) -> ort.SessionOptions:
     if threads:
         so.intra_op_num_threads = threads
     so.log_severity_level = 3   # warnings about unused initializers are noise here
-    # Spinning pool threads would steal the CPU from the gRPC event loop between steps.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Off: spinning pool threads would take the cores the gRPC event loop and the clients
+    # need. It made the graph alone 1.2-1.5x faster at batch 32 on 2 cores, the server with
+    # its clients on the same cores ~1.03x (bench/serving_overhead.py). --ort-spin turns it on.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return so
 
 
@@ -106,7 +108,7 @@ class KVCache:
 
 class Runtime:
     def __init__(self, artifact: Artifact, device: str = "auto", threads: int = 0,
-                 precision: str = "fp32", slots: int = 32):
+                 precision: str = "fp32", slots: int = 32, spin: bool = False):
         mc = artifact.config
         self.context, self.vocab = mc.context_length, mc.vocab_size
         providers = choose_providers(device)
@@ -115,7 +117,7 @@ class Runtime:
             precision = "fp16"   # the GPU's file when there is one
         path = artifact.onnx_path(precision)
         try:
-            self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+            self.session = ort.InferenceSession(str(path), session_options(threads, spin), providers=providers)
             self.provider = self.session.get_providers()[0]
             # --threads 0 on the CPU: a batch of one runs on its own 1-thread session. On a
             # model this small a second thread only adds hand-off cost at batch 1 (~1.6x
@@ -123,7 +125,7 @@ class Runtime:
             # the weights.
             self.single = None
             if threads == 0 and self.provider == "CPUExecutionProvider":
-                self.single = ort.InferenceSession(str(path), session_options(1), providers=providers)
+                self.single = ort.InferenceSession(str(path), session_options(1, spin), providers=providers)
         except Exception as e:  # ORT raises its own types for a bad graph
             raise UserError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from None
         if on_cuda and self.provider != CUDA:

@@ -218,7 +218,8 @@ class Server:
             loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._engine_failed(e)))
 
         def build() -> Engine:
-            self.runtime = Runtime(self.artifact, c.device, c.threads, c.precision, slots=c.max_batch)
+            self.runtime = Runtime(self.artifact, c.device, c.threads, c.precision, slots=c.max_batch,
+                                   spin=c.ort_spin)
             engine = Engine(self.artifact, EngineConfig(c.max_batch, c.max_queue, c.max_new_tokens),
                             self.runtime, publish, self.metrics, on_crash=crashed)
             t0 = time.perf_counter()

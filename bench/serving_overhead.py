@@ -1,0 +1,143 @@
+"""Where serving's time goes: the same workload through each layer of the stack, in one run.
+
+    .venv/bin/python bench/serving_overhead.py [--streams 1 32] [--seconds 8] [--rounds 4] [--model ART]
+
+n streams, each a 64-token prompt and 128 greedy new tokens, again and again, through:
+
+- graph, new binding per step: prefill, then Runtime.forward for every decode step (an
+  IOBinding built per call, as Runtime.decode did before it kept one per row count)
+- graph: prefill, then Runtime.decode (what the engine calls)
+- engine: serving.engine.Engine in this process, its events dropped (slots, sampling,
+  stop checks, per-request text, metrics off)
+- server: `python -m serving` over gRPC, n streaming clients in this process (as
+  bench/load.py runs them, on the same cores)
+
+each with ONNX Runtime's pool threads spinning between kernels (`--ort-spin true`) and
+without (the default). Variants take turns in `--rounds` rounds, so a burst of load on a
+shared machine hits all alike; tokens/s is over all rounds. Compare ratios within one run.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import queue
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from bench.load import TEXT, random_artifact, run_streams, start_server  # noqa: E402
+from serving.artifact import Artifact, load_artifact  # noqa: E402
+from serving.engine import Engine, EngineConfig  # noqa: E402
+from serving.runtime import Runtime  # noqa: E402
+from serving.sampling import SamplingParams  # noqa: E402
+
+PROMPT_TOKENS, NEW_TOKENS = 64, 128
+
+
+def graph(rt: Runtime, n: int, seconds: float, fresh_binding: bool) -> int:
+    """Greedy streams straight on the runtime: tokens generated in `seconds`."""
+    prompts = np.random.default_rng(n).integers(0, rt.vocab, (n, PROMPT_TOKENS)).tolist()
+    end, tokens = time.perf_counter() + seconds, 0
+    while time.perf_counter() < end:
+        logits, lengths = rt.prefill(0, prompts), np.full(n, PROMPT_TOKENS)
+        for _ in range(NEW_TOKENS - 1):
+            nxt = logits.argmax(-1)
+            if fresh_binding:
+                logits = rt.forward(nxt[:, None], lengths[:, None], lengths, int(lengths.max()) + 1)[:, 0]
+            else:
+                logits = rt.decode(nxt, lengths)
+            lengths += 1
+        tokens += n * NEW_TOKENS
+    return tokens
+
+
+class InProcess:
+    """An Engine on its own runtime, events counted and dropped."""
+
+    def __init__(self, art: Artifact, rt: Runtime):
+        self.tokens, self.finished = 0, queue.Queue()
+
+        def publish(batch):
+            for _, ev in batch:
+                self.tokens += len(ev.token_ids)
+                if ev.finish_reason:
+                    self.finished.put(1)
+        self.engine = Engine(art, EngineConfig(max_batch=64), rt, publish)
+        self.engine.warmup()
+        self.engine.start()
+        self.prompt = TEXT[:PROMPT_TOKENS]   # the random artifact's tokenizer is char-level
+
+    def run(self, n: int, seconds: float) -> int:
+        params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
+        start, end = self.tokens, time.perf_counter() + seconds
+        for _ in range(n):
+            self.engine.submit(self.prompt, params)
+        while time.perf_counter() < end:
+            self.finished.get()
+            self.engine.submit(self.prompt, params)
+        done = self.tokens - start
+        for _ in range(n):   # let the last ones finish untimed, so rounds do not overlap
+            self.finished.get()
+        return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench/serving_overhead.py", description=__doc__.splitlines()[0])
+    p.add_argument("--streams", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--seconds", type=float, default=8.0, help="per variant and stream count, over all rounds")
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: the server's default)")
+    p.add_argument("--model", help="artifact dir (default: a random frankenstein-shaped model)")
+    a = p.parse_args(argv)
+    tmp = tempfile.TemporaryDirectory()
+    art_dir = Path(a.model) if a.model else random_artifact(Path(tmp.name))
+    art = load_artifact(art_dir)
+    rts = {spin: Runtime(art, "cpu", a.threads, "fp32", slots=64, spin=spin) for spin in (False, True)}
+    graph_rts = {spin: Runtime(art, "cpu", a.threads, "fp32", slots=64, spin=spin) for spin in (False, True)}
+    engines = {spin: InProcess(art, rt) for spin, rt in rts.items()}
+    servers = {spin: start_server(art_dir, ["--max-batch", "64", "--threads", str(a.threads),
+                                            "--ort-spin", str(spin).lower()]) for spin in (False, True)}
+    prompt = TEXT[:PROMPT_TOKENS]
+    variants = {}
+    for spin in (False, True):
+        variants[("graph, new binding per step", spin)] = lambda n, s, spin=spin: graph(graph_rts[spin], n, s, True)
+        variants[("graph", spin)] = lambda n, s, spin=spin: graph(graph_rts[spin], n, s, False)
+        variants[("engine", spin)] = lambda n, s, spin=spin: engines[spin].run(n, s)
+        variants[("server, gRPC", spin)] = lambda n, s, spin=spin: asyncio.run(
+            run_streams(servers[spin][1], n, s, prompt, NEW_TOKENS)).tokens
+    try:
+        print(f"{os.cpu_count()} CPUs, load {' '.join(f'{x:.1f}' for x in os.getloadavg())}; {art.config.n_layer} "
+              f"layers, {art.config.n_head * art.config.head_dim} wide; {PROMPT_TOKENS}-token prompts, {NEW_TOKENS} new tokens, greedy; "
+              f"{a.seconds:.0f} s per variant in {a.rounds} interleaved rounds; ORT threads {a.threads or 'default'}\n")
+        print("| streams | path | tok/s, threads parked | tok/s, threads spinning | spinning vs parked "
+              "| parked vs graph | spinning vs graph |")
+        print("| ---: | :--- | ---: | ---: | ---: | ---: | ---: |")
+        for n in a.streams:
+            tokens, wall = dict.fromkeys(variants, 0), dict.fromkeys(variants, 0.0)
+            for _ in range(a.rounds):
+                for k, fn in variants.items():
+                    t = time.perf_counter()
+                    tokens[k] += fn(n, a.seconds / a.rounds)
+                    wall[k] += time.perf_counter() - t
+            rate = {k: tokens[k] / wall[k] for k in variants}
+            for name in dict.fromkeys(k for k, _ in variants):
+                off, on = rate[(name, False)], rate[(name, True)]
+                print(f"| {n} | {name} | {off:,.0f} | {on:,.0f} | {on / off:.2f}x | "
+                      f"{off / rate[('graph', False)]:.2f}x | {on / rate[('graph', True)]:.2f}x |", flush=True)
+    finally:
+        for proc, _, _ in servers.values():
+            proc.terminate()
+            proc.wait()
+        for e in engines.values():
+            e.engine.stop()
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
