@@ -10,8 +10,10 @@ The KV cache (`KVCache`) is one buffer per layer for keys and one for values,
 [slots, n_head, context, head_dim], allocated once. Every call binds a run of adjacent
 slots of those buffers, by pointer, as both `past_key_values.*` and `present.*`, and the
 graph's GroupQueryAttention writes the new tokens' columns in place: nothing is copied
-between steps, whoever joins or leaves. `lengths[b]` counts the tokens already in slot
-b's cache (0 for a free slot, whose row is computed and ignored). The graph contract is
+between steps, whoever joins or leaves. A prefill binds afresh; decode steps reuse one
+binding per row count (`DecodeBinding`), writing their small inputs into its buffers.
+`lengths[b]` counts the tokens already in slot b's cache (0 for a free slot, whose row is
+computed and ignored). The graph contract is
 docs/DESIGN.md's "ONNX graph"; the names come from serving/artifact.py.
 
 The CUDA provider is used only when a GPU is really usable (then the buffers live on the
@@ -136,7 +138,8 @@ class Runtime:
             raise UserError(f"{path} lacks inputs {', '.join(missing)}; re-run the export")
         self.past_names, self.present_names = mc.inputs[4:], mc.outputs[1:]
         self.dtype = np.float16 if inputs[self.past_names[0]].type == "tensor(float16)" else np.float32
-        self.logits_dtype = np.float16 if self.session.get_outputs()[0].type == "tensor(float16)" else np.float32
+        logits = next(o for o in self.session.get_outputs() if o.name == LOGITS)
+        self.logits_dtype = np.float16 if logits.type == "tensor(float16)" else np.float32
         self._decode_bindings: dict[int, DecodeBinding] = {}
         self.precision = precision
         self.device = "cuda" if self.provider == CUDA else "cpu"
