@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from serving.artifact import Artifact, load_artifact  # noqa: E402
+from core.artifact import Artifact, load_artifact  # noqa: E402
+from core.errors import UserError, run_main  # noqa: E402
 from serving.runtime import Runtime, session_options  # noqa: E402
-from training.cli import UserError, run_main  # noqa: E402
 from training.model import GPT, count_params  # noqa: E402
 
 ENGINES = {"a": "(a) ours fp32", "d": "(d) HF generate fp32", "e": "(e) CTranslate2 float32",
@@ -52,9 +52,9 @@ PROMPT_LEN, STEP_BATCH, WARMUP = 16, 32, 5
 def random_run(out: Path, seed: int = 0) -> Path:
     """A run dir of random frankenstein-shaped weights, with a local corpus (random text over
     the char vocabulary, 354 ids) for export's int8 quality check to score."""
+    from core.model_config import ModelConfig
     from training.checkpoint import save_checkpoint
     from training.model import build_model
-    from training.model_config import ModelConfig
     from training.tokenizer import build_char_tokenizer
     alphabet = "".join(map(chr, range(32, 127))) + "\n\t"
     out.mkdir(parents=True)

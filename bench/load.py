@@ -45,12 +45,12 @@ def random_artifact(out: Path, quantize: bool = False) -> Path:
     """A frankenstein-shaped GPT with random weights, exported (timing depends on shape only);
     with `quantize`, model.int8.onnx too (its quality is checked on a small local corpus)."""
     import torch
+
+    from core.model_config import ModelConfig
+    from export.__main__ import main as export_main
     from training.checkpoint import save_checkpoint
     from training.model import GPT
-    from training.model_config import ModelConfig
     from training.tokenizer import build_tokenizer
-
-    from export.__main__ import main as export_main
 
     run = out / "run"
     run.mkdir(parents=True)
@@ -139,6 +139,7 @@ async def stream_once(stub, req, tally: Tally, timeout: float = 120, cancel_afte
 async def run_streams(target: str, n: int, seconds: float, prompt: str, new_tokens: int) -> Tally:
     """n clients, each sending back-to-back greedy requests for `seconds`."""
     import grpc
+
     from serving.proto import pb, pb_grpc
 
     tally = Tally()
@@ -312,6 +313,7 @@ async def soak_clients(target: str, seconds: float, clients: int, prompt: str, s
     """Each client loops over a random mix: a normal stream (60%), one it cancels mid-way
     (15%), one with a 50 ms deadline (15%), an invalid request (10%)."""
     import grpc
+
     from serving.proto import pb, pb_grpc
 
     tally, rng = Tally(), random.Random(seed)

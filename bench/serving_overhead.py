@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from bench.load import TEXT, random_artifact, run_streams, start_server  # noqa: E402
-from serving.artifact import Artifact, load_artifact  # noqa: E402
+from core.artifact import Artifact, load_artifact  # noqa: E402
 from serving.engine import Engine, EngineConfig  # noqa: E402
 from serving.runtime import Runtime  # noqa: E402
 from serving.sampling import SamplingParams  # noqa: E402

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.cli import UserError
+from core.errors import UserError
 from training.config import PRESETS
 from training.run_files import read_metrics
 

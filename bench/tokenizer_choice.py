@@ -27,11 +27,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from training.cli import UserError, run_main  # noqa: E402
+from core.errors import UserError, run_main  # noqa: E402
+from core.model_config import ModelConfig  # noqa: E402
 from training.config import resolve  # noqa: E402
 from training.data import VAL_FRACTION, get_batch, load_corpus  # noqa: E402
 from training.model import GPT, count_params  # noqa: E402
-from training.model_config import ModelConfig  # noqa: E402
 from training.optim import build_optimizers, set_lr  # noqa: E402
 from training.tokenizer import bits_per_char, build_tokenizer, encode_documents  # noqa: E402
 

@@ -30,13 +30,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from training.cli import UserError, run_main  # noqa: E402
+from core.errors import UserError, run_main  # noqa: E402
+from core.model_config import ModelConfig  # noqa: E402
 from training.config import resolve  # noqa: E402
 from training.data import get_batch, load_corpus, split_train_val  # noqa: E402
 from training.model import GPT, count_params  # noqa: E402
-from training.model_config import ModelConfig  # noqa: E402
-from training.tokenizer import build_tokenizer, encode_documents  # noqa: E402
 from training.optim import build_optimizers, lr_factor, set_lr  # noqa: E402
+from training.tokenizer import build_tokenizer, encode_documents  # noqa: E402
 
 
 # --- (b) the reference: "Let's build GPT" as the tutorials write it ---------------------

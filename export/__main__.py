@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from training.cli import run_main
-
+from core.errors import run_main
 from export.build import ExportConfig, export_run
 from export.onnx_graph import MAX_OPSET, MIN_OPSET
 

@@ -16,9 +16,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.artifact import CONFIG_NAME, MANIFEST_NAME, MODEL_FILES, TOKENIZER_NAME
-from training.cli import UserError, ensure_writable_dir
-
+from core.artifact import CONFIG_NAME, MANIFEST_NAME, MODEL_FILES, TOKENIZER_NAME
+from core.errors import UserError
+from core.files import prepare_out_dir
 from export.artifact import write_manifest, write_model_config
 from export.onnx_graph import MAX_OPSET, MIN_OPSET
 
@@ -45,34 +45,6 @@ def load_gpt(run_dir: Path):
     return load_run(run_dir)
 
 
-def prepare_out(out: Path, force: bool) -> Path:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; choose a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise UserError(f"output dir {out} already exists; pass --force to overwrite it or choose another --out")
-        # The manifest goes first so a half-rewritten dir is never taken for a valid one.
-        for name in (MANIFEST_NAME, *MODEL_FILES.values(), TOKENIZER_NAME, CONFIG_NAME):
-            (out / name).unlink(missing_ok=True)
-    return ensure_writable_dir(out)
-
-
-def check_runnable(path: Path, opset: int) -> None:
-    """onnx.checker with full shape inference, then one ONNX Runtime session (CPU)."""
-    import onnx
-    import onnxruntime as ort
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except Exception as e:
-        raise UserError(f"the exported graph fails onnx.checker at opset {opset}: "
-                        f"{str(e).splitlines()[0]}; try --opset 17") from None
-    try:
-        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise UserError(f"ONNX Runtime {ort.__version__} cannot run the graph at opset {opset} "
-                        f"({str(e).splitlines()[0][:200]}); try --opset 17") from None
-
-
 def read_summary(path: Path) -> dict:
     """The run's summary.json for the manifest; {} (and a warning) if missing or unreadable."""
     if not path.is_file():
@@ -88,11 +60,11 @@ def read_summary(path: Path) -> dict:
 def export_run(cfg: ExportConfig) -> dict:
     """Write the artifact dir; returns the manifest."""
     import torch
+
+    from export.onnx_graph import check_exportable, check_runnable, convert_fp16, export_onnx, fuse_for_ort
+    from export.quantize import describe, quantize_int8
     from training.model import count_params
     from training.tokenizer import eos_id
-
-    from export.onnx_graph import check_exportable, convert_fp16, export_onnx, fuse_for_ort
-    from export.quantize import describe, quantize_int8
 
     if not MIN_OPSET <= cfg.opset <= MAX_OPSET:
         raise UserError(f"--opset {cfg.opset} is not supported: the exporter writes opsets "
@@ -103,7 +75,8 @@ def export_run(cfg: ExportConfig) -> dict:
     eos = eos_id(tok)
     if eos is None:
         raise UserError(f"{run / TOKENIZER_NAME} has no <|endoftext|> token; retrain with this version")
-    out = prepare_out(out, cfg.force)
+    # The manifest goes first, so a half-rewritten dir is never taken for a valid one.
+    out = prepare_out_dir(out, cfg.force, (MANIFEST_NAME, *MODEL_FILES.values(), TOKENIZER_NAME, CONFIG_NAME))
 
     files = {"fp32": MODEL_FILES["fp32"]}
     tmp = out / ".model.onnx.tmp"

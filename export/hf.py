@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
-from training.cli import UserError, atomic_write, ensure_writable_dir
-from training.model_config import ModelConfig
+from core.artifact import TOKENIZER_NAME
+from core.errors import UserError
+from core.files import atomic_write, prepare_out_dir
+from core.model_config import ModelConfig
 from training.tokenizer import EOS, eos_id
 
-TOKENIZER_NAME = "tokenizer.json"
 HF_FILES = ("config.json", "generation_config.json", "model.safetensors", TOKENIZER_NAME,
             "tokenizer_config.json", "special_tokens_map.json")
 SPECIAL_TOKENS = {"bos_token": EOS, "eos_token": EOS, "pad_token": EOS}   # GPT-2 uses one for all
@@ -90,11 +91,7 @@ def export_hf(run_dir: str | Path, out: str | Path, force: bool = False) -> list
     if mc.model != "gpt" or not mc.bias:
         raise UserError(f"{run_dir} holds a {mc.model!r} model{'' if mc.bias else ' without biases'}; "
                         f"the transformers export is GPT-2 and needs a gpt with biases")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; choose a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(f"output dir {out} already exists; pass --force to overwrite it or choose another --out")
-    ensure_writable_dir(out)
+    prepare_out_dir(out, force, HF_FILES)
     save_gpt2(model, out, eos_id(tok))
     atomic_write(out / "tokenizer_config.json", json.dumps(tokenizer_config(mc), indent=2) + "\n")
     atomic_write(out / "special_tokens_map.json", json.dumps(SPECIAL_TOKENS, indent=2) + "\n")

@@ -3,6 +3,7 @@
     export_onnx(model, path, opset=17)          # trace, with one GroupQueryAttention a layer
     fuse_for_ort(path, n_head, n_embd)          # ORT's fusions (FastGelu), in place
     convert_fp16(path, fp16_path)               # the same graph in fp16 (for CUDA)
+    check_runnable(path, opset)                 # onnx.checker + one ONNX Runtime session
 
 The contract (docs/DESIGN.md, "ONNX graph"): per layer the KV cache is one buffer
 [B, n_head, context, head_dim] for keys and one for values, bound as both
@@ -11,7 +12,7 @@ GroupQueryAttention reads it and writes each new token's column in place: a deco
 copies nothing. Rows are right-padded; `seqlens_k[b]` is row b's length after this call
 minus one and `total_sequence_length` the longest row's length. A call whose sequence
 length equals `total_sequence_length` is a prefill (each row from position 0), a call
-with one token per row is a decode step; the names live in serving/artifact.py.
+with one token per row is a decode step; the names live in core/artifact.py.
 
 `OnnxGPT` wraps `training.model.GPT` so the traced graph has that flat interface; the
 qkv bias is its own Add (GroupQueryAttention has no bias input) and q, k, v stay packed.
@@ -30,7 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from serving.artifact import graph_names
+from core.artifact import graph_names
+from core.errors import UserError
 from training.model import GPT
 
 MIN_OPSET, MAX_OPSET = 14, 20  # 14..20 export and pass export.verify; 20 is the exporter's limit
@@ -109,7 +111,6 @@ def dynamic_axes(n_layer: int) -> dict[str, dict[int, str]]:
 
 
 def check_exportable(model: GPT) -> None:
-    from serving.errors import UserError
     c = model.config
     if c.head_dim % HEAD_DIM_MULTIPLE:
         raise UserError(f"head size {c.head_dim} (n_embd {c.n_embd} / n_head {c.n_head}) is not a "
@@ -159,3 +160,19 @@ def convert_fp16(src: str | Path, dst: str | Path) -> None:
     The int inputs (ids, positions, lengths) stay as they are."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
     onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=False), str(dst))
+
+
+def check_runnable(path: str | Path, opset: int) -> None:
+    """onnx.checker with full shape inference, then one ONNX Runtime session (CPU): every
+    graph export writes (fp32, fp16, int8) passes this before it is kept."""
+    import onnxruntime as ort
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:
+        raise UserError(f"the exported graph fails onnx.checker at opset {opset}: "
+                        f"{str(e).splitlines()[0]}; try --opset 17") from None
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise UserError(f"ONNX Runtime {ort.__version__} cannot run the graph at opset {opset} "
+                        f"({str(e).splitlines()[0][:200]}); try --opset 17") from None

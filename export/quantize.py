@@ -13,6 +13,7 @@ the share of positions where both pick the same most likely token.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -21,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.artifact import CONFIG_NAME, MODEL_FILES, Artifact, ArtifactConfig, atomic_write, read_json
+from core.artifact import CONFIG_NAME, MODEL_FILES, Artifact, read_config
+from core.errors import UserError
+from core.files import atomic_write
+from core.logprobs import log_softmax
 from serving.runtime import Runtime
-from training.cli import UserError
 
 MAX_BPC_RATIO = 1.01        # int8 bits per character at most 1% above fp32
 MIN_TOP1_AGREEMENT = 0.90   # and the same top token at 9 positions in 10 at least
@@ -67,16 +70,14 @@ def score(rt: Runtime, windows: np.ndarray) -> tuple[float, np.ndarray]:
     for w in windows:
         x, y = w[:-1], w[1:]
         logits = rt.forward(x[None], np.arange(len(x))[None], np.array([len(x) - 1]), len(x))[0]
-        z = logits.astype(np.float64)
-        logp = z - z.max(1, keepdims=True)
-        logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+        logp = log_softmax(logits)
         losses.append(-logp[np.arange(len(y)), y].mean())
-        top1.append(z.argmax(1))
+        top1.append(logits.argmax(1))
     return float(np.mean(losses)), np.stack(top1)
 
 
 def int8_quality(art: Path, run: Path) -> Quality:
-    config = ArtifactConfig.from_dict(read_json(art / CONFIG_NAME), str(art / CONFIG_NAME))
+    config = read_config(art)
     windows, chars_per_token = held_text(run, config.context_length)
     bare = Artifact(path=art, config=config, manifest={}, tokenizer=None)
     loss32, top32 = score(Runtime(bare, device="cpu", threads=1, precision="fp32", slots=1), windows)
@@ -91,8 +92,8 @@ def quantize_int8(art: Path, run: Path, files: dict[str, str]) -> Quality:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from export.build import check_runnable
-    config = read_json(art / CONFIG_NAME)
+    from export.onnx_graph import check_runnable
+    config = read_config(art)
     dst, tmp = art / MODEL_FILES["int8"], art / ".model.int8.onnx.tmp"
     logging.disable(logging.WARNING)   # it advises "pre-processing" for every model
     try:
@@ -102,15 +103,14 @@ def quantize_int8(art: Path, run: Path, files: dict[str, str]) -> Quality:
                          per_channel=True, weight_type=QuantType.QUInt8,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         logging.disable(logging.NOTSET)
-        check_runnable(tmp, config["opset"])
+        check_runnable(tmp, config.opset)
         os.replace(tmp, dst)
     finally:
         logging.disable(logging.NOTSET)
         tmp.unlink(missing_ok=True)
 
     def write_config(files: dict) -> None:
-        atomic_write(art / CONFIG_NAME, ArtifactConfig.from_dict({**config, "files": files},
-                                                                 str(art / CONFIG_NAME)).to_json())
+        atomic_write(art / CONFIG_NAME, dataclasses.replace(config, files=files).to_json())
     write_config({**files, "int8": dst.name})
     quality = int8_quality(art, run)
     if quality.ok:

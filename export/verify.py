@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serving.artifact import CONFIG_NAME, MANIFEST_NAME, check_manifest, load_artifact, read_json
+from core.artifact import CONFIG_NAME, MANIFEST_NAME, check_manifest, load_artifact
+from core.errors import UserError, run_main
+from core.files import read_json
+from core.window import generate_ids
 from serving.runtime import Runtime
-from training.cli import UserError, run_main
 from training.generate import generate
-from training.model_config import window_keep
 
 FP32_TOL, FP16_TOL = 1e-4, 5e-2
 
@@ -81,43 +82,43 @@ def check_prefill(rt: Runtime, pt: TorchSteps, vocab: int) -> list[Check]:
 
 def check_decode(rt: Runtime, pt: TorchSteps, vocab: int, steps: int = 50) -> Check:
     """Both sides fed the same (PyTorch's greedy) tokens; the window slides when full."""
-    tokens = prompt(min(8, pt.block), vocab, seed=1)
-    lo, (lt, past) = rt.prefill(0, [tokens])[0], pt.prefill(tokens)
-    lt, worst, keep = lt[-1], 0.0, window_keep(pt.block)
-    for _ in range(steps):
-        nxt = int(lt.argmax())
-        if len(tokens) >= pt.block:
-            tokens = (tokens + [nxt])[-keep:]
-            lo, (lt, past) = rt.prefill(0, [tokens])[0], pt.prefill(tokens)
-            lt = lt[-1]
-        else:
-            lo = rt.decode(np.array([nxt]), np.array([len(tokens)]))[0]
-            lt, past = pt.decode(nxt, past)
-            tokens.append(nxt)
-        worst = max(worst, float(np.abs(lo - lt).max()))
+    past, worst = None, 0.0
+
+    def compare(ort_logits: np.ndarray, torch_logits: np.ndarray) -> np.ndarray:
+        nonlocal worst
+        worst = max(worst, float(np.abs(ort_logits - torch_logits).max()))
+        return torch_logits
+
+    def prefill(tokens: list[int]) -> np.ndarray:
+        nonlocal past
+        logits, past = pt.prefill(tokens)
+        return compare(rt.prefill(0, [tokens])[0], logits[-1])
+
+    def decode(token: int, position: int) -> np.ndarray:
+        nonlocal past
+        logits, past = pt.decode(token, past)
+        return compare(rt.decode(np.array([token]), np.array([position]))[0], logits)
+
+    for _ in generate_ids(prefill, decode, argmax, prompt(min(8, pt.block), vocab, seed=1), pt.block, steps + 1):
+        pass   # the last token yielded is not fed: steps + 1 tokens feed `steps`
     return Check(f"decode, {steps} steps", worst, FP32_TOL)
 
 
-def ort_greedy(rt: Runtime, ids: list[int], steps: int, keep: int) -> list[int]:
-    """Greedy on slot 0 with the server's slide: a full cache re-prefills its newest `keep`."""
-    tokens = ids[-rt.context:]
-    logits, out = rt.prefill(0, [tokens])[0], []
-    for _ in range(steps):
-        nxt = int(logits.argmax())
-        out.append(nxt)
-        if len(tokens) >= rt.context:
-            tokens = (tokens + [nxt])[-keep:]
-            logits = rt.prefill(0, [tokens])[0]
-        else:
-            logits = rt.decode(np.array([nxt]), np.array([len(tokens)]))[0]
-            tokens.append(nxt)
-    return out
+def argmax(logits: np.ndarray) -> int:
+    return int(logits.argmax())
+
+
+def ort_greedy(rt: Runtime, ids: list[int], steps: int) -> list[int]:
+    """Greedy on slot 0, sliding as the server does (core/window.py)."""
+    return list(generate_ids(lambda tokens: rt.prefill(0, [tokens])[0],
+                             lambda token, position: rt.decode(np.array([token]), np.array([position]))[0],
+                             argmax, ids, rt.context, steps))
 
 
 def check_greedy(rt: Runtime, model, vocab: int, steps: int = 200) -> Check:
     ids = prompt(min(8, model.config.block_size), vocab, seed=2)
     want = list(generate(model, ids, steps, temperature=0.0))
-    got = ort_greedy(rt, ids, steps, window_keep(model.config.block_size))
+    got = ort_greedy(rt, ids, steps)
     diff = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), None)
     detail = "identical" if diff is None else f"first difference at step {diff}"
     return Check(f"greedy tokens, {steps} steps (mismatches)", float(sum(a != b for a, b in zip(want, got))), 0, detail)
@@ -173,7 +174,7 @@ def verify(art_dir: Path, run: Path) -> list[Check]:
         return checks
     art = load_artifact(art_dir)
     model, config, _ = load_gpt(run)
-    if art.config.model_config != config.to_dict():
+    if art.config.model != config:
         raise UserError(f"{art_dir} was exported from a different model than {run}; pass its --run")
     rt = Runtime(art, device="cpu", threads=1, precision="fp32", slots=4)
     pt, vocab, pad = TorchSteps(model), config.vocab_size, art.config.eos_token_id

@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 
-from serving.errors import run_main
+from core.errors import run_main
 
 
 async def serve(cfg) -> int:
-    from serving.artifact import load_artifact
+    from core.artifact import load_artifact
     from serving.server import Server
 
     artifact = load_artifact(cfg.model)     # hashes first: never serve a torn copy

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 
-from serving.errors import UserError
+from core.errors import UserError
 from serving.logs import Access, request_id
 
 GUARDED = "/shelley.v1.TextGeneration/"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from serving.errors import UserError, run_main
+from core.errors import UserError, run_main
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from serving.errors import UserError
+from core.errors import UserError
 from serving.logs import LOG_FORMATS
 
 DEVICES = ("auto", "cpu", "cuda")

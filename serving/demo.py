@@ -19,9 +19,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from core.errors import UserError, run_main
 from serving import client
-from serving.errors import run_main
-from serving.errors import UserError
 
 
 def free_port() -> int:

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serving.artifact import Artifact
-from serving.errors import InvalidRequest, QueueFull, ShuttingDown
+from core.artifact import Artifact
+from core.errors import InvalidRequest, QueueFull, ShuttingDown
 from serving.runtime import Runtime
-from serving.sampling import (MAX_LOGPROBS, SamplingParams, TextStream, make_rng, sample_batch,
-                              split_stop, token_bytes, token_logprobs)
+from serving.sampling import (MAX_LOGPROBS, SamplingParams, TextStream, make_rng, sample_batch, split_stop,
+                              token_bytes, token_logprobs)
 from serving.slots import SlotTable
 
 log = logging.getLogger("shelley.engine")

@@ -31,9 +31,9 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from core.errors import EngineFailed, InvalidRequest, QueueFull, ShuttingDown, UserError
 from serving import openai_api as oa
 from serving.auth import key_ok, uvicorn_ssl
-from serving.errors import EngineFailed, InvalidRequest, QueueFull, ShuttingDown, UserError
 from serving.logprobs import openai_logprobs
 from serving.logs import Access, request_id
 

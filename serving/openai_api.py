@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from serving.errors import InvalidRequest
+from core.errors import InvalidRequest
 from serving.sampling import SamplingParams
 
 DEFAULT_MAX_TOKENS = 16    # OpenAI's default for completions (gRPC's is 64)

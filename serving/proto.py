@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from serving.errors import UserError
+from core.errors import UserError
 
 _GEN = Path(__file__).resolve().parent / "_gen"
 if not (_GEN / "shelley" / "v1" / "shelley_pb2_grpc.py").is_file():

@@ -14,7 +14,7 @@ between steps, whoever joins or leaves. A prefill binds afresh; decode steps reu
 binding per row count (`DecodeBinding`), writing their small inputs into its buffers.
 `lengths[b]` counts the tokens already in slot b's cache (0 for a free slot, whose row is
 computed and ignored). The graph contract is
-docs/DESIGN.md's "ONNX graph"; the names come from serving/artifact.py.
+docs/DESIGN.md's "ONNX graph"; the names come from core/artifact.py.
 
 The CUDA provider is used only when a GPU is really usable (then the buffers live on the
 GPU and only logits come back); otherwise the CPU, with one log line.
@@ -28,8 +28,8 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import _pybind_state as C
 
-from serving.artifact import INPUT_IDS, LOGITS, POSITION_IDS, SEQLENS, TOTAL_LENGTH, Artifact
-from serving.errors import UserError
+from core.artifact import INPUT_IDS, LOGITS, POSITION_IDS, SEQLENS, TOTAL_LENGTH, Artifact
+from core.errors import UserError
 
 log = logging.getLogger("shelley.runtime")
 CUDA = "CUDAExecutionProvider"

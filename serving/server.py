@@ -28,11 +28,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from core.artifact import Artifact
+from core.errors import EngineFailed, InvalidRequest, QueueFull, ShuttingDown
 from serving import auth
-from serving.artifact import Artifact
 from serving.config import ServeConfig
 from serving.engine import Engine, EngineConfig, Event, Finish, Request, TokenLogprob
-from serving.errors import EngineFailed, InvalidRequest, QueueFull, ShuttingDown
 from serving.http import HttpFront
 from serving.logprobs import TokenTexts
 from serving.logs import Access, request_id

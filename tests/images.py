@@ -12,8 +12,8 @@ Docker engine or an image registry, so it works on a bare Debian CI machine:
   train   the train image's own CMD (make train && make export) trains a tiny model on the
           baked-in corpus and exports it into a mounted directory, as UID 10001
   serve   the serve image's CMD serves that model; from outside: a completion streamed over
-          gRPC, /metrics read; inside: its HEALTHCHECK answers, no torch; the server runs as
-          UID 10001 and exits 0 on SIGTERM
+          gRPC, /metrics read; inside: its HEALTHCHECK answers, `import core` works, no
+          torch; the server runs as UID 10001 and exits 0 on SIGTERM
   rebuild a code-only change to serving/ rebuilds only the serve image's last layers
 Every phase is timed; a failure names its phase and shows the end of its log, and all logs
 stay in reports/image-test/. Not part of `make test`: it needs root and takes minutes.
@@ -277,11 +277,12 @@ def serve_checks(server: subprocess.Popen, name: str, config: dict, env: dict[st
         raise Failure(f"{url}: {generate_ok} Generate OK and {tokens} generated tokens; expected 1 and some")
     print(f"  {url}: 1 Generate OK, {tokens:.0f} generated tokens")
 
-    probe = "import importlib.util as u; print(u.find_spec('torch'), u.find_spec('onnxruntime') is not None)"
+    probe = ("import core, core.artifact, core.tokens, core.window, core.logprobs, importlib.util as u; "
+             "print(u.find_spec('torch'), u.find_spec('onnxruntime') is not None)")
     found = output(container_run(name, ["python", "-c", probe], {}, [])).split()
     if found != ["None", "True"]:
-        raise Failure(f"the serving image should have onnxruntime and no torch; find_spec says {found}")
-    print("  no torch in the serving image; onnxruntime present")
+        raise Failure(f"the serving image should import core and onnxruntime, and have no torch; got {found}")
+    print("  `import core` works in the serving image; no torch; onnxruntime present")
 
     pids = [p for p in descendants(server.pid) if cmdline(p)[-2:] == ["-m", "serving"]
             and not cmdline(p)[0].startswith("buildah")]

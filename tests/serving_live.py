@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from serving.artifact import load_artifact
+from core.artifact import load_artifact
 from serving.config import ServeConfig
 from serving.proto import SERVICE_NAME, pb, pb_grpc
 from serving.server import Server

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from core.errors import UserError
 from serving.auth import key_ok
-from serving.errors import UserError
 from serving.proto import pb, pb_grpc
 from tests.serving_fixtures import cached_artifact
 from tests.serving_live import LiveServer
@@ -148,7 +148,7 @@ def test_keys_never_reach_the_logs_or_help(art, tmp_path):
 
 
 def test_key_file_errors_are_one_line(art, tmp_path):
-    from serving.artifact import load_artifact
+    from core.artifact import load_artifact
     from serving.config import ServeConfig
     from serving.server import Server
 
@@ -243,7 +243,7 @@ def test_mtls_requires_a_client_certificate_on_both_apis(art, pki):
 
 
 def test_a_bad_certificate_is_a_one_line_error(art, pki, tmp_path):
-    from serving.artifact import load_artifact
+    from core.artifact import load_artifact
     from serving.config import ServeConfig
     from serving.server import Server
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from training.model_config import ModelConfig
+from core.model_config import ModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SONNETS = ROOT / "tests" / "data" / "sonnets.txt"

@@ -6,8 +6,8 @@ import tarfile
 import pytest
 import torch
 
+from core.errors import UserError
 from training import data
-from training.cli import UserError
 
 
 def test_local_file_and_folder(tmp_path):

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import run_main
+from core.model_config import ModelConfig
 from training.checkpoint import load_run, save_checkpoint
-from training.cli import run_main
 from training.explain import figures as fig
 from training.explain import introspect as ins
 from training.explain.__main__ import main
 from training.model import build_model
-from training.model_config import ModelConfig
 from training.tokenizer import build_tokenizer, encode
 
 TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\nJULIET:\nAy me.\n"

@@ -9,22 +9,22 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
-from serving.artifact import check_manifest, graph_names, read_json
-from training.checkpoint import load_tokenizer, save_checkpoint
-from training.cli import UserError
-from training.model import build_model
-from training.model_config import ModelConfig
-from training.tokenizer import build_tokenizer, eos_id
-
+from core.artifact import check_manifest, graph_names
+from core.errors import UserError
+from core.files import read_json
+from core.model_config import ModelConfig
 from export.__main__ import main as export_main
-from export.build import check_runnable
-from export.verify import main as verify_main, verify
+from export.onnx_graph import check_runnable
+from export.verify import main as verify_main
+from export.verify import verify
+from training.checkpoint import load_tokenizer, save_checkpoint
+from training.model import build_model
+from training.tokenizer import build_tokenizer, eos_id
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
 
@@ -62,12 +62,14 @@ def test_artifact_files_and_config(art, tiny_run):
         "manifest.json", "model.fp16.onnx", "model.int8.onnx", "model.onnx", "model_config.json", "tokenizer.json"]
     meta = json.loads((art / "model_config.json").read_text())
     inputs, outputs = graph_names(2)
-    assert meta["inputs"] == inputs and meta["outputs"] == outputs
+    derived = meta["derived"]
+    assert derived["inputs"] == inputs and derived["outputs"] == outputs
     assert inputs[:5] == ["input_ids", "position_ids", "seqlens_k", "total_sequence_length", "past_key_values.0.key"]
     assert outputs[:3] == ["logits", "present.0.key", "present.0.value"]
     assert meta["files"] == {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-    assert (meta["opset"], meta["format_version"]) == (17, 2)
-    assert (meta["architecture"], meta["context_length"], meta["window_keep"]) == ("gpt", 32, 24)
+    assert (meta["opset"], meta["format_version"]) == (17, 3)
+    assert (derived["architecture"], derived["context_length"], derived["window_keep"]) == ("gpt", 32, 24)
+    assert meta["model"] == ModelConfig.from_dict(meta["model"]).to_dict()   # embedded whole
     assert meta["eos_token_id"] == eos_id(load_tokenizer(tiny_run))
     assert meta["name"] == tiny_run.name and meta["params"] > 0
     sess = ort.InferenceSession(str(art / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -142,7 +144,7 @@ def test_force_overwrites(tiny_run, tmp_path):
 
 def bad(argv: list[str], capsys) -> str:
     """Run the CLI as `python -m export` would; return its one error line."""
-    from training.cli import run_main
+    from core.errors import run_main
     with pytest.raises(SystemExit) as e:
         run_main(export_main, argv)
     assert e.value.code == 2

@@ -8,16 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from training.checkpoint import load_run, save_checkpoint
-from training.cli import UserError
-from training.model import build_model
-from training.model_config import ModelConfig
-from training.tokenizer import build_tokenizer, encode
-
 from conftest import SONNETS
+
+from core.errors import UserError
+from core.model_config import ModelConfig
 from export.__main__ import main as export_main
 from export.hf import HF_FILES
+from training.checkpoint import load_run, save_checkpoint
+from training.model import build_model
+from training.tokenizer import build_tokenizer, encode
 
 transformers = pytest.importorskip("transformers", reason="the dev extra installs transformers")
 PROMPT = "When I"

@@ -329,8 +329,8 @@ def test_http_port_minus_one_turns_it_off(art):
 
 
 def test_config_flags_for_http_keys_tls_and_logs(tmp_path):
+    from core.errors import UserError
     from serving.config import parse_args
-    from serving.errors import UserError
 
     cfg = parse_args(["--model", "a"], environ={"SHELLEY_HTTP_PORT": "-1", "SHELLEY_LOG_FORMAT": "json",
                                                 "SHELLEY_API_KEY": "s3cret"})
@@ -364,9 +364,9 @@ def test_the_playground_ships_as_package_data():
 def test_a_taken_http_port_is_a_one_line_error(art):
     import asyncio
 
-    from serving.artifact import load_artifact
+    from core.artifact import load_artifact
+    from core.errors import UserError
     from serving.config import ServeConfig
-    from serving.errors import UserError
     from serving.server import Server
 
     with socket.socket() as taken:

@@ -51,7 +51,7 @@ def art(tiny_run, tmp_path_factory):
 
 
 def test_token_texts_spell_lone_bytes_as_openai_does(art):
-    from serving.artifact import load_artifact
+    from core.artifact import load_artifact
     from training.tokenizer import build_tokenizer
 
     tok = load_artifact(art).tokenizer
@@ -65,7 +65,7 @@ def test_token_texts_spell_lone_bytes_as_openai_does(art):
 
 
 def test_openai_logprobs_object_and_offsets(art):
-    from serving.artifact import load_artifact
+    from core.artifact import load_artifact
 
     tok = load_artifact(art).tokenizer
     texts = TokenTexts(tok)

@@ -2,9 +2,10 @@
 import pytest
 import torch
 
+from core.model_config import ModelConfig
+from core.window import window_keep
 from training.generate import generate, logits_to_probs, sample
 from training.model import GPT, Bigram, build_model, count_params
-from training.model_config import ModelConfig, window_keep
 
 
 @pytest.fixture(scope="module")

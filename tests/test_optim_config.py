@@ -5,10 +5,10 @@ import dataclasses
 import pytest
 import torch
 
+from core.model_config import ModelConfig
 from training.config import MODEL_FIELDS, PRESETS, TrainConfig, build_parser, parse_flags, resolve
 from training.data import spread_batches
 from training.model import GPT
-from training.model_config import ModelConfig
 from training.optim import Muon, build_optimizers, lr_factor, orthogonalize, set_lr
 
 

@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
-from serving.errors import UserError
+from core.errors import UserError
 from serving.proto import pb
 from tests.serving_fixtures import cached_artifact
 from tests.serving_live import LiveServer
@@ -203,7 +203,8 @@ def test_health_transitions_and_drain(model):
 
 def test_corrupt_or_incomplete_artifact_is_refused(model, tmp_path):
     import shutil
-    from serving.artifact import load_artifact
+
+    from core.artifact import load_artifact
 
     bad = tmp_path / "art"
     shutil.copytree(model[1], bad)

@@ -3,11 +3,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import SONNETS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from conftest import SONNETS
 from training.tokenizer import EOS, build_tokenizer, decode, encode, encode_documents, eos_id
 
 TEXT = SONNETS.read_text()

@@ -8,11 +8,11 @@ import time
 
 import pytest
 import torch
-
 from conftest import TINY_TRAIN_ARGS
+
+from core.errors import run_main
 from training import train as train_mod
 from training.checkpoint import load_checkpoint, load_run
-from training.cli import run_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

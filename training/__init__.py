@@ -1,5 +1,5 @@
-"""shelley.training: corpus, tokenizer, model, trainer and sampler.
+"""shelley.training: corpus, tokenizer, model, trainer and sampler (torch).
 
-This package's __init__ imports nothing, so `training.model_config` and
-`training.cli` stay importable without torch (the serving image has none).
+What other stages need of a run without torch (the model's shape, file names, errors)
+lives in core/, which this package imports and which imports nothing of it.
 """

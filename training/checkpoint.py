@@ -25,11 +25,13 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from training.cli import UserError, atomic_write
+from core.artifact import TOKENIZER_NAME
+from core.errors import UserError
+from core.files import atomic_write
+from core.model_config import ModelConfig
 from training.model import build_model
-from training.model_config import ModelConfig
 
-CKPT_NAME, LAST_NAME, TOKENIZER_NAME = "ckpt.pt", "last.pt", "tokenizer.json"
+CKPT_NAME, LAST_NAME = "ckpt.pt", "last.pt"
 FORMAT_VERSION = 2   # 2: "optimizer" is a list (Muon + AdamW); 1 held one AdamW state_dict
 
 

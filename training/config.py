@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
-from training.model_config import MODEL_KINDS, ModelConfig
+from core.model_config import MODEL_KINDS, ModelConfig
 
 PRESETS: dict[str, dict] = {
     # ~0.8M parameters; about a minute on 2 CPU cores. The default without a GPU. Muon

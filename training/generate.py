@@ -5,7 +5,8 @@
 
 The prompt is prefilled once; each step then feeds one token and reuses the cache. When
 the context fills up, the newest `window_keep(block_size)` tokens are re-prefilled and
-generation continues, so output can be longer than the context.
+generation continues, so output can be longer than the context: the loop and the rule are
+core/window.py's, shared with export.verify's check of the serving runtime.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from training.model_config import window_keep
+from core.window import generate_ids
 
 
 def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
@@ -60,26 +61,29 @@ def generate(model, prompt_ids: Sequence[int], max_new_tokens: int, temperature:
              top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
              stop_ids: Sequence[int] = ()) -> Iterator[int]:
     """Yield up to `max_new_tokens` ids; stops after yielding a token in `stop_ids`."""
-    block = model.config.block_size
     device = next(model.parameters()).device
     gen = torch.Generator(device=device)
     if seed is None:
         gen.seed()
     else:
         gen.manual_seed(seed)
-    tokens = list(prompt_ids)[-block:] or [0]
-    logits, past = prefill(model, tokens, device)
-    cached = len(tokens)
-    for _ in range(max_new_tokens):
-        next_id = int(sample(logits, temperature, top_k, top_p, gen)[0])
-        yield next_id
-        if next_id in stop_ids:
+    past = None
+
+    def prefill_window(tokens: list[int]) -> torch.Tensor:
+        nonlocal past
+        logits, past = prefill(model, tokens, device)
+        return logits
+
+    def decode_next(token: int, position: int) -> torch.Tensor:
+        nonlocal past
+        logits, past = decode_one_token(model, token, past, device)
+        return logits
+
+    def choose(logits: torch.Tensor) -> int:
+        return int(sample(logits, temperature, top_k, top_p, gen)[0])
+
+    for token in generate_ids(prefill_window, decode_next, choose, list(prompt_ids) or [0],
+                              model.config.block_size, max_new_tokens):
+        yield token
+        if token in stop_ids:
             return
-        tokens.append(next_id)
-        if cached >= block:  # context full: slide the window and re-prefill
-            tokens = tokens[-window_keep(block):]
-            logits, past = prefill(model, tokens, device)
-            cached = len(tokens)
-        else:
-            logits, past = decode_one_token(model, next_id, past, device)
-            cached += 1

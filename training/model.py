@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training.model_config import ModelConfig
+from core.model_config import ModelConfig
 
 KVCache = tuple[tuple[torch.Tensor, torch.Tensor], ...]
 

@@ -8,16 +8,25 @@ import io
 import json
 from pathlib import Path
 
-from training.cli import atomic_write
+from core.files import atomic_write
 
 METRICS, SUMMARY, PLOT = "metrics.jsonl", "summary.json", "loss.png"
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """metrics.jsonl's rows (the one reader: the trainer, explain, the benches); a torn or
+    foreign line is skipped."""
     path = Path(run_dir) / METRICS
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("iter"), (int, float)):
+                rows.append(row)
+    return rows
 
 
 def append_metrics(run_dir: Path, row: dict, upto_iter: int | None = None) -> list[dict]:

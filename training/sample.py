@@ -13,8 +13,8 @@ import sys
 
 import torch
 
+from core.errors import UserError, run_main
 from training.checkpoint import load_run
-from training.cli import UserError, run_main
 from training.generate import generate
 from training.tokenizer import decode, encode
 

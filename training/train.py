@@ -24,19 +24,20 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from core.artifact import TOKENIZER_NAME
+from core.errors import UserError, run_main
+from core.files import atomic_write, ensure_writable_dir
+from core.model_config import ModelConfig
 from training import run_files
-from training.checkpoint import (CKPT_NAME, LAST_NAME, TOKENIZER_NAME, Progress, load_checkpoint,
-                                 load_tokenizer, model_config_of, restore_training_state,
-                                 serialize_checkpoint, training_state)
-from training.cli import UserError, atomic_write, ensure_writable_dir, run_main
+from training.checkpoint import (CKPT_NAME, LAST_NAME, Progress, load_checkpoint, load_tokenizer,
+                                 model_config_of, restore_training_state, serialize_checkpoint,
+                                 training_state)
 from training.config import MODEL_FIELDS, PRESETS, TrainConfig, parse_flags, resolve
 from training.data import get_batch, load_corpus, split_train_val, spread_batches
 from training.generate import generate
 from training.model import build_model, count_params, flops_per_token
-from training.model_config import ModelConfig
 from training.optim import build_optimizers, lr_factor, set_lr
 from training.tokenizer import bits_per_char, build_tokenizer, chars_per_token, decode, encode, encode_documents
-
 
 _IMPORTED = time.monotonic()
 

@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from training.cli import UserError, atomic_write, ensure_writable_dir, run_main
+from core.errors import UserError, run_main
+from core.files import atomic_write, ensure_writable_dir
 
 REPORT_NAME = "index.html"
 

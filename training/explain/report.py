@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from training.cli import UserError
+from core.errors import UserError
+from core.model_config import ModelConfig
 from training.explain import figures as fig
 from training.explain import introspect as ins
 from training.explain import page, sections
-from training.model_config import ModelConfig
 from training.tokenizer import decode, encode, eos_id
 
 

@@ -7,17 +7,16 @@ trained their first GPT and wants to see what it learned.
 """
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from training.cli import UserError
+from core.errors import UserError
 from training.explain import figures as fig
 from training.explain import introspect as ins
 from training.explain.page import colour, esc, gradient_css, img, note, section, tok
+from training.run_files import read_metrics
 
 NO_ATTENTION = ("This run is a <b>bigram</b> model: each next token depends on the current "
                 "token alone, through one lookup table. It has no attention and no layers, so "
@@ -126,21 +125,6 @@ def saliency(a) -> str:
             f'<div class="saliency">{"".join(spans)}</div>'
             f'<div class="scale">less <i style="background:{gradient_css()}"></i> more influence</div>')
     return section("saliency", "4 · Saliency", intro, body)
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """metrics.jsonl rows with an iteration; torn or foreign lines are skipped."""
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("iter"), (int, float)):
-                rows.append(row)
-    return rows
 
 
 def story(cfg, config) -> str:

@@ -1,7 +1,11 @@
-"""Errors the server maps to gRPC status codes (in server.py, one place), plus the CLI's.
+"""The errors every stage raises, and how a command line reports them.
 
-Kept free of grpc (and torch) so the engine, the artifact loader and every stage's command
-line (training.cli imports `UserError` and `run_main` from here) can use them.
+    raise UserError("no model artifact dir at X; export one with ...")   # CLI: one line, exit 2
+    raise InvalidRequest("max_tokens must be between 1 and 1024, got 0", param="max_tokens")
+    run_main(main)                                                        # an entry point's wrapper
+
+The server's front doors turn the request errors into status codes, each protocol in one
+table (serving/grpc_api.py, serving/http.py). No grpc, no torch here.
 """
 from __future__ import annotations
 
@@ -14,15 +18,20 @@ class UserError(Exception):
 
 
 class InvalidRequest(Exception):
-    """A bad field in a request -> INVALID_ARGUMENT; the message names the field and limit."""
+    """A bad field in a request -> INVALID_ARGUMENT / HTTP 400. The message names the field
+    and its limit; `param` is the field's name (OpenAI's `error.param`), None for the body."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 class QueueFull(Exception):
-    """The waiting queue is at --max-queue -> RESOURCE_EXHAUSTED."""
+    """The waiting queue is at --max-queue -> RESOURCE_EXHAUSTED / 429."""
 
 
 class ShuttingDown(Exception):
-    """The server is draining after SIGTERM (or not ready yet) -> UNAVAILABLE."""
+    """The server is loading, draining after SIGTERM, or failed -> UNAVAILABLE / 503."""
 
 
 class EngineFailed(Exception):

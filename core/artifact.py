@@ -1,30 +1,30 @@
 """The model artifact dir: its files, its ONNX names and model_config.json, defined once.
 
     art = load_artifact("artifacts/default")   # UserError (one line) if incomplete/corrupt
-    art.config.context_length, art.onnx_path("int8"), art.tokenizer
+    art.config.context_length, art.onnx_path("int8"), art.tokenizer, art.tokens.text(42)
     inputs, outputs = graph_names(n_layer)      # the graph's I/O names, in order
     write_manifest(art_dir, versions, training) # export: hashes every other file, written last
 
 This module is the contract between `python -m export` (which writes the dir) and the
-server (which reads it), and it is torch-free so the serving image can import it; export
-imports it too. docs/DESIGN.md ("Files between stages", "ONNX graph") describes it.
-manifest.json lists the sha256 and size of every other file; each is checked before the
-server loads anything, so a torn copy or a half-synced volume is refused, not served.
+server (which reads it); docs/DESIGN.md ("Files between stages", "ONNX graph") describes
+it. manifest.json lists the sha256 and size of every other file; each is checked before
+the server loads anything, so a torn copy or a half-synced volume is refused, not served.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
-from serving.errors import UserError
+from core.errors import UserError
+from core.files import atomic_write, read_json, sha256_file
+from core.model_config import ModelConfig
+from core.window import window_keep
 
-FORMAT_VERSION = 2     # 2: the in-place KV cache graph (GroupQueryAttention, slots)
+FORMAT_VERSION = 3     # 3: model_config.json embeds the ModelConfig; 2 copied its fields beside it
 CONFIG_NAME, TOKENIZER_NAME, MANIFEST_NAME = "model_config.json", "tokenizer.json", "manifest.json"
 MODEL_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 PRECISIONS = tuple(MODEL_FILES)
@@ -48,59 +48,50 @@ def graph_names(n_layer: int) -> tuple[list[str], list[str]]:
 
 @dataclass(frozen=True)
 class ArtifactConfig:
-    """model_config.json: what the server needs to run the graph, and the model's card."""
+    """model_config.json: the model (training's ModelConfig, embedded whole), what export
+    added to it, and the facts derived from both (written out too, for readers)."""
     name: str
-    architecture: str
-    vocab_size: int
-    context_length: int        # tokens the model attends to; also the KV buffer's length
-    n_layer: int
-    n_head: int
-    head_dim: int
     params: int
     eos_token_id: int
-    window_keep: int           # tokens kept when generation slides past the context
     opset: int
     files: dict                # precision -> ONNX file name, for the precisions exported
-    inputs: list
-    outputs: list
-    model_config: dict         # training's ModelConfig, for export.verify and the curious
+    model: ModelConfig
     format_version: int = FORMAT_VERSION
 
+    # ---- derived: one owner each (the ModelConfig, graph_names, core/window.py) ----------
+    architecture = property(lambda self: self.model.model)
+    vocab_size = property(lambda self: self.model.vocab_size)
+    context_length = property(lambda self: self.model.block_size)   # also the KV buffer's length
+    n_layer = property(lambda self: self.model.n_layer)
+    n_head = property(lambda self: self.model.n_head)
+    head_dim = property(lambda self: self.model.head_dim)
+    window_keep = property(lambda self: window_keep(self.model.block_size))
+    inputs = property(lambda self: graph_names(self.model.n_layer)[0])
+    outputs = property(lambda self: graph_names(self.model.n_layer)[1])
+
+    DERIVED = ("architecture", "vocab_size", "context_length", "n_layer", "n_head", "head_dim",
+               "window_keep", "inputs", "outputs")
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+        out = dataclasses.asdict(self)
+        out["derived"] = {k: getattr(self, k) for k in self.DERIVED}   # for readers; never read back
+        return json.dumps(out, indent=2) + "\n"
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "ArtifactConfig":
         version = d.get("format_version", 1)
         if version != FORMAT_VERSION:
             raise UserError(f"{where} is artifact format {version}; this shelley reads format "
-                            f"{FORMAT_VERSION} (the in-place KV cache graph); re-run the export")
+                            f"{FORMAT_VERSION}; re-run the export")
         fields = {f.name for f in dataclasses.fields(cls)}
         missing = sorted(fields - set(d) - {"format_version"})
         if missing:
             raise UserError(f"{where} lacks {', '.join(missing)}; re-run the export")
-        return cls(**{k: v for k, v in d.items() if k in fields})
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write via a temp file in the same dir + rename, so a kill never leaves a torn file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a serving pod under another uid must read it
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        try:
+            model = ModelConfig.from_dict(d["model"])
+        except (TypeError, ValueError, AttributeError) as e:
+            raise UserError(f"{where}: its model is not a valid ModelConfig ({e}); re-run the export") from None
+        return cls(**{**{k: v for k, v in d.items() if k in fields}, "model": model})
 
 
 def write_manifest(art: Path, versions: dict, training: dict) -> dict:
@@ -127,14 +118,8 @@ def check_manifest(art: Path, manifest: dict) -> list[str]:
     return problems
 
 
-def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is unreadable or not JSON ({type(e).__name__}); re-run the export") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} is not a JSON object; re-run the export")
-    return data
+def read_config(art: Path) -> ArtifactConfig:
+    return ArtifactConfig.from_dict(read_json(Path(art) / CONFIG_NAME), f"{art}/{CONFIG_NAME}")
 
 
 @dataclass
@@ -143,6 +128,12 @@ class Artifact:
     config: ArtifactConfig
     manifest: dict
     tokenizer: object     # tokenizers.Tokenizer
+
+    @cached_property
+    def tokens(self):
+        """The vocabulary as bytes and texts (core/tokens.py), built once for every user."""
+        from core.tokens import TokenTable
+        return TokenTable(self.tokenizer)
 
     def onnx_path(self, precision: str = "fp32") -> Path:
         name = self.config.files.get(precision)
@@ -169,7 +160,7 @@ def load_artifact(path: str | Path) -> Artifact:
     if problems:
         raise UserError(f"artifact {path} is corrupt or incomplete ({problems[0]}); "
                         f"copy it again or re-run the export")
-    config = ArtifactConfig.from_dict(read_json(path / CONFIG_NAME), f"{path}/{CONFIG_NAME}")
+    config = read_config(path)
     unlisted = [f for f in config.files.values() if f not in listed]
     if unlisted:
         raise UserError(f"artifact {path}: {', '.join(unlisted)} not in manifest.json; re-run the export")

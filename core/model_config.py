@@ -1,7 +1,10 @@
 """The model's shape: one stdlib dataclass shared by every stage.
 
-Training writes it into `ckpt.pt`, export copies it into `model_config.json`, and the
-server reads it back from there. It must never import torch.
+    mc = ModelConfig(vocab_size=2000, block_size=64, n_layer=4, n_head=4, n_embd=128)
+    mc.head_dim, mc.to_dict(), ModelConfig.from_dict(d)
+
+Training writes it into `ckpt.pt`, export embeds it in the artifact's `model_config.json`
+(core/artifact.py), and the server reads it back from there. It must never import torch.
 """
 from __future__ import annotations
 
@@ -47,12 +50,3 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
-
-def window_keep(block_size: int) -> int:
-    """Tokens kept when generation fills the context: the newest three quarters.
-
-    Generation may run past the context: when the cache holds `block_size` tokens, the
-    newest `window_keep` are re-prefilled (positions restart at 0) and decoding goes on.
-    Sampling, export's checks and the server all slide the same way.
-    """
-    return max(1, (3 * block_size) // 4)
