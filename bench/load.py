@@ -71,15 +71,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(art: Path, extra: list[str], http_port: int = -1) -> tuple[subprocess.Popen, str, int]:
-    """(process, gRPC target, metrics port) once health says SERVING; HTTP on http_port (-1 = off)."""
+def start_server(art: Path, extra: list[str], http_port: int = -1,
+                 tree: Path | None = None) -> tuple[subprocess.Popen, str, int]:
+    """(process, gRPC target, metrics port) once health says SERVING; HTTP on http_port (-1 = off).
+    `tree`: serve from that source tree (bench/ab.py) instead of this one."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     port, metrics = free_port(), free_port()
+    env = {**os.environ, "PYTHONPATH": str(tree)} if tree else None
     proc = subprocess.Popen([sys.executable, "-m", "serving", "--model", str(art), "--host", "127.0.0.1",
                              "--port", str(port), "--metrics-port", str(metrics), "--http-port", str(http_port),
-                             "--log-level", "warning", *extra])
+                             "--log-level", "warning", *extra], cwd=tree, env=env)
     target = f"127.0.0.1:{port}"
     with grpc.insecure_channel(target) as ch:
         stub = health_pb2_grpc.HealthStub(ch)

@@ -27,7 +27,6 @@ from core.window import window_keep
 FORMAT_VERSION = 3     # 3: model_config.json embeds the ModelConfig; 2 copied its fields beside it
 CONFIG_NAME, TOKENIZER_NAME, MANIFEST_NAME = "model_config.json", "tokenizer.json", "manifest.json"
 MODEL_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-PRECISIONS = tuple(MODEL_FILES)
 
 # ONNX input/output names. Hugging Face's where the meaning is theirs; ONNX Runtime's
 # GroupQueryAttention names for the per-row lengths, which have no HF counterpart.

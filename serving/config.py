@@ -12,11 +12,11 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from core.artifact import MODEL_FILES
 from core.errors import UserError
 from serving.logs import LOG_FORMATS
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "fp16", "int8")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -49,8 +49,8 @@ class ServeConfig:
             raise UserError("no model: pass --model ARTIFACT_DIR (or set SHELLEY_MODEL)")
         if self.device not in DEVICES:
             raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision not in MODEL_FILES:
+            raise UserError(f"--precision must be one of {', '.join(MODEL_FILES)}, got {self.precision!r}")
         if self.log_level not in LOG_LEVELS:
             raise UserError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.log_format not in LOG_FORMATS:

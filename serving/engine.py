@@ -5,15 +5,22 @@
     req = engine.submit("ROMEO:", SamplingParams(...), sink)   # InvalidRequest / QueueFull
     ... publish([(req, Event), ...]) is called from the engine thread ...
     req.cancel()                                                # leaves at the next step
+    engine.stop()                                               # every request still here ends
+
+Threads: `submit` runs on the caller's thread (the server's event loop); it validates,
+encodes and hands the request over through the inbox queue, and touches nothing else.
+Everything else (the slot table, the requests' progress, the outbox) belongs to the engine
+thread. The one field the front end writes afterwards is `Request.cancelled`, a flag the
+engine reads at its next step.
 
 A request owns one slot of the KV cache (serving/slots.py) from admission to finish.
 Joining is prefilling its prompt into its slot (newcomers in adjacent slots share one
 call); leaving frees the slot; no other row's cache is ever touched. Each step decodes one
 token for rows [0, rows) in one ONNX Runtime call and samples them together
-(serving/sampling.py). A row whose cache reaches the context re-prefills its newest
-`window_keep` tokens into its own slot and goes on, exactly like training/generate.py.
-`check_stop` is the one place a request's end is decided. If the loop dies, every request
-ends with an error at once and `on_crash` tells the server, which stops serving.
+(serving/sampling.py). A row whose cache is full re-prefills its newest tokens into its
+own slot and goes on (core/window.py, the rule every runtime slides by). `check_stop` is
+the one place a request's end is decided. If the loop dies, every request ends with an
+error at once and `on_crash` tells the server, which stops serving.
 """
 from __future__ import annotations
 
@@ -28,14 +35,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.artifact import Artifact
-from core.errors import InvalidRequest, QueueFull, ShuttingDown
+from core.errors import InvalidRequest, QueueFull
+from core.logprobs import token_logprobs
+from core.tokens import TextStream
+from core.window import refill
 from serving.runtime import Runtime
-from serving.sampling import (MAX_LOGPROBS, SamplingParams, TextStream, make_rng, sample_batch, split_stop,
-                              token_bytes, token_logprobs)
-from serving.slots import SlotTable
+from serving.sampling import MAX_LOGPROBS, SamplingParams, make_rng, sample_batch, split_stop
+from serving.slots import SlotState, SlotTable
 
 log = logging.getLogger("shelley.engine")
 MAX_STOP, MAX_STOP_CHARS = 8, 64
+MAX_INT32 = 2**31 - 1    # top_k's limit: gRPC's int32, and numpy's arrays hold it
 PREFILL_BATCH = 8   # newcomers per step, so running rows wait for one short prefill at most
 
 
@@ -77,15 +87,16 @@ class Request:
     params: SamplingParams
     text: TextStream
     sink: object = None                  # the front end's per-request queue
-    request_id: str = ""
+    # ---- the engine thread's, from the moment the request is in the inbox ----
     ids: list[int] = field(default_factory=list)   # prompt + generated: the window slides over it
     held: str = ""                       # text that may be the start of a stop string
     generated: int = 0
     slot: int = -1
-    cancelled: bool = False
     done: bool = False
     t_submit: float = field(default_factory=time.perf_counter)
     t_last: float = 0.0
+    # ---- the front end's: set once, read by the engine at its next step ----
+    cancelled: bool = False
 
     def __post_init__(self):
         self.ids = list(self.prompt_ids)
@@ -96,7 +107,7 @@ class Request:
         return len(self.prompt_ids)
 
     def cancel(self) -> None:
-        self.cancelled = True            # read by the engine thread at the next step
+        self.cancelled = True
 
 
 def check_stop(req: Request, token: int, eos: int) -> tuple[Finish | None, str]:
@@ -115,73 +126,89 @@ def check_stop(req: Request, token: int, eos: int) -> tuple[Finish | None, str]:
     return None, text
 
 
+def check_text(text: str, param: str) -> None:
+    """Refuse a string that cannot be UTF-8 (JSON may carry a lone surrogate, `"\\ud800"`)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidRequest(f"{param} is not valid Unicode: a lone surrogate U+{ord(text[e.start]):04X} at "
+                             f"character {e.start}; send UTF-8 text (surrogates only in escaped pairs)",
+                             param=param) from None
+
+
 class Engine:
     def __init__(self, artifact: Artifact, config: EngineConfig, runtime: Runtime,
                  publish: Callable[[list[tuple[Request, Event]]], None], metrics=None,
                  on_crash: Callable[[BaseException], None] | None = None):
         self.config, self.rt, self.publish, self.metrics, self.on_crash = config, runtime, publish, metrics, on_crash
         mc = artifact.config
-        self.tok = artifact.tokenizer
-        self.token_bytes = token_bytes(self.tok)
-        self.context, self.keep, self.eos = mc.context_length, mc.window_keep, mc.eos_token_id
-        self.queue: queue.Queue[Request] = queue.Queue(maxsize=config.max_queue)
+        self.tokenizer, self.tokens = artifact.tokenizer, artifact.tokens
+        self.context, self.eos = mc.context_length, mc.eos_token_id
+        self.inbox: queue.Queue[Request] = queue.Queue(maxsize=config.max_queue)   # the hand-over
+        # ---- the engine thread's ----
         self.table = SlotTable(min(config.max_batch, runtime.slots))
+        self.admitting: list[Request] = []    # taken from the inbox, not yet in a slot
         self.outbox: list[tuple[Request, Event]] = []
-        self.unfinished: set[Request] = set()   # submitted, no final event yet (for the drain)
-        self.accepting = True
         self.crashed: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="shelley-engine", daemon=True)
 
-    # ---- called from the server's thread -------------------------------------------------
-    def submit(self, prompt: str, params: SamplingParams, sink=None, request_id: str = "") -> Request:
+    # ---- called from the front end's thread ----------------------------------------------
+    def submit(self, prompt: str, params: SamplingParams, sink=None) -> Request:
         """Validate and queue a request; its events go to `publish` with `req.sink` set."""
-        if not self.accepting:
-            raise ShuttingDown("the server is shutting down; retry on another replica")
         self.validate(params)
-        ids = self.tok.encode(prompt, add_special_tokens=False).ids if prompt else [self.eos]
-        if len(ids) > self.context:
-            raise InvalidRequest(f"prompt is {len(ids)} tokens; the limit is the context length, {self.context}")
-        req = Request(ids, params, TextStream(self.token_bytes), sink, request_id)
-        self.unfinished.add(req)
+        req = Request(self.encode(prompt), params, self.tokens.stream(), sink)
         try:
-            self.queue.put_nowait(req)
+            self.inbox.put_nowait(req)
         except queue.Full:
-            self.unfinished.discard(req)
             raise QueueFull(f"queue is full ({self.config.max_queue} waiting); retry later") from None
         if self.metrics:
-            self.metrics.waiting.set(self.queue.qsize())
+            self.metrics.waiting.set(self.inbox.qsize())
         return req
+
+    def encode(self, prompt: str) -> list[int]:
+        """The prompt's token ids (an empty prompt starts from end-of-text), within the context."""
+        check_text(prompt, "prompt")
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else [self.eos]
+        if len(ids) > self.context:
+            raise InvalidRequest(f"prompt is {len(ids)} tokens; the limit is the context length, {self.context}",
+                                 param="prompt")
+        return ids
 
     def validate(self, p: SamplingParams) -> None:
         limit = self.config.max_new_tokens
         if not 1 <= p.max_tokens <= limit:
-            raise InvalidRequest(f"max_tokens must be between 1 and {limit}, got {p.max_tokens}")
+            raise InvalidRequest(f"max_tokens must be between 1 and {limit}, got {p.max_tokens}", param="max_tokens")
         if not p.temperature >= 0:
-            raise InvalidRequest(f"temperature must be >= 0, got {p.temperature}")
+            raise InvalidRequest(f"temperature must be >= 0, got {p.temperature}", param="temperature")
         if not 0 < p.top_p <= 1:
-            raise InvalidRequest(f"top_p must be in (0, 1], got {p.top_p}")
-        if p.top_k < 0:
-            raise InvalidRequest(f"top_k must be >= 0, got {p.top_k}")
+            raise InvalidRequest(f"top_p must be in (0, 1], got {p.top_p}", param="top_p")
+        if not 0 <= p.top_k <= MAX_INT32:
+            raise InvalidRequest(f"top_k must be between 0 and {MAX_INT32} (0 = off), got {p.top_k}", param="top_k")
         if p.logprobs is not None and not 0 <= p.logprobs <= MAX_LOGPROBS:
-            raise InvalidRequest(f"logprobs must be between 0 and {MAX_LOGPROBS}, got {p.logprobs}")
+            raise InvalidRequest(f"logprobs must be between 0 and {MAX_LOGPROBS}, got {p.logprobs}", param="logprobs")
         if len(p.stop) > MAX_STOP:
-            raise InvalidRequest(f"stop has {len(p.stop)} strings; the limit is {MAX_STOP}")
+            raise InvalidRequest(f"stop has {len(p.stop)} strings; the limit is {MAX_STOP}", param="stop")
         for s in p.stop:
             if not s or len(s) > MAX_STOP_CHARS:
-                raise InvalidRequest(f"stop strings must be 1 to {MAX_STOP_CHARS} characters, got {len(s)}")
-
-    def in_flight(self) -> int:
-        return len(self.unfinished)
+                raise InvalidRequest(f"stop strings must be 1 to {MAX_STOP_CHARS} characters, got {len(s)}",
+                                     param="stop")
+            check_text(s, "stop")
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self.accepting = False
+        """End the loop: every request still waiting or running ends CANCELLED."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+    def abandon(self) -> None:
+        """After the thread has died: end what reached the inbox after its last look (the
+        server stops admitting only once it hears of the crash)."""
+        self._thread.join()
+        self._close(Finish.ERROR)
 
     def warmup(self) -> None:
         """Prefill and decode at batch 1 and 2 (both sessions), so the first request pays no setup."""
@@ -199,39 +226,41 @@ class Engine:
                 self._flush()
         except BaseException as e:  # a bug here must not leave clients hanging, nor look healthy
             log.exception("engine loop crashed; failing every request")
-            self.accepting, self.crashed = False, e
-        reason = Finish.ERROR if self.crashed else Finish.CANCELLED
-        self._drain_queue()
-        for r in list(self.unfinished):
-            self._finish(r, reason)
-        self._flush()
+            self.crashed = e
+        self._close(Finish.ERROR if self.crashed else Finish.CANCELLED)
         if self.crashed and self.on_crash:
             self.on_crash(self.crashed)
 
-    def _drain_queue(self) -> None:
+    def _close(self, reason: Finish) -> None:
+        """End every request still here: waiting in the inbox, being admitted, or in a slot."""
         while True:
             try:
-                self.queue.get_nowait()
+                self.admitting.append(self.inbox.get_nowait())
             except queue.Empty:
-                return
+                break
+        for r in [*self.admitting, *(r for _, r in self.table.active())]:
+            self._finish(r, reason)
+        self.admitting.clear()
+        self._flush()
 
     def _admit(self) -> None:
         """Waiting requests take free slots and are prefilled into them."""
-        incoming: list[Request] = []
         if not self.table.running:
             try:
-                incoming.append(self.queue.get(timeout=0.05))  # idle: sleep until work comes
+                self.admitting.append(self.inbox.get(timeout=0.05))  # idle: sleep until work comes
             except queue.Empty:
                 return
-        while len(incoming) < min(self.table.free, PREFILL_BATCH):
+        while len(self.admitting) < min(self.table.free, PREFILL_BATCH):
             try:
-                incoming.append(self.queue.get_nowait())
+                self.admitting.append(self.inbox.get_nowait())
             except queue.Empty:
                 break
+        if not self.admitting:
+            return
         if self.metrics:
-            self.metrics.waiting.set(self.queue.qsize())
+            self.metrics.waiting.set(self.inbox.qsize())
         now, live = time.perf_counter(), []
-        for r in incoming:
+        for r in self.admitting:
             if self.metrics:
                 self.metrics.queue_wait.observe(now - r.t_submit)
                 self.metrics.prompt_tokens.inc(r.prompt_tokens)
@@ -239,6 +268,7 @@ class Engine:
                 self._finish(r, Finish.CANCELLED)
             else:
                 live.append(r)
+        self.admitting.clear()
         if live:
             self._prefill(self.table.admit(live), [r.ids for r in live])
             self._flush()  # first tokens go out now, not after the next decode step
@@ -247,13 +277,16 @@ class Engine:
         """Prefill each window into its slot (runs of adjacent slots in one call), sample."""
         window_of = dict(zip(slots, windows))
         for first, run in SlotTable.runs(slots):
+            for s in run:
+                self.table.state[s] = SlotState.PREFILLING
             logits = self.rt.prefill(first, [window_of[s] for s in run], self.eos)
             for s in run:
                 self.table.lengths[s] = len(window_of[s])
+                self.table.state[s] = SlotState.GENERATING
             self._sample(run, logits)
 
     def _step(self) -> None:
-        """One decode step for every running row."""
+        """One decode step for every generating row."""
         for s, r in self.table.active():
             if r.cancelled:
                 self._finish(r, Finish.CANCELLED)
@@ -275,15 +308,17 @@ class Engine:
         if self.metrics:
             self.metrics.generated_tokens.inc(len(reqs))
         logprobs = self._logprobs(reqs, logits, tokens)
-        sliding = []
+        sliding, windows = [], []
         for s, r, tok, lp in zip(slots, reqs, tokens.tolist(), logprobs):
             if self._emit(r, tok, lp):
                 continue
             self.table.tokens[s] = tok
-            if self.table.lengths[s] >= self.context:
+            window = refill(r.ids, int(self.table.lengths[s]), self.context)
+            if window is not None:
                 sliding.append(s)
-        if sliding:  # the cache is full: re-prefill the newest window_keep tokens, in place
-            self._prefill(sliding, [self.table.owner[s].ids[-self.keep:] for s in sliding])
+                windows.append(window)
+        if sliding:  # those caches are full: re-prefill each one's window, in place
+            self._prefill(sliding, windows)
 
     def _logprobs(self, reqs: list[Request], logits: np.ndarray, tokens: np.ndarray) -> list:
         want = [i for i, r in enumerate(reqs) if r.params.logprobs is not None]
@@ -320,7 +355,6 @@ class Engine:
         if r.done:
             return
         r.done = True
-        self.unfinished.discard(r)
         if r.slot >= 0 and self.table.owner[r.slot] is r:
             self.table.release(r.slot)
         self.outbox.append((r, Event(text, token_ids or [], reason.value, r.prompt_tokens,

@@ -9,8 +9,11 @@ Starlette app under uvicorn on the gRPC server's event loop, over the same engin
     GET  /v1/models        GET /health (200 SERVING, else 503)        GET / (the playground)
 
 One gate middleware sees every /v1/* request: its request id (`x-request-id` in and out),
-the API key, the metrics and the access line. Errors take OpenAI's shape in one place
-(`_error_of`). A client that disconnects cancels its request: the row is freed at the next step.
+the API key, the metrics and the access line. Exceptions become statuses in one table
+(`STATUS`) and errors take OpenAI's shape in one place (`error_response`), `param` taken from
+the exception. A body over the limit gets its 413 at once; the rest of the upload is then
+read and dropped (bounded), so the client reads the answer instead of a reset connection.
+A client that disconnects cancels its request: the row is freed at the next step.
 """
 from __future__ import annotations
 
@@ -40,23 +43,30 @@ from serving.logs import Access, request_id
 log = logging.getLogger("shelley.http")
 PLAYGROUND = Path(__file__).resolve().parent / "playground"
 MAX_BODY_BYTES = 1 << 20          # as gRPC's message limit
+DISCARD_BYTES, DISCARD_SECONDS = 64 << 20, 10.0   # how much of an oversized upload is read and dropped
 ROUTES = ("POST /v1/completions", "GET /v1/models")
-FIELDS = {"prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "logprobs",
-          "stream", "stream_options", "include_usage", "ignore_eos", *oa.NEUTRAL}
+
+
+class BodyTooLarge(Exception):
+    """A request body over MAX_BODY_BYTES -> 413."""
+
+
+# exception -> (status, OpenAI error type, code); EngineFailed depends on what was sent (_error_of)
+STATUS = {InvalidRequest: (400, "invalid_request_error", None),
+          BodyTooLarge: (413, "invalid_request_error", "request_too_large"),
+          QueueFull: (429, "rate_limit_error", "queue_full"),
+          ShuttingDown: (503, "service_unavailable", "unavailable")}
 
 
 def _error_of(e: Exception) -> tuple[int, str, str | None]:
     """(HTTP status, OpenAI error type, code) of an exception."""
-    if isinstance(e, InvalidRequest):
-        return 400, "invalid_request_error", None
-    if isinstance(e, QueueFull):
-        return 429, "rate_limit_error", "queue_full"
-    if isinstance(e, ShuttingDown):
-        return 503, "service_unavailable", "unavailable"
     if isinstance(e, EngineFailed):   # before any token: safe to retry elsewhere
         return (500, "server_error", None) if e.started else (503, "service_unavailable", "unavailable")
     if isinstance(e, HTTPException):
         return e.status_code, "invalid_request_error", "not_found" if e.status_code == 404 else None
+    for kind, entry in STATUS.items():
+        if isinstance(e, kind):
+            return entry
     log.exception("unexpected error in an HTTP request")
     return 500, "server_error", None
 
@@ -65,9 +75,27 @@ def error_response(e: Exception) -> JSONResponse:
     status, kind, code = _error_of(e)
     message = str(e.detail) if isinstance(e, HTTPException) else \
         f"internal error: {type(e).__name__}" if status == 500 else str(e)
-    word = message.split(" ", 1)[0]   # engine and parser messages name the field first
-    param = word if isinstance(e, InvalidRequest) and word in FIELDS else None
-    return JSONResponse(oa.error_body(message, kind, param, code), status_code=status)
+    body = oa.error_body(message, kind, getattr(e, "param", None), code)
+    return (DiscardingResponse if status == 413 else JSONResponse)(body, status_code=status)
+
+
+class DiscardingResponse(JSONResponse):
+    """Sent whole at once, then the rest of the request body is read and dropped before the
+    response ends: closing a socket with unread data makes the kernel reset the connection,
+    and the client would see the reset instead of the answer."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": [*self.raw_headers, (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": self.body, "more_body": True})
+        read, end = 0, time.monotonic() + DISCARD_SECONDS
+        with contextlib.suppress(asyncio.TimeoutError):
+            while read < DISCARD_BYTES:
+                message = await asyncio.wait_for(receive(), max(0.0, end - time.monotonic()))
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    break
+                read += len(message.get("body", b""))
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _unauthorized() -> JSONResponse:
@@ -170,10 +198,10 @@ class HttpFront:
         return JSONResponse({"status": "SERVING" if ok else "NOT_SERVING"}, status_code=200 if ok else 503)
 
     async def models(self, request: HttpRequest) -> Response:
-        info = self.server.model_info()
+        card = self.server.card
         return JSONResponse({"object": "list", "data": [{
-            "id": self.server.model_name, "object": "model", "created": self.created, "owned_by": "shelley",
-            "context_length": info.context_length, "max_new_tokens": info.max_new_tokens}]})
+            "id": card.name, "object": "model", "created": self.created, "owned_by": "shelley",
+            "context_length": card.context_length, "max_new_tokens": card.max_new_tokens}]})
 
     async def completions(self, request: HttpRequest) -> Response:
         access: Access = request.state.access
@@ -182,7 +210,7 @@ class HttpFront:
             req = self.server.submit(c.prompt, c.params)
         except Exception as e:
             return error_response(e)
-        meta = (access.request_id, self.server.model_name, int(time.time()))
+        meta = (access.request_id, self.server.card.name, int(time.time()))
         if c.stream:
             return StreamingResponse(self._sse(request, req, c, meta), media_type="text/event-stream",
                                      headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
@@ -194,7 +222,7 @@ class HttpFront:
                 lps.extend(ev.logprobs or [])
         finally:
             watch.cancel()
-        lp = openai_logprobs(lps, self.server.texts, 0) if c.params.logprobs is not None else None
+        lp = openai_logprobs(lps, self.server.artifact.tokens, 0) if c.params.logprobs is not None else None
         return JSONResponse(oa.completion(*meta, "".join(text), ev.finish_reason, lp,
                                           oa.usage(ev.prompt_tokens, ev.completion_tokens)))
 
@@ -203,7 +231,7 @@ class HttpFront:
         sent, finished = 0, False
         try:
             async for ev in self.server.events(req, request.state.access):
-                lp = None if ev.logprobs is None else openai_logprobs(ev.logprobs, self.server.texts, sent)
+                lp = None if ev.logprobs is None else openai_logprobs(ev.logprobs, self.server.artifact.tokens, sent)
                 sent += len(ev.text)
                 finished = bool(ev.finish_reason)
                 yield _sse(oa.chunk(*meta, ev.text, ev.finish_reason, lp, c.include_usage))
@@ -227,14 +255,21 @@ def _sse(obj: dict) -> str:
 
 
 async def _json_body(request: HttpRequest):
+    too_large = BodyTooLarge(f"the request body is over the limit of {MAX_BODY_BYTES} bytes; "
+                             "send a shorter prompt")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large   # answered before a byte of it is read
     body = bytearray()
     async for part in request.stream():
         body += part
         if len(body) > MAX_BODY_BYTES:
-            raise InvalidRequest(f"the body is over {MAX_BODY_BYTES} bytes")
+            raise too_large
     try:
         return json.loads(body)
-    except ValueError as e:   # JSONDecodeError, UnicodeDecodeError
+    except RecursionError:
+        raise InvalidRequest("the body is nested too deeply to parse; send a flat JSON object") from None
+    except ValueError as e:   # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
         raise InvalidRequest(f"the body is not valid JSON: {e}") from None
 
 

@@ -47,12 +47,12 @@ def _field(body: dict, name: str, kind: type, default: Any) -> Any:
           bool: isinstance(v, bool), str: isinstance(v, str), dict: isinstance(v, dict)}[kind]
     if not ok:
         noun = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "an object"}[kind]
-        raise InvalidRequest(f"{name} must be {noun}, got {_show(v)}")
+        raise InvalidRequest(f"{name} must be {noun}, got {_show(v)}", param=name)
     if kind is float:
         try:
             return float(v)
         except OverflowError:
-            raise InvalidRequest(f"{name} is out of range, got {_show(v)}") from None
+            raise InvalidRequest(f"{name} is out of range, got {_show(v)}", param=name) from None
     return v
 
 
@@ -61,18 +61,20 @@ def parse_completion(body: Any) -> Completion:
         raise InvalidRequest(f"the body must be a JSON object, got {_show(body)}")
     prompt = body.get("prompt", "")
     if not isinstance(prompt, str):
-        raise InvalidRequest(f"prompt must be a string (one prompt per request), got {_show(prompt)}")
+        raise InvalidRequest(f"prompt must be a string (one prompt per request), got {_show(prompt)}",
+                             param="prompt")
     for name, neutral in NEUTRAL.items():
         if body.get(name) is not None and body[name] not in neutral:
             raise InvalidRequest(f"{name} must be {neutral[0]!r} (or left out): this server does not "
-                                 f"support it, got {_show(body[name])}")
+                                 f"support it, got {_show(body[name])}", param=name)
     stop = body.get("stop")
     stop = () if stop is None else (stop,) if isinstance(stop, str) else stop
     if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
-        raise InvalidRequest(f"stop must be a string or a list of strings, got {_show(body.get('stop'))}")
+        raise InvalidRequest(f"stop must be a string or a list of strings, got {_show(body.get('stop'))}",
+                             param="stop")
     seed = _field(body, "seed", int, None)
     if seed is not None and seed < 0:
-        raise InvalidRequest(f"seed must be a non-negative integer, got {seed}")
+        raise InvalidRequest(f"seed must be a non-negative integer, got {seed}", param="seed")
     params = SamplingParams(
         max_tokens=_field(body, "max_tokens", int, DEFAULT_MAX_TOKENS),
         temperature=_field(body, "temperature", float, 1.0),

@@ -1,8 +1,7 @@
-"""Sampling for a whole batch in numpy, token logprobs, stop strings, incremental text.
+"""Sampling for a whole batch in numpy, and stop strings.
 
     params = SamplingParams(max_tokens=64, temperature=0.8, top_k=40, top_p=0.95, seed=1)
     tokens = sample_batch(logits, [params, ...], [rng, ...])   # (N, V) -> (N,), one row a request
-    lp, top_ids, top_lp = token_logprobs(logits, tokens, k=5)  # before temperature/top-k/top-p
     sent, held, hit = split_stop(text, params.stop)            # hold back a possible stop prefix
 
 Each request owns its RNG and draws exactly one number per sampled token, and every row is
@@ -12,7 +11,6 @@ top-k, then top-p (a token is dropped when the tokens ranked above it already re
 """
 from __future__ import annotations
 
-import codecs
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -70,22 +68,6 @@ def sample_batch(logits: np.ndarray, params: Sequence[SamplingParams],
     return tokens
 
 
-def token_logprobs(logits: np.ndarray, chosen: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Log-probabilities of the model's distribution (raw logits: before temperature, top-k
-    and top-p): (logprob of `chosen` (N,), top-k ids (N, k), their logprobs (N, k)), the
-    top ids in descending order of logprob."""
-    x = logits.astype(np.float64)
-    shifted = x - x.max(axis=1, keepdims=True)
-    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    rows = np.arange(len(x))
-    chosen_lp = logp[rows, chosen]
-    if k <= 0:
-        return chosen_lp, np.zeros((len(x), 0), np.int64), np.zeros((len(x), 0))
-    top = np.argpartition(-logp, k - 1, axis=1)[:, :k]
-    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(logp, top, 1), axis=1, kind="stable"), 1)
-    return chosen_lp, top, np.take_along_axis(logp, top, 1)
-
-
 def split_stop(text: str, stop: Sequence[str]) -> tuple[str, str, bool]:
     """(text to send, text to hold back, stop hit?) for not-yet-sent text.
 
@@ -103,64 +85,3 @@ def split_stop(text: str, stop: Sequence[str]) -> tuple[str, str, bool]:
         if any(s.startswith(tail) for s in stop):
             return text[:-n], tail, False
     return text, "", False
-
-
-def token_bytes(tokenizer) -> list[bytes]:
-    """Every token id's UTF-8 bytes: what it adds to the text (special tokens: their name).
-
-    Byte-level BPE spells bytes in GPT-2's printable alphabet; the char tokenizer's byte
-    fallback tokens are `<0xNN>`; anything else decodes on its own.
-    """
-    from tokenizers import decoders
-    vocab = tokenizer.get_vocab_size()
-    byte_level = isinstance(tokenizer.decoder, decoders.ByteLevel)
-    if byte_level:
-        from tokenizers.pre_tokenizers import ByteLevel
-        alphabet = ByteLevel.alphabet()
-        unicode_to_byte = {c: b for b, c in enumerate(_gpt2_byte_chars())}
-        assert set(unicode_to_byte) == set(alphabet)
-    specials = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
-    out = []
-    for i in range(vocab):
-        piece = tokenizer.id_to_token(i) or ""
-        if piece in specials:
-            out.append(piece.encode())
-        elif byte_level:
-            out.append(bytes(unicode_to_byte[c] for c in piece))
-        elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
-            out.append(bytes([int(piece[3:5], 16)]))
-        else:
-            out.append(tokenizer.decode([i], skip_special_tokens=False).encode())
-    return out
-
-
-def _gpt2_byte_chars() -> list[str]:
-    """GPT-2's reversible map from the 256 bytes to printable characters, in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = [], 0
-    for b in range(256):
-        if b in printable:
-            chars.append(chr(b))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
-
-
-class TextStream:
-    """Incremental detokenizer: text deltas that never end inside a UTF-8 sequence.
-
-    Feeds each token's bytes to an incremental UTF-8 decoder, which holds an incomplete
-    sequence back until its last byte arrives (and turns bytes that can never complete
-    into U+FFFD). O(1) a token, where decoding a window of ids each step is not.
-    """
-
-    def __init__(self, table: list[bytes]):
-        self.table = table
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def step(self, token_id: int) -> str:
-        return self.decoder.decode(self.table[token_id])
-
-    def flush(self) -> str:
-        return self.decoder.decode(b"", final=True)

@@ -1,4 +1,5 @@
-"""The batch's state: which request owns which slot of the KV cache, and how full it is.
+"""The batch's state: which request owns which slot of the KV cache, what the slot is
+doing, and how full it is.
 
     table = SlotTable(32)
     slots = table.admit([req_a, req_b])     # the lowest free slots, e.g. [0, 1]
@@ -10,16 +11,26 @@
 A request owns one slot from admission to finish; nothing ever moves between slots.
 Taking the lowest free slot keeps the owned slots packed at the front, so a decode step
 runs over rows [0, rows) with few free rows inside (their rows are computed and ignored).
-`lengths[s]` counts the tokens in slot s's cache; `tokens[s]` is the token it feeds next.
+`lengths[s]` counts the tokens in slot s's cache; `tokens[s]` is the token it feeds next;
+`state[s]` says where its request is (llama.cpp's server names its slots' states the same way).
 """
 from __future__ import annotations
 
+import enum
+
 import numpy as np
+
+
+class SlotState(enum.Enum):
+    IDLE = "idle"              # free: no request owns it
+    PREFILLING = "prefilling"  # its request's prompt (or a slid window) is going into the cache
+    GENERATING = "generating"  # decoded one token a step with the batch
 
 
 class SlotTable:
     def __init__(self, slots: int):
         self.owner: list = [None] * slots          # slot -> request, or None when free
+        self.state = [SlotState.IDLE] * slots
         self.lengths = np.zeros(slots, np.int64)  # tokens in each slot's cache
         self.tokens = np.zeros(slots, np.int64)   # next token to feed each slot
         self.running = 0                           # owned slots
@@ -47,6 +58,7 @@ class SlotTable:
             raise ValueError(f"{len(requests)} requests for {len(free)} free slots")
         for s, r in zip(free, requests):
             self.owner[s] = r
+            self.state[s] = SlotState.PREFILLING
             self.running += 1
             r.slot = s
             self.lengths[s] = 0
@@ -56,6 +68,7 @@ class SlotTable:
         if self.owner[slot] is not None:
             self.running -= 1
         self.owner[slot] = None
+        self.state[slot] = SlotState.IDLE
         self.lengths[slot] = 0
         self.tokens[slot] = 0
 

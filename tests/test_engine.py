@@ -14,9 +14,11 @@ import grpc
 import numpy as np
 import pytest
 
+from core.logprobs import token_logprobs
+from core.tokens import TextStream
 from serving.engine import Finish, Request, check_stop
 from serving.proto import pb, pb_grpc
-from serving.sampling import SamplingParams, TextStream, make_rng, sample_batch, token_logprobs
+from serving.sampling import SamplingParams, make_rng, sample_batch
 from serving.slots import SlotTable
 from tests.serving_fixtures import cached_artifact
 from tests.serving_live import LiveServer
@@ -134,7 +136,7 @@ def test_a_crashed_engine_fails_requests_at_once_and_stops_serving(art):
 
         def broken(*args):
             raise RuntimeError("injected fault")
-        s.server.runtime.decode = broken
+        s.server.engine.rt.decode = broken
         t0 = time.monotonic()
         codes = []
         for call in calls:

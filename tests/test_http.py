@@ -73,7 +73,7 @@ def test_whole_completion_shape(live, http):
     assert r.status_code == 200
     body = r.json()
     assert set(body) == {"id", "object", "created", "model", "choices", "usage"}
-    assert body["id"] == r.headers["x-request-id"] and body["model"] == live.server.model_name
+    assert body["id"] == r.headers["x-request-id"] and body["model"] == live.server.card.name
     choice = body["choices"][0]
     assert (choice["index"], choice["finish_reason"], choice["logprobs"]) == (0, "length", None)
     assert body["usage"]["completion_tokens"] == 12
@@ -106,7 +106,7 @@ def test_the_openai_client_works_streaming_and_not(live):
 
     client = openai.OpenAI(base_url=f"{live.base}/v1", api_key="none-needed", max_retries=0)
     models = client.models.list()
-    assert [m.id for m in models.data] == [live.server.model_name]
+    assert [m.id for m in models.data] == [live.server.card.name]
     c = client.completions.create(model=models.data[0].id, prompt=PROMPT, max_tokens=10, seed=3, logprobs=2,
                                   extra_body={"ignore_eos": True})
     assert c.choices[0].finish_reason == "length" and c.usage.completion_tokens == 10
@@ -130,7 +130,7 @@ BAD = [
     (dict(prompt="hi", temperature=-0.5), "temperature must be >= 0, got -0.5", "temperature"),
     (dict(prompt="hi", top_p=0.0), "top_p must be in (0, 1], got 0.0", "top_p"),
     (dict(prompt="hi", top_p=1.5), "top_p must be in (0, 1], got 1.5", "top_p"),
-    (dict(prompt="hi", top_k=-1), "top_k must be >= 0, got -1", "top_k"),
+    (dict(prompt="hi", top_k=-1), "top_k must be between 0 and 2147483647 (0 = off), got -1", "top_k"),
     (dict(prompt="hi", logprobs=6), "logprobs must be between 0 and 5, got 6", "logprobs"),
     (dict(prompt="hi", stop=["a"] * 9), "stop has 9 strings; the limit is 8", "stop"),
     (dict(prompt="hi", stop="x" * 65), "stop strings must be 1 to 64 characters, got 65", "stop"),
@@ -181,7 +181,7 @@ def test_body_that_is_not_json_or_too_big(http):
     r = http.post("/v1/completions", content=b"\xff\xfe", headers={"content-type": "application/json"})
     assert r.status_code == 400 and error_of(r)["message"].startswith("the body is not valid JSON")
     r = http.post("/v1/completions", json={"prompt": "x" * (2 << 20)})
-    assert r.status_code == 400 and "over 1048576 bytes" in error_of(r)["message"]
+    assert r.status_code == 413 and "over the limit of 1048576 bytes" in error_of(r)["message"]
 
 
 def test_unknown_fields_are_ignored_and_routes_answer_in_shape(http):

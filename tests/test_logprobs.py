@@ -6,10 +6,11 @@ import asyncio
 import numpy as np
 import pytest
 
+from core.logprobs import token_logprobs
+from core.tokens import TokenTable
 from serving.engine import Event, TokenLogprob
-from serving.logprobs import TokenTexts, openai_logprobs
+from serving.logprobs import openai_logprobs
 from serving.proto import pb
-from serving.sampling import token_logprobs
 from tests.serving_fixtures import cached_artifact
 from tests.serving_live import LiveServer
 
@@ -55,20 +56,20 @@ def test_token_texts_spell_lone_bytes_as_openai_does(art):
     from training.tokenizer import build_tokenizer
 
     tok = load_artifact(art).tokenizer
-    texts = TokenTexts(tok)
+    texts = TokenTable(tok)
     ids = tok.encode("aé", add_special_tokens=False).ids
-    assert [texts(i) for i in ids] == ["a", "bytes:\\xc3", "bytes:\\xa9"]
+    assert [texts.text(i) for i in ids] == ["a", "bytes:\\xc3", "bytes:\\xa9"]
     bpe = build_tokenizer("bpe", ["héllo wörld " * 50], vocab_size=300)
     lone = bpe.token_to_id("Ã")                              # byte 0xC3 in GPT-2's byte alphabet
-    assert TokenTexts(bpe)(lone) == "bytes:\\xc3"
-    assert TokenTexts(bpe)(bpe.token_to_id("h")) == "h"
+    assert TokenTable(bpe).text(lone) == "bytes:\\xc3"
+    assert TokenTable(bpe).text(bpe.token_to_id("h")) == "h"
 
 
 def test_openai_logprobs_object_and_offsets(art):
     from core.artifact import load_artifact
 
     tok = load_artifact(art).tokenizer
-    texts = TokenTexts(tok)
+    texts = TokenTable(tok)
     ids = [tok.token_to_id(c) for c in "ab\n"]
     entries = [TokenLogprob(i, -0.5 * n, [(ids[0], -0.1), (ids[1], -0.2)]) for n, i in enumerate(ids)]
     obj = openai_logprobs(entries, texts, offset=4)
@@ -126,7 +127,7 @@ def test_grpc_logprobs_one_per_token_before_temperature(live):
         tops = [t.logprob for t in e.top]
         assert len(tops) == 3 and tops == sorted(tops, reverse=True) and e.logprob <= 0
         assert (e.top[0].token_id, e.top[0].logprob) == (e.token_id, e.logprob)   # greedy: the argmax
-        assert e.token == live.server.texts(e.token_id)
+        assert e.token == live.server.artifact.tokens.text(e.token_id)
     # The first token's distribution is the model's, whatever the temperature and top-k
     hot = list(live.stub.Generate(pb.GenerateRequest(prompt=PROMPT, max_tokens=1, temperature=1.7, top_k=2,
                                                      seed=1, logprobs=3), timeout=30))

@@ -63,7 +63,7 @@ def test_tokens_stream_in_shaded_with_alternatives_on_hover(page, live, tmp_path
     from PIL import Image
 
     page.goto(live.base + "/")
-    page.wait_for_function(f"document.querySelector('#model').textContent.includes({live.server.model_name!r})")
+    page.wait_for_function(f"document.querySelector('#model').textContent.includes({live.server.card.name!r})")
     assert page.locator("#key-box").is_hidden()                 # no key on this server
     page.fill("#prompt", "ROMEO:\nBut, soft! what light")
     page.fill("#max-tokens", "80")

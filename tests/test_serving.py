@@ -82,14 +82,15 @@ def test_stop_sequence_ends_generation_without_sending_it(live):
 
 def test_stream_deltas_never_split_utf8(live):
     """Characters outside the char vocab are spelled as byte tokens; deltas stay whole."""
+    from core.tokens import TokenTable
     from serving.engine import Request, check_stop
-    from serving.sampling import SamplingParams, TextStream, token_bytes
+    from serving.sampling import SamplingParams
 
     tok = live.server.artifact.tokenizer
     word = "é€😀 ok"
     ids = tok.encode(word, add_special_tokens=False).ids
     assert len(ids) > len(word)                           # multi-byte chars became byte tokens
-    r = Request([0], SamplingParams(max_tokens=100), TextStream(token_bytes(tok)))
+    r = Request([0], SamplingParams(max_tokens=100), TokenTable(tok).stream())
     deltas = [check_stop(r, t, eos=-1)[1] for t in ids]
     assert "".join(deltas) == word and "" in deltas and "\ufffd" not in "".join(deltas)
     text, _, _ = live.generate(prompt="naïve café 😀", max_tokens=5, temperature=0.0)

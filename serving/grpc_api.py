@@ -1,0 +1,175 @@
+"""The gRPC front door: a thin TextGeneration servicer over the server's engine.
+
+    pb_grpc.add_TextGenerationServicer_to_server(TextGeneration(server), grpc_server)
+    grpc.aio.server(interceptors=[..., DecodeGuard()])   # undecodable bytes -> INVALID_ARGUMENT
+
+Each RPC hands off to `Server.submit` / `Server.events` in a few lines. Exceptions become
+status codes in one table (`STATUS`, applied by the `rpc` wrapper), which also counts every
+RPC by method and code and writes its access-log line with the request id (the client's
+`x-request-id` metadata, else a new one, sent back in the initial metadata).
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import time
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from core.errors import EngineFailed, InvalidRequest, QueueFull, ShuttingDown
+from core.tokens import TokenTable
+from serving.engine import TokenLogprob
+from serving.logs import Access, request_id
+from serving.proto import pb, pb_grpc
+from serving.sampling import SamplingParams
+
+log = logging.getLogger("shelley.grpc")
+DEFAULT_MAX_TOKENS = 64
+
+# exception -> status code; EngineFailed depends on whether tokens were sent (status_of)
+STATUS = {InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT, QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+          ShuttingDown: grpc.StatusCode.UNAVAILABLE}
+
+
+def status_of(e: Exception) -> tuple[grpc.StatusCode, str]:
+    if isinstance(e, EngineFailed):   # nothing sent yet: safe to retry on another replica
+        return (grpc.StatusCode.INTERNAL if e.started else grpc.StatusCode.UNAVAILABLE), str(e)
+    for kind, code in STATUS.items():
+        if isinstance(e, kind):
+            return code, str(e)
+    log.exception("unexpected error in an RPC")
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}"
+
+
+class Undecodable:
+    """What a request deserializes to when its bytes are not a valid message."""
+
+    def __init__(self, error: str):
+        self.error = error
+
+
+def tolerant(deserialize):
+    """A deserializer that returns Undecodable instead of raising: gRPC would answer a raising
+    one with UNKNOWN, where the client's mistake deserves INVALID_ARGUMENT and a reason."""
+    def parse(data: bytes):
+        try:
+            return deserialize(data)
+        except DecodeError as e:
+            return Undecodable(str(e))
+    return parse
+
+
+class DecodeGuard(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        return handler._replace(request_deserializer=tolerant(handler.request_deserializer))
+
+
+def rpc(fn):
+    """Map exceptions to status codes, record requests_total / request_duration, give the
+    call its request id and write its access line. The handler gets the Access record."""
+    name = fn.__name__
+
+    async def begin(request, context) -> Access:
+        metadata = dict(context.invocation_metadata() or ())
+        access = Access(request_id(metadata.get("x-request-id")), "grpc", name)
+        await context.send_initial_metadata((("x-request-id", access.request_id),))
+        if isinstance(request, Undecodable):
+            raise InvalidRequest(f"the request is not a valid {name} message ({request.error}); "
+                                 "strings must be UTF-8")
+        return access
+
+    def record(self, code: grpc.StatusCode, access: Access | None, t0: float) -> None:
+        self.metrics.requests.labels(rpc=name, code=code.name).inc()
+        self.metrics.duration.labels(rpc=name).observe(time.perf_counter() - t0)
+        if access:
+            access.done(code.name)
+
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def stream(self, request, context):
+            t0, access, code = time.perf_counter(), None, grpc.StatusCode.CANCELLED  # until it ends normally
+            try:
+                access = await begin(request, context)
+                async for item in fn(self, request, context, access):
+                    yield item
+                code = grpc.StatusCode.OK
+            except Exception as e:
+                code, message = status_of(e)
+                await context.abort(code, message)
+            finally:
+                record(self, code, access, t0)
+        return stream
+
+    @functools.wraps(fn)
+    async def unary(self, request, context):
+        t0, access, code = time.perf_counter(), None, grpc.StatusCode.CANCELLED
+        try:
+            access = await begin(request, context)
+            result = await fn(self, request, context, access)
+            code = grpc.StatusCode.OK
+            return result
+        except Exception as e:
+            code, message = status_of(e)
+            await context.abort(code, message)
+        finally:
+            record(self, code, access, t0)
+    return unary
+
+
+def params_of(r: pb.GenerateRequest) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=r.max_tokens if r.HasField("max_tokens") else DEFAULT_MAX_TOKENS,
+        temperature=r.temperature if r.HasField("temperature") else 1.0,
+        top_k=r.top_k, top_p=r.top_p if r.HasField("top_p") else 1.0,
+        seed=r.seed if r.HasField("seed") else None, stop=tuple(r.stop), ignore_eos=r.ignore_eos,
+        logprobs=r.logprobs if r.HasField("logprobs") else None)
+
+
+def pb_logprobs(entries: list[TokenLogprob] | None, tokens: TokenTable) -> list[pb.TokenLogprob]:
+    return [pb.TokenLogprob(token_id=e.token_id, token=tokens.text(e.token_id), logprob=e.logprob,
+                            top=[pb.TopLogprob(token_id=i, token=tokens.text(i), logprob=lp) for i, lp in e.top])
+            for e in entries or []]
+
+
+class TextGeneration(pb_grpc.TextGenerationServicer):
+    def __init__(self, server):
+        self.server, self.metrics, self.tokens = server, server.metrics, server.artifact.tokens
+
+    def _events(self, request: pb.GenerateRequest, access: Access):
+        return self.server.events(self.server.submit(request.prompt, params_of(request)), access)
+
+    @rpc
+    async def Generate(self, request, context, access):
+        async for ev in self._events(request, access):
+            msg = pb.GenerateResponse(text=ev.text, token_ids=ev.token_ids, finish_reason=ev.finish_reason,
+                                      logprobs=pb_logprobs(ev.logprobs, self.tokens))
+            if ev.finish_reason:
+                msg.usage.prompt_tokens, msg.usage.completion_tokens = ev.prompt_tokens, ev.completion_tokens
+            yield msg
+
+    @rpc
+    async def Complete(self, request, context, access):
+        text, ids, lps = [], [], []
+        async for ev in self._events(request, access):
+            text.append(ev.text)
+            ids.extend(ev.token_ids)
+            lps.extend(ev.logprobs or [])
+        return pb.CompleteResponse(text="".join(text), token_ids=ids, finish_reason=ev.finish_reason,
+                                   usage=pb.Usage(prompt_tokens=ev.prompt_tokens,
+                                                  completion_tokens=ev.completion_tokens),
+                                   logprobs=pb_logprobs(lps, self.tokens))
+
+    @rpc
+    async def GetModelInfo(self, request, context, access):
+        card = self.server.card
+        return pb.ModelInfo(
+            name=card.name, architecture=card.architecture, params=card.params, vocab_size=card.vocab_size,
+            context_length=card.context_length, n_layer=card.n_layer, n_head=card.n_head,
+            head_dim=card.head_dim, eos_token_id=card.eos_token_id, window_keep=card.window_keep,
+            provider=card.provider, dtype=card.precision, max_batch=card.max_batch,
+            max_new_tokens=card.max_new_tokens)
