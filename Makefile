@@ -70,11 +70,11 @@ client: proto ## stream a completion from $(TARGET): make client PROMPT="ROMEO:"
 demo: proto ## fresh clone -> train cpu-small -> export -> serve -> stream one completion -> stop
 	$(PY) -m serving.demo --run $(RUN) --art $(ART) $(if $(CORPUS),--corpus $(CORPUS)) --prompt "$(PROMPT)" --train-args "$(TRAIN_ARGS)"
 
-bench-load: proto ## load-test the server against HF generate (needs: pip install -e '.[bench]')
+bench-load: proto ## shelley against llama.cpp's server and HF generate, same weights (pip install -e '.[bench]')
 	$(PY) -m bench.load
 
 bench-soak: proto ## 3 minutes of 48 mixed clients (cancels, deadlines, bad requests); fails on anything unexpected
-	$(PY) -m bench.load --soak 180
+	$(PY) -m bench.soak --seconds 180
 
 test: setup proto ## run the whole test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)

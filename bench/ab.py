@@ -5,9 +5,9 @@ change make serving slower or faster?
     .venv/bin/python bench/ab.py --base v1 --streams 1,32,64 --seconds 40 --rounds 5
 
 `--base` is checked out into a temporary git worktree (stubs generated there with this
-venv's grpc_tools); the other side is this working tree, uncommitted changes included. Each
-tree exports its own random frankenstein-shaped model (the same seed and shape; each reads
-its own artifact format) and serves it from its own `python -m serving` process. Scenarios
+venv's grpc_tools); the other side is this working tree, uncommitted changes included. Both
+serve the bench model's weights (bench/models.py), each exported by the tree's own
+`python -m export` (each reads its own artifact format), from its own `python -m serving`. Scenarios
 (tree x API x streams) take turns in `--rounds` rounds, so a burst of load on a shared
 machine hits both trees alike, and the table gives each scenario's tokens/s, TTFT and
 inter-token p50, and the ratio new / base. Clients (bench/load.py's) run in this process, on
@@ -28,7 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
-from bench.load import TEXT, Tally, free_port, run_sse_streams, run_streams, start_server  # noqa: E402
+from bench.clients import Tally, grpc_streams, openai_streams  # noqa: E402
+from bench.load import free_port, start_server  # noqa: E402
+from bench.models import bench_model  # noqa: E402
 
 
 def checkout(rev: str, where: Path) -> Path:
@@ -40,12 +42,11 @@ def checkout(rev: str, where: Path) -> Path:
     return tree
 
 
-def export_in(tree: Path, out: Path) -> Path:
-    """The tree's own bench.load.random_artifact, run with the tree on the path."""
-    code = f"from pathlib import Path; from bench.load import random_artifact; print(random_artifact(Path({str(out)!r})))"
-    done = subprocess.run([sys.executable, "-c", code], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
-                          check=True, capture_output=True, text=True)
-    return Path(done.stdout.strip().splitlines()[-1])
+def export_in(tree: Path, run: Path, out: Path) -> Path:
+    """The run exported by the tree's own `python -m export`."""
+    subprocess.run([sys.executable, "-m", "export", "--run", str(run), "--out", str(out)], cwd=tree,
+                   env={**os.environ, "PYTHONPATH": str(tree)}, check=True, capture_output=True, text=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,18 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--apis", default="grpc,http")
     p.add_argument("--seconds", type=float, default=24.0, help="per scenario, over all rounds")
     p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--prompt-tokens", type=int, default=64, help="of the model's char tokenizer")
+    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--model", default="trained", choices=("trained", "random"), help="bench/models.py")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--server-args", default="--max-batch 64")
     args = p.parse_args(argv)
     streams, apis = [int(s) for s in args.streams.split(",")], args.apis.split(",")
-    prompt = (TEXT * 4)[: args.prompt_tokens]
+    model = bench_model(args.model)
+    prompts = model.prompts(args.prompt_tokens, 400)
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"base": checkout(args.base, Path(tmp)), "new": ROOT}
         servers = {}
         try:
             for name, tree in trees.items():
-                art = export_in(tree, Path(tmp) / f"art-{name}")
+                art = export_in(tree, model.run, Path(tmp) / f"art-{name}")
                 http = free_port()
                 proc, target, _ = start_server(art, args.server_args.split(), http, tree=tree)
                 servers[name] = (proc, target, f"http://127.0.0.1:{http}")
@@ -79,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                         for name in (trees if r % 2 == 0 else reversed(list(trees))):
                             _, target, base = servers[name]
                             t0 = time.perf_counter()
-                            run = run_streams(target, n, per, prompt, args.new_tokens) if api == "grpc" else \
-                                run_sse_streams(base, n, per, prompt, args.new_tokens)
+                            run = grpc_streams(target, n, per, prompts, args.new_tokens, first=100 * r) \
+                                if api == "grpc" else openai_streams(base, n, per, prompts, args.new_tokens, first=100 * r)
                             tally = asyncio.run(run)
                             key = (name, api, n)
                             tallies.setdefault(key, []).append(tally)
@@ -95,24 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     def merged(key) -> dict:
         t = Tally()
         for x in tallies[key]:
-            t.ttft += x.ttft
-            t.itl += x.itl
-            t.tokens += x.tokens
-            t.requests += x.requests
-            for c, k in x.codes.items():
-                t.codes[c] = t.codes.get(c, 0) + k
+            t.add(x)
         return t.row(walls[key])
 
     print(f"base {args.base} vs this tree; {os.cpu_count()} CPUs; {args.rounds} rounds of "
-          f"{per:.1f} s per scenario; {args.prompt_tokens}-token prompts, greedy, {args.new_tokens} new "
+          f"{per:.1f} s per scenario; model {args.model}; {args.prompt_tokens}-token prompts, greedy, {args.new_tokens} new "
           f"tokens, ignore_eos; server {args.server_args}")
     print(f"{'api':<5} {'streams':>7} | {'base tok/s':>10} {'new tok/s':>10} {'new/base':>8} | "
-          f"{'TTFT p50 ms':>15} | {'ITL p50 ms':>13} | errors")
+          f"{'TTFT p50 ms':>15} | {'gap p50 ms':>13} | errors")
     for api in apis:
         for n in streams:
             b, x = merged(("base", api, n)), merged(("new", api, n))
             print(f"{api:<5} {n:>7} | {b['tok_s']:>10,.0f} {x['tok_s']:>10,.0f} {x['tok_s'] / b['tok_s']:>7.2f}x | "
-                  f"{b['ttft50']:>6.1f} -> {x['ttft50']:>5.1f} | {b['itl50']:>5.2f} -> {x['itl50']:>5.2f} | "
+                  f"{b['ttft50']:>6.1f} -> {x['ttft50']:>5.1f} | {b['gap50']:>5.2f} -> {x['gap50']:>5.2f} | "
                   f"{b['errors']} / {x['errors']}")
     return 0
 

@@ -23,14 +23,15 @@ import asyncio
 import os
 import queue
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from bench.load import TEXT, random_artifact, run_streams, start_server  # noqa: E402
+from bench.clients import grpc_streams, openai_streams  # noqa: E402
+from bench.load import free_port, start_server  # noqa: E402
+from bench.models import bench_model  # noqa: E402
 from core.artifact import Artifact, load_artifact  # noqa: E402
 from serving.engine import Engine, EngineConfig  # noqa: E402
 from serving.runtime import Runtime  # noqa: E402
@@ -59,7 +60,7 @@ def graph(rt: Runtime, n: int, seconds: float, fresh_binding: bool) -> int:
 class InProcess:
     """An Engine on its own runtime, events counted and dropped."""
 
-    def __init__(self, art: Artifact, rt: Runtime):
+    def __init__(self, art: Artifact, rt: Runtime, prompts: list[str]):
         self.tokens, self.finished = 0, queue.Queue()
 
         def publish(batch):
@@ -70,16 +71,20 @@ class InProcess:
         self.engine = Engine(art, EngineConfig(max_batch=64), rt, publish)
         self.engine.warmup()
         self.engine.start()
-        self.prompt = TEXT[:PROMPT_TOKENS]   # the random artifact's tokenizer is char-level
+        self.prompts, self.turn = prompts, 0
+
+    def submit(self, params: SamplingParams) -> None:
+        self.turn += 1
+        self.engine.submit(self.prompts[self.turn % len(self.prompts)], params)
 
     def run(self, n: int, seconds: float) -> int:
         params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
         start, end = self.tokens, time.perf_counter() + seconds
         for _ in range(n):
-            self.engine.submit(self.prompt, params)
+            self.submit(params)
         while time.perf_counter() < end:
             self.finished.get()
-            self.engine.submit(self.prompt, params)
+            self.submit(params)
         done = self.tokens - start
         for _ in range(n):   # let the last ones finish untimed, so rounds do not overlap
             self.finished.get()
@@ -92,24 +97,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=8.0, help="per variant and stream count, over all rounds")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: the server's default)")
-    p.add_argument("--model", help="artifact dir (default: a random frankenstein-shaped model)")
+    p.add_argument("--model", default="trained", choices=("trained", "random"), help="bench/models.py")
     a = p.parse_args(argv)
-    tmp = tempfile.TemporaryDirectory()
-    art_dir = Path(a.model) if a.model else random_artifact(Path(tmp.name))
+    model = bench_model(a.model)
+    art_dir, prompts = model.onnx, model.prompts(PROMPT_TOKENS, 400)
     art = load_artifact(art_dir)
     rts = {spin: Runtime(art, "cpu", a.threads, "fp32", slots=64, spin=spin) for spin in (False, True)}
     graph_rts = {spin: Runtime(art, "cpu", a.threads, "fp32", slots=64, spin=spin) for spin in (False, True)}
-    engines = {spin: InProcess(art, rt) for spin, rt in rts.items()}
+    engines = {spin: InProcess(art, rt, prompts) for spin, rt in rts.items()}
+    http = {spin: free_port() for spin in (False, True)}
     servers = {spin: start_server(art_dir, ["--max-batch", "64", "--threads", str(a.threads),
-                                            "--ort-spin", str(spin).lower()]) for spin in (False, True)}
-    prompt = TEXT[:PROMPT_TOKENS]
+                                            "--ort-spin", str(spin).lower()], http[spin]) for spin in (False, True)}
     variants = {}
     for spin in (False, True):
         variants[("graph, new binding per step", spin)] = lambda n, s, spin=spin: graph(graph_rts[spin], n, s, True)
         variants[("graph", spin)] = lambda n, s, spin=spin: graph(graph_rts[spin], n, s, False)
         variants[("engine", spin)] = lambda n, s, spin=spin: engines[spin].run(n, s)
         variants[("server, gRPC", spin)] = lambda n, s, spin=spin: asyncio.run(
-            run_streams(servers[spin][1], n, s, prompt, NEW_TOKENS)).tokens
+            grpc_streams(servers[spin][1], n, s, prompts, NEW_TOKENS)).tokens
+        variants[("server, HTTP", spin)] = lambda n, s, spin=spin: asyncio.run(
+            openai_streams(f"http://127.0.0.1:{http[spin]}", n, s, prompts, NEW_TOKENS)).tokens
     try:
         print(f"{os.cpu_count()} CPUs, load {' '.join(f'{x:.1f}' for x in os.getloadavg())}; {art.config.n_layer} "
               f"layers, {art.config.n_head * art.config.head_dim} wide; {PROMPT_TOKENS}-token prompts, {NEW_TOKENS} new tokens, greedy; "
@@ -135,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait()
         for e in engines.values():
             e.engine.stop()
-        tmp.cleanup()
     return 0
 
 

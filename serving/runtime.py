@@ -162,7 +162,9 @@ class Runtime:
                 first_slot: int = 0) -> np.ndarray:
         """One graph call on slots [first_slot, first_slot + B): logits (B, T, V) as float32.
 
-        A prefill when T == total (each row from position 0, right-padded), else T must be 1.
+        A prefill when T == total (each row from position 0, right-padded); a decode step when
+        T == 1; otherwise an extension of one row (B == 1): T new tokens after its cached ones,
+        which is all ONNX Runtime's GroupQueryAttention runs with a past and T > 1.
         """
         n = ids.shape[0]
         session = self._session_for(n)
@@ -191,6 +193,19 @@ class Runtime:
         positions = np.broadcast_to(np.arange(width), ids.shape)
         logits = self.forward(ids, positions, lengths - 1, width, first_slot)
         return logits[np.arange(len(prompts)), lengths - 1]
+
+    def extend(self, slot: int, cached: int, tokens: list[int]) -> np.ndarray:
+        """Feed `tokens` to one slot whose cache holds `cached` tokens, in one call: the logits
+        after each of them, (len(tokens), V). The cache keeps them at positions cached.. (a
+        prompt's uncached suffix, or a speculative draft: dropping its rejected tail later is
+        only a shorter length)."""
+        n = len(tokens)
+        if cached < 1 or cached + n > self.context or n < 1:
+            raise ValueError(f"extend needs 1..{self.context} cached + new tokens, got {cached} + {n}")
+        total = cached + n
+        ids = np.asarray([tokens], np.int64)
+        positions = np.arange(cached, total, dtype=np.int64)[None]
+        return self.forward(ids, positions, np.array([total - 1]), total, slot)[0]
 
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One token for each of rows 0..n-1, whose caches hold `lengths` tokens (0 = a free

@@ -1,0 +1,102 @@
+"""The weights every serving benchmark shares, in every runtime's format.
+
+    m = bench_model("trained")     # or "random"; built once, then read from the cache
+    m.run, m.onnx                  # training run dir; ONNX artifact (model.onnx + model.int8.onnx)
+    m.gguf["f32"], m.gguf["q8_0"]  # GGUF files for llama.cpp (export --format gguf)
+    m.prompts(64, count=200)       # distinct held-out prompts of about 64 tokens
+
+Frankenstein's shape (4 layers, 256 wide, context 256) with byte-level BPE 2000: 3.7M
+parameters, the model the issue's figures were taken on. "trained" trains it for a few
+minutes on the default corpus (a model whose greedy text is text, so what speculative
+decoding drafts from is realistic; random weights fall into loops that would flatter it);
+"random" only initialises it (timing depends on the shape alone). Everything is exported by
+the project's own commands, so every server runs the same weights. Kept under
+$SHELLEY_CACHE/bench/ (key: the settings and the artifact format), since training costs
+minutes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.artifact import FORMAT_VERSION
+try:
+    from core.files import cache_dir
+except ImportError:  # TEMP until the gguf branch lands
+    from training.data import cache_dir
+
+SHAPE = ["--n-layer", "4", "--n-head", "4", "--n-embd", "256", "--block-size", "256", "--dropout", "0"]
+TOKENIZER = ["--corpus", "shakespeare", "--tokenizer", "bpe", "--vocab-size", "2000"]
+TRAIN = ["--batch-size", "16", "--max-iters", "300", "--eval-interval", "100", "--eval-iters", "4",
+         "--optimizer", "muon", "--seed", "0", "--sample-tokens", "0", "--device", "cpu"]
+GGUF_TYPES = ("f32", "q8_0")
+
+
+@dataclass
+class BenchModel:
+    run: Path
+    onnx: Path
+    gguf: dict[str, Path]
+
+    def prompts(self, tokens: int, count: int) -> list[str]:
+        """`count` distinct prompts of about `tokens` tokens: consecutive windows of the
+        corpus's validation text (decoded from token windows, so they start mid-sentence)."""
+        from tokenizers import Tokenizer
+
+        from training.data import load_corpus, split_train_val
+        from training.tokenizer import encode_documents
+        tok = Tokenizer.from_file(str(self.run / "tokenizer.json"))
+        _, val = split_train_val(encode_documents(tok, load_corpus("shakespeare")), 256)
+        ids = val.tolist()
+        return [tok.decode(ids[i * tokens:(i + 1) * tokens]) for i in range(count)]
+
+
+def run(cmd: list[str], what: str) -> None:
+    done = subprocess.run([sys.executable, *cmd], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{what} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+
+
+def random_run(out: Path) -> None:
+    """A run dir holding the initial weights (no training), with the same BPE tokenizer."""
+    import torch
+
+    from core.model_config import ModelConfig
+    from training.checkpoint import save_checkpoint
+    from training.data import load_corpus
+    from training.model import GPT
+    from training.tokenizer import build_tokenizer
+    docs = load_corpus("shakespeare")
+    tok = build_tokenizer("bpe", docs, vocab_size=2000)
+    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=4, n_head=4, n_embd=256, block_size=256)
+    torch.manual_seed(0)
+    out.mkdir(parents=True)
+    save_checkpoint(out / "ckpt.pt", {"model_config": cfg.to_dict(), "train_config": {"corpus": "shakespeare"},
+                                      "model": GPT(cfg).state_dict(), "iter": 0, "best_val_loss": 0.0})
+    tok.save(str(out / "tokenizer.json"))
+
+
+def bench_model(kind: str = "trained") -> BenchModel:
+    settings = {"kind": kind, "shape": SHAPE, "tokenizer": TOKENIZER, "train": TRAIN, "format": FORMAT_VERSION}
+    key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]
+    home = cache_dir() / "bench" / f"{kind}-{key}"
+    model = BenchModel(home / "run", home / "onnx", {t: home / f"gguf-{t}" / "model.gguf" for t in GGUF_TYPES})
+    if (home / "done").is_file():
+        return model
+    print(f"bench model ({kind}): building {home} once", file=sys.stderr)
+    if model.run.exists():   # a build that was interrupted: start over
+        subprocess.run(["rm", "-rf", str(home)], check=True)
+    if kind == "trained":
+        run(["-m", "training.train", *SHAPE, *TOKENIZER, *TRAIN, "--out", str(model.run)], "training")
+    else:
+        random_run(model.run)
+    run(["-m", "export", "--run", str(model.run), "--out", str(model.onnx), "--quantize", "int8"], "ONNX export")
+    for t, path in model.gguf.items():
+        run(["-m", "export", "--format", "gguf", "--run", str(model.run), "--out", str(path.parent),
+             "--gguf-type", t], f"GGUF {t} export")
+    (home / "done").write_text(json.dumps(settings) + "\n")
+    return model
