@@ -231,7 +231,7 @@ def table(rows: list[Row], floor: float) -> str:
              f"{'greedy == ORT (tokens of 64, per prompt)':<40}  {'top-1 == ORT':>14}  "
              f"{'max |Δlogprob|':>14}  result"]
     for r in rows:
-        need = "but ~" if r.gguf_type == "f32" else f">= {floor:g}"
+        need = "1 but ~" if r.gguf_type == "f32" else f">= {floor:g}"
         tol = f"<= {F32_LOGPROB_TOL:g}" if r.gguf_type == "f32" else ""
         lines.append(f"{r.tokenizer:<9}  {r.gguf_type:<5}  {r.tokenize:<30}  {r.greedy:<40}  "
                      f"{r.top1:>6.4f} {need:>7}  {r.dlogprob:>6.4f} {tol:>7}  {'ok' if r.ok else 'FAIL'}")

