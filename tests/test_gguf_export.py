@@ -11,14 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SONNETS
+from conftest import SONNETS, untrained_run
 
 from core.errors import UserError
-from core.model_config import ModelConfig
 from export.__main__ import main as export_main
 from export.gguf import GGUF_NAME, MODELFILE_NAME, ChatTemplate, export_gguf, gguf_tensor_names, modelfile_value
-from training.checkpoint import load_run, save_checkpoint
-from training.model import build_model
+from training.checkpoint import load_run
 from training.tokenizer import EOS, build_tokenizer
 
 gguf = pytest.importorskip("gguf", reason="the export extra installs gguf")
@@ -156,18 +154,9 @@ def test_chat_template_goes_into_the_file_and_the_modelfile(tiny_run, tmp_path):
         modelfile_value('three """ quotes')
 
 
-def bpe_run(tmp_path: Path, vocab_size: int = 300) -> tuple[Path, object]:
-    run = tmp_path / "run"
-    run.mkdir()
-    tok = build_tokenizer("bpe", [SONNETS.read_text()], vocab_size=vocab_size)
-    tok.save(str(run / "tokenizer.json"))
-    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), block_size=16, n_layer=1, n_head=2, n_embd=64)
-    save_checkpoint(run / "ckpt.pt", {"model_config": cfg.to_dict(), "model": build_model(cfg).state_dict()})
-    return run, tok
-
-
 def test_bpe_vocabulary_is_gpt2_with_its_merges_and_q8_0_weights(tmp_path):
-    run, tok = bpe_run(tmp_path)
+    tok = build_tokenizer("bpe", [SONNETS.read_text()], vocab_size=300)
+    run = untrained_run(tmp_path / "run", tok, block_size=16, n_layer=1, n_head=2, n_embd=64)
     export_gguf(run, tmp_path / "out", gguf_type="q8_0")
     meta, tensors = fields(tmp_path / "out" / GGUF_NAME)
     spec = json.loads(tok.to_str())
@@ -213,22 +202,14 @@ def test_bad_runs_and_dirs(tiny_run, char_gguf, tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match="cannot write to output dir .*; choose another --out"):
         export_gguf(tiny_run, tmp_path / "file" / "sub")
-    bigram = tmp_path / "bigram"
-    bigram.mkdir()
-    cfg = ModelConfig(vocab_size=10, model="bigram")
-    save_checkpoint(bigram / "ckpt.pt", {"model_config": cfg.to_dict(), "model": build_model(cfg).state_dict()})
-    build_tokenizer("char", ["abcdefghi"]).save(str(bigram / "tokenizer.json"))
+    bigram = untrained_run(tmp_path / "bigram", build_tokenizer("char", ["abc"]), model="bigram")
     with pytest.raises(UserError, match="gpt2 architecture needs a gpt"):
         export_gguf(bigram, tmp_path / "out")
 
 
 def test_char_corpus_with_the_sentencepiece_space_is_refused(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    tok = build_tokenizer("char", [f"a b{SPM_SPACE}c"])
-    tok.save(str(run / "tokenizer.json"))
-    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), block_size=16, n_layer=1, n_head=2, n_embd=16)
-    save_checkpoint(run / "ckpt.pt", {"model_config": cfg.to_dict(), "model": build_model(cfg).state_dict()})
+    run = untrained_run(tmp_path / "run", build_tokenizer("char", [f"a b{SPM_SPACE}c"]),
+                        block_size=16, n_layer=1, n_head=2, n_embd=16)
     with pytest.raises(UserError, match="U\\+2581"):
         export_gguf(run, tmp_path / "out")
 
