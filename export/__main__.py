@@ -3,6 +3,8 @@
     python -m export --run runs/default --out artifacts/default [--dtype fp32|fp16]
                      [--quantize int8] [--opset 17] [--force]
     python -m export --format hf --run runs/default --out hf/default   # transformers' format: export/hf.py
+    python -m export --format gguf --run runs/default --out gguf/default [--gguf-type f32|f16|q8_0]
+                                                      # llama.cpp and Ollama: export/gguf.py
 
 The work is in export/build.py; check the result against PyTorch with
 `python -m export.verify ART --run RUN`.
@@ -16,6 +18,8 @@ from core.errors import run_main
 from export.build import ExportConfig, export_run
 from export.onnx_graph import MAX_OPSET, MIN_OPSET
 
+FORMATS = ("onnx", "hf", "gguf")
+
 
 def parse_args(argv: list[str] | None) -> ExportConfig:
     p = argparse.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0])
@@ -27,8 +31,9 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
                    help="int8 writes model.int8.onnx (int8 MatMul weights, for CPUs) if its quality holds")
     p.add_argument("--opset", type=int, default=17, help=f"ONNX opset ({MIN_OPSET}..{MAX_OPSET})")
     p.add_argument("--force", action="store_true", help="overwrite an existing artifact dir")
-    p.add_argument("--format", choices=("onnx", "hf"), default="onnx",
-                   help="hf: the run in transformers' GPT-2 format instead (takes --run, --out, --force)")
+    p.add_argument("--format", choices=FORMATS, default="onnx",
+                   help="hf: the run in transformers' GPT-2 format instead (takes --run, --out, --force); "
+                        "gguf: one GGUF file and an Ollama Modelfile (also takes --gguf-type f32|f16|q8_0)")
     args = vars(p.parse_args(argv))
     args.pop("format")
     return ExportConfig(**args)
@@ -36,11 +41,14 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
 
 def main(argv: list[str] | None = None) -> int:
     fmt = argparse.ArgumentParser(add_help=False)
-    fmt.add_argument("--format", choices=("onnx", "hf"), default="onnx")
+    fmt.add_argument("--format", choices=FORMATS, default="onnx")
     known, rest = fmt.parse_known_args(argv)
     if known.format == "hf":
         from export.hf import main as export_hf_main
         return export_hf_main(rest)
+    if known.format == "gguf":
+        from export.gguf import main as export_gguf_main
+        return export_gguf_main(rest)
     cfg = parse_args(argv)
     manifest = export_run(cfg)
     out = Path(cfg.out)

@@ -46,3 +46,17 @@ def tiny_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny"
     assert main(TINY_TRAIN_ARGS + ["--out", str(out)]) == 0
     return out
+
+
+def untrained_run(path: Path, tok, **model) -> Path:
+    """A run dir holding an untrained model for tokenizer `tok`: ckpt.pt and tokenizer.json,
+    enough for the exports. `model` sets ModelConfig's fields (vocab_size is the tokenizer's)."""
+    from core.model_config import ModelConfig
+    from training.checkpoint import save_checkpoint
+    from training.model import build_model
+
+    path.mkdir(parents=True)
+    tok.save(str(path / "tokenizer.json"))
+    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), **model)
+    save_checkpoint(path / "ckpt.pt", {"model_config": cfg.to_dict(), "model": build_model(cfg).state_dict()})
+    return path

