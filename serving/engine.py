@@ -42,6 +42,7 @@ from core.window import refill
 from serving.runtime import Runtime
 from serving.sampling import MAX_LOGPROBS, SamplingParams, make_rng, sample_batch, split_stop
 from serving.slots import SlotState, SlotTable
+from serving.speculate import Acceptance, NgramDrafter
 
 log = logging.getLogger("shelley.engine")
 MAX_STOP, MAX_STOP_CHARS = 8, 64
@@ -61,6 +62,7 @@ class EngineConfig:
     max_batch: int = 32
     max_queue: int = 256
     max_new_tokens: int = 1024
+    speculate: int = 4       # draft tokens a lone row may verify per step (0 = off)
 
 
 @dataclass
@@ -95,6 +97,8 @@ class Request:
     done: bool = False
     t_submit: float = field(default_factory=time.perf_counter)
     t_last: float = 0.0
+    drafts: NgramDrafter | None = None   # speculative decoding, made when first running alone
+    acceptance: Acceptance | None = None
     # ---- the front end's: set once, read by the engine at its next step ----
     cancelled: bool = False
 
@@ -294,12 +298,53 @@ class Engine:
         if not n:
             return
         t = self.table
+        if self.config.speculate and t.running == 1 and self._speculate(n - 1, t.owner[n - 1]):
+            return
         logits = self.rt.decode(t.tokens[:n], t.lengths[:n])
         slots = [s for s, _ in t.active()]
         t.lengths[slots] += 1
         if self.metrics:
             self.metrics.batch_size.observe(len(slots))
         self._sample(slots, logits[slots])
+
+    def _speculate(self, s: int, r: Request) -> bool:
+        """A lone row's step with a draft (serving/speculate.py): feed the pending token and
+        up to `speculate` drafted ones in one call, then sample each position as a plain step
+        would (same sampler, same random draw), keeping drafted tokens while they equal the
+        sampled ones. False when there is no draft (a plain step follows)."""
+        if r.drafts is None:
+            r.drafts, r.acceptance = NgramDrafter(), Acceptance()
+        if not r.acceptance.wanted():
+            return False
+        r.drafts.sync(r.ids)
+        cached = int(self.table.lengths[s])
+        room = min(self.context - cached - 1, r.params.max_tokens - r.generated - 1)
+        draft = r.drafts.propose(min(self.config.speculate, room))
+        if not draft:
+            return False
+        fed = [int(self.table.tokens[s]), *draft]
+        logits = self.rt.extend(s, cached, fed)
+        accepted = 0
+        for j in range(len(fed)):
+            tok = int(sample_batch(logits[j:j + 1], [r.params], [r.rng])[0])
+            self.table.lengths[s] = cached + j + 1          # the cache holds fed[:j + 1]
+            if self._emit(r, tok, self._logprobs([r], logits[j:j + 1], np.array([tok]))[0]):
+                break
+            self.table.tokens[s] = tok
+            if j == len(draft) or tok != draft[j]:
+                break
+            accepted += 1
+        r.acceptance.record(len(draft), accepted)
+        if self.metrics:
+            self.metrics.batch_size.observe(1)
+            self.metrics.generated_tokens.inc(j + 1)
+            self.metrics.spec_drafted.inc(len(draft))
+            self.metrics.spec_accepted.inc(accepted)
+        if not r.done:
+            window = refill(r.ids, int(self.table.lengths[s]), self.context)
+            if window is not None:
+                self._prefill([s], [window])
+        return True
 
     def _sample(self, slots: list[int], logits: np.ndarray) -> None:
         """Sample the next token of each slot's request from its logits row; end or go on."""

@@ -29,6 +29,10 @@ class Metrics:
         self.queue_wait = Histogram("shelley_queue_wait_seconds", "submit to admission into the batch",
                                     buckets=LATENCY, registry=r)
         self.batch_size = Histogram("shelley_batch_size", "rows per decode step", buckets=BATCH, registry=r)
+        self.spec_drafted = Counter("shelley_spec_decode_draft_tokens", "tokens drafted for a lone row to verify",
+                                    registry=r)
+        self.spec_accepted = Counter("shelley_spec_decode_accepted_tokens", "drafted tokens the model agreed with",
+                                     registry=r)
         self.running = Gauge("shelley_requests_running", "requests in the batch", registry=r)
         self.waiting = Gauge("shelley_requests_waiting", "requests queued for a batch slot", registry=r)
         self.model = Info("shelley_model", "the model being served", registry=r)

@@ -135,7 +135,7 @@ class Server:
 
         def build() -> Engine:
             runtime = Runtime(self.artifact, c.device, c.threads, c.precision, slots=c.max_batch, spin=c.ort_spin)
-            engine = Engine(self.artifact, EngineConfig(c.max_batch, c.max_queue, c.max_new_tokens),
+            engine = Engine(self.artifact, EngineConfig(c.max_batch, c.max_queue, c.max_new_tokens, c.speculate),
                             runtime, publish, self.metrics, on_crash=crashed)
             t0 = time.perf_counter()
             engine.warmup()
