@@ -16,8 +16,8 @@ biases stay f32. The tokenizer's form is export/gguf_vocab.py's. `make gguf-test
 file in a real llama-server (tests/gguf_check.py).
 
 A chat format (`ChatTemplate`: a Jinja template for `tokenizer.chat_template`, the same format
-as Ollama's Go template, the stop strings) is written only when one is passed; without one the
-Modelfile is plain completion.
+as Ollama's Go template, the stop strings) is written only when one is passed to `export_gguf`;
+without one the Modelfile is plain completion. The command passes none yet (see `main`).
 """
 from __future__ import annotations
 
@@ -112,6 +112,7 @@ def write_gguf(path: Path, state: dict, mc: ModelConfig, vocab, gguf_type: str =
         w.close()
         os.replace(tmp, path)
     finally:
+        w.close()                      # a no-op once closed
         tmp.unlink(missing_ok=True)
 
 
@@ -171,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gguf-type", default="f32", help=f"weights: {', '.join(GGUF_TYPES)} (default f32)")
     p.add_argument("--force", action="store_true", help="overwrite an existing directory")
     args = p.parse_args(argv)
+    # The seam for the chat issue: when a run carries a chat template, read it here and pass
+    # export_gguf(..., chat=ChatTemplate(jinja, ollama, stop)).
     for path in export_gguf(args.run, args.out, args.gguf_type, args.force):
         print(f"{path}  {path.stat().st_size / 1e6:8.2f} MB")
     print(f"run it: llama-server -m {Path(args.out) / GGUF_NAME}")

@@ -72,7 +72,8 @@ def build_dir() -> Path:
 
 def toolchain() -> tuple[str, str]:
     """(cmake, C++ compiler) paths; UserError naming what to install when one is missing."""
-    cmake = shutil.which("cmake")
+    # PATH, else beside this Python: `pip install cmake` puts it in the venv's bin
+    cmake = shutil.which("cmake") or shutil.which("cmake", path=str(Path(sys.executable).parent))
     cxx = os.environ.get("CXX") or next(filter(None, map(shutil.which, ("c++", "g++", "clang++"))), None)
     missing = [name for name, path in (("cmake", cmake), ("a C++ compiler", cxx)) if not path]
     if missing:

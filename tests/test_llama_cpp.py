@@ -34,7 +34,7 @@ def test_a_missing_toolchain_is_named_before_anything_is_downloaded(monkeypatch,
     monkeypatch.setenv("SHELLEY_CACHE", str(tmp_path))
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("CXX", raising=False)
-    with pytest.raises(UserError, match=r"needs cmake .* missing: cmake, a C\+\+ compiler"):
+    with pytest.raises(UserError, match=r"needs cmake .* missing: (cmake, )?a C\+\+ compiler"):
         llama_cpp.llama_server_binary()
     assert not (tmp_path / "llama.cpp" / llama_cpp.SDIST).exists()
 
