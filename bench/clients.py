@@ -68,7 +68,7 @@ async def openai_streams(base: str, n: int, seconds: float, prompts: list[str], 
                 prompt = prompts[next(turns) % len(prompts)]
                 last, got, chunks, finish = time.perf_counter(), False, 0, None
                 try:
-                    async with http.stream("POST", "/v1/completions", json={**body, "prompt": prompt}) as r:
+                    async with _post(http, {**body, "prompt": prompt}) as r:
                         async for line in r.aiter_lines():
                             if not line.startswith("data: {"):
                                 continue
@@ -90,6 +90,29 @@ async def openai_streams(base: str, n: int, seconds: float, prompts: list[str], 
 
     await asyncio.gather(*(client() for _ in range(n)))
     return tally
+
+
+class _post:
+    """`http.stream("POST", ...)` that sends the request again, once, on a new connection
+    when a kept-alive one turns out closed before any answer: llama-server closes a
+    connection after a few requests, which a robust client shrugs off (this is not an error
+    of the server's)."""
+
+    def __init__(self, http, body: dict):
+        self.http, self.body, self.cm = http, body, None
+
+    async def __aenter__(self):
+        import httpx
+        for attempt in (1, 2):
+            self.cm = self.http.stream("POST", "/v1/completions", json=self.body)
+            try:
+                return await self.cm.__aenter__()
+            except httpx.RemoteProtocolError:
+                if attempt == 2:
+                    raise
+
+    async def __aexit__(self, *exc):
+        return await self.cm.__aexit__(*exc)
 
 
 async def grpc_stream_once(stub, req, tally: Tally, timeout: float = 120, cancel_after: int = 0) -> None:

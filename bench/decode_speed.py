@@ -201,7 +201,7 @@ def step_at(rt: Runtime, first: int, tokens: np.ndarray, past: int) -> None:
     starts at slot 0; this is its call with a slot offset). The new token's column is
     rewritten in place each time, so the past stays `past` however often it runs."""
     lengths = np.full(len(tokens), past)
-    rt.forward(tokens[:, None], lengths[:, None], lengths, past + 1, first)
+    rt.forward(tokens[:, None], lengths[:, None], lengths, past + 1, first, rt.session)
 
 
 def run_steps(rt: Runtime, pasts, tokens: np.ndarray, order: np.ndarray) -> np.ndarray:

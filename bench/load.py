@@ -77,7 +77,7 @@ def start_server(art: Path, extra: list[str], http_port: int = -1,
     raise SystemExit("server never became SERVING")
 
 
-@dataclass
+@dataclass(eq=False)
 class Peer:
     name: str            # "shelley-fp32", "llama-q8_0", ...
     label: str           # for the table
@@ -88,18 +88,21 @@ class Peer:
 
 
 def start_peers(names: list[str], model, server_args: list[str], want_grpc: bool) -> list[Peer]:
+    """Peers by name: shelley-fp32, shelley-int8, llama-f32, llama-q8_0; a shelley peer may
+    carry its own flags after '@' (`shelley-fp32@--speculate 0`)."""
     peers = []
-    for name in names:
+    for spec in names:
+        name, _, flags = spec.partition("@")
         kind, precision = name.split("-", 1)
         if kind == "shelley":
             http = free_port()
-            proc, target, _ = start_server(model.onnx, [*server_args, "--precision", precision], http)
+            proc, target, _ = start_server(model.onnx, [*server_args, "--precision", precision, *flags.split()], http)
 
             def stop(proc=proc):
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(60)
-            peers.append(Peer(name, f"shelley {precision}", f"http://127.0.0.1:{http}", proc.pid, stop,
-                              target if want_grpc else ""))
+            peers.append(Peer(name, f"shelley {precision}{' ' + flags if flags else ''}", f"http://127.0.0.1:{http}",
+                              proc.pid, stop, target if want_grpc else ""))
         elif kind == "llama":
             from tests.llama_cpp import LlamaServer, llama_server_binary
             context = 256

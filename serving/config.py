@@ -33,10 +33,11 @@ class ServeConfig:
     max_queue: int = 256
     max_new_tokens: int = 1024         # the largest max_tokens a request may ask for
     speculate: int = 4                 # a lone request verifies up to this many drafted tokens a step; 0 = off
+    message_rate: float = 2000.0       # streamed messages per second, all streams together; 0 = one per step
     drain_seconds: float = 20.0        # SIGTERM grace for running streams
-    threads: int = 0                   # ORT intra-op threads; 0 = ORT's default (1 for a batch of one)
-    ort_spin: bool = False             # ORT's threads spin between kernels: faster where the server has
-                                       # its cores to itself, not where clients share them
+    threads: int = 0                   # cores the runtime uses (a batch is cut into this many single-threaded
+                                       # slices); 0 = every core the process may use (affinity, cgroup quota)
+    ort_spin: bool = False             # the pooled session's threads (one prompt's prefill) spin between kernels
     log_level: str = "info"
     log_format: str = "text"           # "json": every log line one JSON object
     api_key: str = field(default="", repr=False)   # required as `Bearer KEY` by TextGeneration and /v1/*
@@ -56,7 +57,7 @@ class ServeConfig:
             raise UserError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.log_format not in LOG_FORMATS:
             raise UserError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
-        for name, low in (("max_batch", 1), ("max_queue", 1), ("max_new_tokens", 1), ("speculate", 0), ("threads", 0),
+        for name, low in (("max_batch", 1), ("max_queue", 1), ("max_new_tokens", 1), ("speculate", 0), ("message_rate", 0), ("threads", 0),
                           ("port", 0), ("metrics_port", -1), ("http_port", -1), ("drain_seconds", 0)):
             if getattr(self, name) < low:
                 raise UserError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")

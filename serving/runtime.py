@@ -23,6 +23,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -54,6 +59,23 @@ def choose_providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def usable_cores() -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a
+    Kubernetes CPU limit), which the affinity mask does not show."""
+    cores = len(os.sched_getaffinity(0))
+    for path, read in (("/sys/fs/cgroup/cpu.max", lambda t: t.split()[:2]),
+                       ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", lambda t: [t.strip(), Path(
+                           "/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()])):
+        try:
+            quota, period = read(Path(path).read_text())
+        except (OSError, ValueError):
+            continue
+        if quota not in ("max", "-1") and int(period) > 0:
+            return max(1, min(cores, math.ceil(int(quota) / int(period))))
+        break
+    return cores
+
+
 def session_options(threads: int, spin: bool = False) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -62,9 +84,9 @@ def session_options(threads: int, spin: bool = False) -> ort.SessionOptions:
     if threads:
         so.intra_op_num_threads = threads
     so.log_severity_level = 3   # warnings about unused initializers are noise here
-    # Off: spinning pool threads would take the cores the gRPC event loop and the clients
-    # need. It made the graph alone 1.2-1.5x faster at batch 32 on 2 cores, the server with
-    # its clients on the same cores ~1.03x (bench/serving_overhead.py). --ort-spin turns it on.
+    # Off: spinning pool threads would take the cores the event loop and the clients need.
+    # Only the session for a lone prompt's prefill has a pool now (batches are sliced across
+    # single-threaded calls, below); --ort-spin turns it on there.
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return so
 
@@ -108,6 +130,9 @@ class KVCache:
         return self._values[2 * layer].numpy(), self._values[2 * layer + 1].numpy()
 
 
+SLICE_ROWS = 4   # a step of fewer rows runs whole on one thread (slices cost more than they save)
+
+
 class Runtime:
     def __init__(self, artifact: Artifact, device: str = "auto", threads: int = 0,
                  precision: str = "fp32", slots: int = 32, spin: bool = False):
@@ -118,16 +143,18 @@ class Runtime:
         if precision == "fp32" and on_cuda and "fp16" in mc.files:
             precision = "fp16"   # the GPU's file when there is one
         path = artifact.onnx_path(precision)
+        # On the CPU a batch is cut into `workers` slices of adjacent rows, each run by a
+        # single-threaded session on its own thread: one join per step instead of ORT's
+        # fork and join around every operator, which stalls whenever the scheduler lends a
+        # core to the event loop or a client (batch 32 on 2 cores: 1.23x ORT's own two
+        # threads on an idle machine; ORT's threads are even slower than one below 4
+        # rows). The pooled session is for what cannot be sliced: one prompt's prefill.
+        self.workers = 1 if on_cuda else (threads or usable_cores())
         try:
-            self.session = ort.InferenceSession(str(path), session_options(threads, spin), providers=providers)
+            self.session = ort.InferenceSession(str(path), session_options(self.workers, spin), providers=providers)
             self.provider = self.session.get_providers()[0]
-            # --threads 0 on the CPU: a batch of one runs on its own 1-thread session. On a
-            # model this small a second thread only adds hand-off cost at batch 1 (~1.6x
-            # slower, measured), while batches gain from every core. Costs a second copy of
-            # the weights.
-            self.single = None
-            if threads == 0 and self.provider == "CPUExecutionProvider":
-                self.single = ort.InferenceSession(str(path), session_options(1, spin), providers=providers)
+            self.single = self.session if self.workers == 1 else ort.InferenceSession(
+                str(path), session_options(1), providers=providers)
         except Exception as e:  # ORT raises its own types for a bad graph
             raise UserError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from None
         if on_cuda and self.provider != CUDA:
@@ -140,26 +167,37 @@ class Runtime:
         self.dtype = np.float16 if inputs[self.past_names[0]].type == "tensor(float16)" else np.float32
         logits = next(o for o in self.session.get_outputs() if o.name == LOGITS)
         self.logits_dtype = np.float16 if logits.type == "tensor(float16)" else np.float32
-        self._decode_bindings: dict[int, DecodeBinding] = {}
+        self._decode_bindings: dict[tuple[int, int], DecodeBinding] = {}
+        self.pool = ThreadPoolExecutor(self.workers - 1, "shelley-slice") if self.workers > 1 else None
         self.precision = precision
         self.device = "cuda" if self.provider == CUDA else "cpu"
         self._dev = ort.OrtDevice.make(self.device, 0)._get_c_device()
         self._cpu = ort.OrtDevice.make("cpu", 0)._get_c_device()
         self.cache = KVCache(mc.n_layer, slots, mc.n_head, mc.context_length, mc.head_dim,
                              self.dtype, self._dev, self.device == "cuda")
-        log.info("ONNX Runtime %s: %s on %s (%s), KV cache %d slots x %d tokens (%.1f MB)",
-                 ort.__version__, path.name, self.provider, precision, slots, mc.context_length,
+        log.info("ONNX Runtime %s: %s on %s (%s), %d slice thread(s), KV cache %d slots x %d tokens (%.1f MB)",
+                 ort.__version__, path.name, self.provider, precision, self.workers, slots, mc.context_length,
                  2 * mc.n_layer * slots * self.cache.row_bytes / 1e6)
 
     @property
     def slots(self) -> int:
         return self.cache.slots
 
-    def _session_for(self, rows: int) -> ort.InferenceSession:
-        return self.single if self.single is not None and rows == 1 else self.session
+    def slices(self, rows: int) -> list[tuple[int, int]]:
+        """(first row, rows) of each slice a call on rows 0..rows-1 is cut into."""
+        k = 1 if rows < SLICE_ROWS else min(self.workers, rows)
+        bounds = [round(i * rows / k) for i in range(k + 1)]
+        return [(a, b - a) for a, b in zip(bounds, bounds[1:])]
+
+    def _together(self, jobs: list[Callable[[], np.ndarray]]) -> list[np.ndarray]:
+        """Run jobs at once: the first on this thread, the rest on the slice threads."""
+        if len(jobs) == 1:
+            return [jobs[0]()]
+        futures = [self.pool.submit(job) for job in jobs[1:]]
+        return [jobs[0](), *(f.result() for f in futures)]
 
     def forward(self, ids: np.ndarray, positions: np.ndarray, seqlens: np.ndarray, total: int,
-                first_slot: int = 0) -> np.ndarray:
+                first_slot: int = 0, session: ort.InferenceSession | None = None) -> np.ndarray:
         """One graph call on slots [first_slot, first_slot + B): logits (B, T, V) as float32.
 
         A prefill when T == total (each row from position 0, right-padded); a decode step when
@@ -167,7 +205,7 @@ class Runtime:
         which is all ONNX Runtime's GroupQueryAttention runs with a past and T > 1.
         """
         n = ids.shape[0]
-        session = self._session_for(n)
+        session = session or self.single
         io = C.SessionIOBinding(session._sess)
         # numpy inputs are bound by pointer: they must (and do) outlive the run
         feeds = (np.ascontiguousarray(ids, np.int64), np.ascontiguousarray(positions, np.int64),
@@ -182,17 +220,25 @@ class Runtime:
 
     def prefill(self, first_slot: int, prompts: list[list[int]], pad_id: int = 0) -> np.ndarray:
         """Prefill each prompt into its own slot (adjacent slots from first_slot), from
-        position 0, in one right-padded call: each row's last-token logits, (n, V)."""
+        position 0, right-padded: each row's last-token logits, (n, V). One prompt runs on
+        the pooled session; several are sliced like a decode step."""
         lengths = np.array([len(p) for p in prompts])
         if lengths.min() < 1 or lengths.max() > self.context:
             raise ValueError(f"prompt lengths must be 1..{self.context}, got {lengths.tolist()}")
-        width = int(lengths.max())
-        ids = np.full((len(prompts), width), pad_id, np.int64)
-        for i, p in enumerate(prompts):
-            ids[i, : len(p)] = p
-        positions = np.broadcast_to(np.arange(width), ids.shape)
-        logits = self.forward(ids, positions, lengths - 1, width, first_slot)
-        return logits[np.arange(len(prompts)), lengths - 1]
+
+        def run(first: int, rows: int, session=None) -> np.ndarray:
+            part, width = prompts[first:first + rows], int(lengths[first:first + rows].max())
+            ids = np.full((rows, width), pad_id, np.int64)
+            for i, p in enumerate(part):
+                ids[i, : len(p)] = p
+            positions = np.broadcast_to(np.arange(width), ids.shape)
+            last = lengths[first:first + rows] - 1
+            return self.forward(ids, positions, last, width, first_slot + first, session)[np.arange(rows), last]
+
+        if len(prompts) == 1:
+            return run(0, 1, self.session)
+        parts = self.slices(len(prompts)) if len(prompts) >= 2 else [(0, len(prompts))]
+        return np.concatenate(self._together([lambda f=f, r=r: run(f, r) for f, r in parts]))
 
     def extend(self, slot: int, cached: int, tokens: list[int]) -> np.ndarray:
         """Feed `tokens` to one slot whose cache holds `cached` tokens, in one call: the logits
@@ -214,30 +260,36 @@ class Runtime:
         total = int(lengths.max()) + 1
         if total > self.context:
             raise ValueError(f"a row's cache is full ({self.context} tokens); slide it first")
-        # total >= 2 keeps a decode from reading as a prefill (T == total) even when every
-        # row is a free slot of length 0.
-        b = self._decode_binding(len(lengths))
-        b.ids[:, 0], b.positions[:, 0], b.seqlens[:] = tokens, lengths, lengths
-        b.total[...] = max(total, 2)
-        b.session._sess.run_with_iobinding(b.io, None)
-        return b.logits[:, 0].astype(np.float32)   # a copy: the buffer is the next step's too
 
-    def _decode_binding(self, rows: int) -> "DecodeBinding":
-        """The decode call on rows 0..rows-1, bound once and reused: every input and the
-        logits live in buffers bound by pointer, so a step writes its four small inputs in
+        def run(first: int, rows: int) -> np.ndarray:
+            b = self._decode_binding(first, rows)
+            last = slice(first, first + rows)
+            b.ids[:, 0], b.positions[:, 0], b.seqlens[:] = tokens[last], lengths[last], lengths[last]
+            # total >= 2 keeps a decode from reading as a prefill (T == total) even when every
+            # row is a free slot of length 0.
+            b.total[...] = max(int(lengths[last].max()) + 1, 2)
+            b.session._sess.run_with_iobinding(b.io, None)
+            return b.logits[:, 0]
+
+        parts = self._together([lambda f=f, r=r: run(f, r) for f, r in self.slices(len(lengths))])
+        return np.concatenate(parts).astype(np.float32)   # a copy: the buffers are the next step's too
+
+    def _decode_binding(self, first: int, rows: int) -> "DecodeBinding":
+        """The decode call on rows first..first+rows-1, bound once and reused: every input and
+        the logits live in buffers bound by pointer, so a step writes its four small inputs in
         place and runs. Binding afresh every step cost 10-20% of a batch-1 step (measured
         interleaved, same process)."""
-        b = self._decode_bindings.get(rows)
+        b = self._decode_bindings.get((first, rows))
         if b is None:
-            b = self._decode_bindings[rows] = DecodeBinding(self, rows)
+            b = self._decode_bindings[first, rows] = DecodeBinding(self, first, rows)
         return b
 
 
 class DecodeBinding:
-    """One IOBinding for decode steps on rows 0..rows-1, with its own input and output buffers."""
+    """One IOBinding for decode steps on rows first..first+rows-1, with its own buffers."""
 
-    def __init__(self, rt: Runtime, rows: int):
-        self.session = rt._session_for(rows)
+    def __init__(self, rt: Runtime, first: int, rows: int):
+        self.session = rt.single
         self.io = C.SessionIOBinding(self.session._sess)
         self.ids = np.zeros((rows, 1), np.int64)
         self.positions = np.zeros((rows, 1), np.int64)
@@ -248,4 +300,4 @@ class DecodeBinding:
             self.io.bind_input(name, rt._cpu, a.dtype, list(a.shape), a.ctypes.data)
         self.logits = np.zeros((rows, 1, rt.vocab), rt.logits_dtype)
         self.io.bind_output(LOGITS, rt._cpu, self.logits.dtype, list(self.logits.shape), self.logits.ctypes.data)
-        rt.cache.bind(self.io, rt.past_names, rt.present_names, 0, rows)
+        rt.cache.bind(self.io, rt.past_names, rt.present_names, first, rows)

@@ -174,14 +174,23 @@ class Server:
                 self.in_flight -= 1
 
     async def events(self, req: Request, access: Access):
-        """The request's events; those already waiting are merged into one, so a client that
-        falls behind gets fewer, larger messages instead of a growing backlog. Leaving early
-        (client gone, deadline) cancels the request: its row is freed at the next step."""
+        """The request's events, paced: the first token goes at once, and after it a stream
+        sends at most one message per `in_flight / --message-rate` seconds, merging the
+        events that came meanwhile (a lone stream: every half millisecond at the default;
+        32 streams: every 16 ms). Each message costs the server and the client the same
+        whatever it carries, and with many streams those costs would take the cores the
+        model needs. Leaving early (client gone, deadline) cancels the request: its row is
+        freed at the next step."""
         access.prompt_tokens = req.prompt_tokens
-        sent = 0
+        rate, loop = self.config.message_rate, asyncio.get_running_loop()
+        sent, last = 0, 0.0
         try:
             while True:
                 ev: Event = await req.sink.get()
+                if sent and rate and not ev.finish_reason:
+                    wait = last + self.in_flight / rate - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
                 while not ev.finish_reason and not req.sink.empty():
                     ev = merge(ev, req.sink.get_nowait())
                 if ev.finish_reason == Finish.ERROR:
@@ -189,6 +198,7 @@ class Server:
                 access.saw(ev)
                 sent += len(ev.token_ids)
                 yield ev
+                last = loop.time()
                 if ev.finish_reason:
                     return
         finally:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -99,7 +100,8 @@ def test_events_merge_logprobs_when_the_client_falls_behind():
             req.sink.put_nowait(Event(str(i), [i], logprobs=lp(i)))
         req.sink.put_nowait(Event("", [], "stop", 3, 4, logprobs=[]))   # the end-of-text token: no entry
         access = Access("id", "grpc", "Generate")
-        got = [ev async for ev in Server.events(None, req, access)]
+        server = SimpleNamespace(config=SimpleNamespace(message_rate=0), in_flight=1)   # pacing off
+        got = [ev async for ev in Server.events(server, req, access)]
         return got, access, req
 
     got, access, req = asyncio.run(run())
