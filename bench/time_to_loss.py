@@ -9,9 +9,10 @@ Per corpus, in one run:
    time runs from that process's start to its final evaluation (iteration 2000); the target
    is its final model's bits per character on the whole validation text.
 2. ours is `python -m training.train --corpus C --out DIR` and nothing else (the default
-   preset with its own evaluations), run twice: with an empty tokenized-corpus cache (what a
-   first run on a corpus pays: reading it, training the tokenizer, encoding) and again with
-   the cache warm. Its time runs from the process's start until its first evaluation at or
+   preset with its own evaluations), run with an empty tokenized-corpus cache (what a first
+   run on a corpus pays: reading it, training the tokenizer, encoding), again with the cache
+   warm, and (--fp32-row, on by default) warm with `--precision fp32`, since the default
+   uses bf16 autocast only where the CPU has it. Its time runs from the process's start until its first evaluation at or
    below the target (metrics.jsonl's wall_s: seconds since the process started when that
    evaluation's loss was known), evaluations and checkpoints included.
 Both count bits per character on the same validation text (the last 10% of the corpus's
@@ -92,10 +93,12 @@ def reference(corpus: str, repeat: int, work: Path, args) -> Result:
     return result
 
 
-def ours(corpus: str, repeat: int, work: Path, cache: Path, warm: bool, args) -> Result:
+def ours(corpus: str, repeat: int, work: Path, cache: Path, warm: bool, args, precision: str | None = None) -> Result:
     """One `python -m training.train` run; `cache` is its SHELLEY_CACHE (emptied of tokenized
     corpora unless warm; downloads linked in so nothing is fetched during the timing)."""
-    out = work / f"ours-{'warm' if warm else 'cold'}-{repeat}"
+    precision = precision or args.precision
+    label = f"{'warm' if warm else 'cold'} cache{', ' + precision if precision else ''}"
+    out = work / f"ours-{label.replace(' ', '-').replace(',', '')}-{repeat}"
     shutil.rmtree(out, ignore_errors=True)
     if not warm:
         shutil.rmtree(cache / "tokenized", ignore_errors=True)
@@ -103,9 +106,9 @@ def ours(corpus: str, repeat: int, work: Path, cache: Path, warm: bool, args) ->
     if args.fraction < 1:
         flags += ["--max-iters", str(max(2, round(PRESETS["cpu-small"]["max_iters"] * args.fraction))),
                   "--eval-interval", "1"]
-    if args.precision:
-        flags += ["--precision", args.precision]
-    result = Result(corpus, f"ours ({'warm' if warm else 'cold'} cache)", repeat)
+    if precision:
+        flags += ["--precision", precision]
+    result = Result(corpus, f"ours ({label})", repeat)
     result.process_s = run([sys.executable, "-m", "training.train", *flags], env={"SHELLEY_CACHE": str(cache)})
     result.rows = read_metrics(out)
     model, config, tok = load_run(out)
@@ -150,6 +153,8 @@ def run_corpus(corpus: str, args, work: Path) -> list[Result]:
             results.append(reference(corpus, repeat, work, args))
         results.append(ours(corpus, repeat, work, cache, False, args))
         results.append(ours(corpus, repeat, work, cache, True, args))
+        if args.fp32_row and not args.precision:
+            results.append(ours(corpus, repeat, work, cache, True, args, precision="fp32"))
         if not ref_first:
             results.append(reference(corpus, repeat, work, args))
     return results

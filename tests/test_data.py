@@ -104,6 +104,8 @@ def test_split_and_batches():
     assert x.shape == (4, 16) and torch.equal(y[:, :-1], x[:, 1:])
     with pytest.raises(UserError, match="too small"):
         data.to_tensors(ids[:90], ids[90:100], block_size=16)
+    train, val = data.split_train_val(ids, block_size=16)             # by ids, for callers with ids only
+    assert len(val) == 100 and val[0] == 900
 
 
 def test_corpus_fingerprint_follows_the_files(tmp_path):

@@ -70,7 +70,8 @@ class TrainConfig:
     device: str = _opt("auto", "auto: cuda if available", ("auto", "cpu", "cuda"))
     precision: str = _opt("auto", "bf16 autocast (weights stay fp32); auto = bf16 where the hardware "
                           "has it (CUDA, AVX512-BF16/AMX CPUs)", ("auto", "fp32", "bf16"))
-    threads: int = _opt(0, "CPU threads (0 = torch's default; 1 is best on a busy machine)")
+    threads: int = _opt(0, "CPU threads, 0 = one per core this process may use (one CPU process "
+                        "without dropout: each trains a slice of every batch; else torch's threads)")
     compile: bool = _opt(False, "torch.compile the model")
     seed: int = _opt(1337, "seed of the initial weights and the batches")
     sample_tokens: int = _opt(120, "tokens of the sample printed at each evaluation; 0 = none")

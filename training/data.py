@@ -179,6 +179,13 @@ def split_documents(docs: list[str]) -> tuple[list[str], list[str]]:
     return train, []
 
 
+def split_train_val(ids: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last 10% of a token stream (not of the text: the trainer uses split_documents);
+    kept for callers that have only ids."""
+    n_val = int(len(ids) * VAL_FRACTION)
+    return to_tensors(ids[: len(ids) - n_val], ids[len(ids) - n_val:], block_size)
+
+
 def to_tensors(train: np.ndarray, val: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id arrays as int64 tensors. Both parts must hold more than one context."""
     if len(val) <= block_size + 1 or len(train) <= block_size + 1:
