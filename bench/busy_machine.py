@@ -72,14 +72,8 @@ def measure(variant: str, args) -> dict:
 
 
 def machine() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text().splitlines()
-        name = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-        flags = set(next(line for line in info if line.startswith("flags")).split())
-    except (OSError, StopIteration):
-        name, flags = "unknown CPU", set()
-    isa = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
-    return f"{name}, {os.cpu_count()} CPUs ({isa}), load average {os.getloadavg()[0]:.1f} at the start"
+    from bench.machine import describe_cpu
+    return f"{describe_cpu()}, load average {os.getloadavg()[0]:.1f} at the start"
 
 
 def main(argv: list[str] | None = None) -> int:

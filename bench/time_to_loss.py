@@ -27,7 +27,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from bench.machine import describe_cpu
 from bench.nanogpt_ref import RECIPE, text_bits_per_char
 from core.errors import UserError
 from training.checkpoint import load_run
@@ -161,16 +161,7 @@ def run_corpus(corpus: str, args, work: Path) -> list[Result]:
 
 
 def machine() -> str:
-    flags = set()
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        name = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name"))
-        flags = set(next(line for line in cpuinfo.splitlines() if line.startswith("flags")).split())
-    except (OSError, StopIteration):
-        name = platform.processor() or "unknown CPU"
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return (f"{name}, {os.cpu_count()} CPUs ({', '.join(isa) or 'no AVX2'}), torch {torch.__version__}, "
-            f"load average {os.getloadavg()[0]:.1f}")
+    return f"{describe_cpu()}, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}"
 
 
 def report(results: list[Result], args) -> None:

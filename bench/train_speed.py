@@ -11,7 +11,9 @@ them alike. At the end every model is scored on the same fixed validation batche
 val losses compare at equal wall time. `ours+compile` is the trainer's `--compile`; its
 compile time (the first forward and backward) is shown apart and not charged to it.
 `ours+bf16` is the trainer's step under CPU bf16 autocast (only where oneDNN has bf16),
-`ours+compile+bf16` both.
+`ours+compile+bf16` both. Every contender runs on torch's own threads (`--threads`), as the
+trainer does for DDP, CUDA, dropout and --compile runs; its default on one CPU process
+splits each batch across threads instead, which bench/busy_machine.py compares with this.
 """
 from __future__ import annotations
 
@@ -129,7 +131,7 @@ class Contender:
 
 
 def ours_step(model, optimizers, tc, autocast):
-    """The trainer's inner loop for grad_accum=1 on one process (training/train.py)."""
+    """The trainer's inner loop for grad_accum=1 on one process on torch's threads (training/train.py)."""
     def step(it, x, y):
         set_lr(optimizers, tc, lr_factor(it, tc))
         with autocast():

@@ -8,7 +8,10 @@
 a `train_step` per iteration and, every `eval_interval` steps, `evaluate_and_save`: the
 validation loss on the same batches each time, a row of metrics.jsonl, `last.pt` (what
 --resume continues from) and, when validation improved, `ckpt.pt` (the model later
-stages use). summary.json and loss.png are written at the end. Only rank 0 writes.
+stages use). summary.json and loss.png are written at the end. Only rank 0 writes. On one
+CPU process each batch is split across worker threads (training/workers.py: beside other
+busy processes torch's own threads collapse); DDP, CUDA, dropout and --compile runs use
+torch's threads.
 """
 from __future__ import annotations
 
@@ -375,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(str(e)) from None
         run, progress = build(tc, mc, data, ckpt, dd)
         if dd.main:
-            print(f"training {mc.model} {count_params(run.raw) / 1e6:.2f}M params on {dd.device} x{dd.world} "
+            threads = f", {run.workers.n} worker threads" if run.workers else ""
+            print(f"training {mc.model} {count_params(run.raw) / 1e6:.2f}M params on {dd.device} x{dd.world}{threads} "
                   f"({'bf16 autocast' if run.autocast is not contextlib.nullcontext else 'fp32'}, "
                   f"{tc.optimizer}) | vocab {mc.vocab_size} | {len(data.train):,} train / {len(data.val):,} val "
                   f"tokens | {run.tokens_per_iter:,} tokens/iter | start-up {process_age():.1f} s", file=sys.stderr)
