@@ -109,13 +109,14 @@ def test_split_and_batches():
 
 
 def test_corpus_fingerprint_follows_the_files(tmp_path):
+    from training.corpus_cache import corpus_fingerprint
     (tmp_path / "a.txt").write_text("first")
-    before = data.corpus_fingerprint(str(tmp_path))
-    assert data.corpus_fingerprint(str(tmp_path)) == before
+    before = corpus_fingerprint(str(tmp_path))
+    assert corpus_fingerprint(str(tmp_path)) == before
     (tmp_path / "a.txt").write_text("first!")
-    assert data.corpus_fingerprint(str(tmp_path)) != before
+    assert corpus_fingerprint(str(tmp_path)) != before
     with pytest.raises(UserError, match="unknown corpus"):
-        data.corpus_fingerprint("moby-dick")
+        corpus_fingerprint("moby-dick")
 
 def test_tokenized_corpus_is_cached(tmp_path, monkeypatch):
     """The second run reads the tokenizer and ids from the cache without reading the corpus;

