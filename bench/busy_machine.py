@@ -42,7 +42,8 @@ def child(variant: str, steps: int, flags: dict) -> dict:
 
     from core.model_config import ModelConfig
     from training.config import resolve
-    from training.train import Data, Distributed, build, train_step
+    from training.device import Distributed
+    from training.train import Data, build, train_step
 
     v = VARIANTS[variant]
     model_fields, tc = resolve({**flags, "threads": v["threads"]}, "cpu-small")
