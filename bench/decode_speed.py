@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from bench.machine import describe_cpu  # noqa: E402
 from core.artifact import Artifact, load_artifact  # noqa: E402
 from core.errors import UserError, run_main  # noqa: E402
 from serving.runtime import Runtime, session_options  # noqa: E402
@@ -278,21 +279,13 @@ def step_table(art: Artifact, threads: int, pasts, steps: int, tmp: Path) -> Non
 
 # --- conditions and main --------------------------------------------------------------------
 
-def cpu_flags() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
-    flags = set(next((ln for ln in lines if ln.startswith("flags")), "").split())
-    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "CPU")
-    have = [f for f in ("avx512f", "avx2", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags]
-    return f"{name}, {os.cpu_count()} CPUs, {' '.join(have) or 'no avx2'}"
-
-
 def header(model: GPT, weights: str, n: int, threads: int, ct2_int8: str | None) -> str:
     c = model.config
     versions = ", ".join(f"{m} {sys.modules[m].__version__}" for m in ("onnxruntime", "transformers", "ctranslate2")
                          if m in sys.modules)
     return (f"\n**{threads} thread{'s' * (threads > 1)}** | {c.n_layer} layers, {c.n_head} heads, {c.n_embd} "
             f"wide, context {c.block_size}, vocab {c.vocab_size}, {count_params(model) / 1e6:.2f}M params, "
-            f"{weights}; {n} new tokens after a {PROMPT_LEN}-token prompt, greedy | {cpu_flags()} | load "
+            f"{weights}; {n} new tokens after a {PROMPT_LEN}-token prompt, greedy | {describe_cpu()} | load "
             f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} | {versions}"
             f"{f' | CTranslate2 int8 runs as {ct2_int8}' if ct2_int8 else ''}\n")
 

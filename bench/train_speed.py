@@ -2,7 +2,7 @@
 
     python bench/train_speed.py                      # cpu-small shape, shakespeare, 40 s each
     python bench/train_speed.py --seconds 20 --corpus tests/data/sonnets.txt --no-compile
-    python bench/train_speed.py --time-to-loss        # cpu-small now vs before: bench/time_to_loss.py
+    python bench/train_speed.py --time-to-loss        # against nanoGPT's CPU recipe: bench/time_to_loss.py
 
 Same data (the trainer's char tokenizer and batches from one seed), same shape, same
 batch and context. The contenders run in alternating chunks of steps, each timing only its
@@ -11,7 +11,9 @@ them alike. At the end every model is scored on the same fixed validation batche
 val losses compare at equal wall time. `ours+compile` is the trainer's `--compile`; its
 compile time (the first forward and backward) is shown apart and not charged to it.
 `ours+bf16` is the trainer's step under CPU bf16 autocast (only where oneDNN has bf16),
-`ours+compile+bf16` both.
+`ours+compile+bf16` both. Every contender runs on torch's own threads (`--threads`), as the
+trainer does for DDP, CUDA, dropout and --compile runs; its default on one CPU process
+splits each batch across threads instead, which bench/busy_machine.py compares with this.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from core.errors import UserError, run_main  # noqa: E402
 from core.model_config import ModelConfig  # noqa: E402
 from training.config import resolve  # noqa: E402
-from training.data import get_batch, load_corpus, split_train_val  # noqa: E402
+from training.data import get_batch, load_corpus, split_documents, to_tensors  # noqa: E402
 from training.model import GPT, count_params  # noqa: E402
 from training.optim import build_optimizers, lr_factor, set_lr  # noqa: E402
 from training.tokenizer import build_tokenizer, encode_documents  # noqa: E402
@@ -129,7 +131,7 @@ class Contender:
 
 
 def ours_step(model, optimizers, tc, autocast):
-    """The trainer's inner loop for grad_accum=1 on one process (training/train.py)."""
+    """The trainer's inner loop for grad_accum=1 on one process on torch's threads (training/train.py)."""
     def step(it, x, y):
         set_lr(optimizers, tc, lr_factor(it, tc))
         with autocast():
@@ -204,7 +206,8 @@ def run_interleaved(contenders, train_data, mc, tc, budget_s: float, chunk: int)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python bench/train_speed.py", description=__doc__.split("\n")[0])
-    p.add_argument("--corpus", default="shakespeare", help="shakespeare (default), frankenstein, or a .txt path")
+    p.add_argument("--corpus", nargs="+", default=["shakespeare"],
+                   help="shakespeare (default), frankenstein, or a .txt path; --time-to-loss takes several")
     p.add_argument("--seconds", type=float, default=40.0, help="training wall time per contender (default 40)")
     p.add_argument("--chunk", type=int, default=10, help="steps per turn when interleaving (default 10)")
     p.add_argument("--eval-batches", type=int, default=40, help="fixed validation batches (default 40)")
@@ -213,14 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref-lr", type=float, default=1e-3, help="reference's constant AdamW lr (default 1e-3)")
     p.add_argument("--no-compile", action="store_true", help="skip the ours+compile row")
     p.add_argument("--no-bf16", action="store_true", help="skip the ours+bf16 row (CPU bf16 autocast)")
-    t = p.add_argument_group("--time-to-loss: cpu-small now vs before issue #11, as real trainer processes "
-                             "(bench/time_to_loss.py)")
+    t = p.add_argument_group("--time-to-loss: `python -m training.train` against nanoGPT's CPU recipe "
+                             "(bench/nanogpt_ref.py), from the command's start (bench/time_to_loss.py)")
     t.add_argument("--time-to-loss", action="store_true", help="run this comparison instead")
-    t.add_argument("--precision", choices=["fp32", "auto"], default="fp32", help="both recipes (default fp32)")
-    t.add_argument("--evals", type=int, default=20, help="evaluations per recipe (default 20)")
-    t.add_argument("--val-windows", type=int, default=960,
-                   help="validation windows of every evaluation, the same for both (default 960)")
-    t.add_argument("--repeats", type=int, default=1, help="pairs of runs, alternating order (default 1)")
+    t.add_argument("--precision", choices=["fp32", "bf16", "auto"], help="ours (default: the preset's)")
+    t.add_argument("--repeats", type=int, default=1, help="runs of each, alternating order (default 1)")
+    t.add_argument("--fp32-row", action=argparse.BooleanOptionalAction, default=True,
+                   help="also ours with --precision fp32 (default on; the default is bf16 where the CPU has it)")
     t.add_argument("--out", help="keep the run dirs here (default: a temp dir, removed)")
     t.add_argument("--fraction", type=float, default=1.0, help="run this fraction of each recipe's steps "
                    "(a smoke test: the target then means little)")
@@ -237,9 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model_fields, tc = resolve({}, "cpu-small")
-    docs = load_corpus(args.corpus)
-    tok = build_tokenizer("char", docs)
-    train_data, val_data = split_train_val(encode_documents(tok, docs), model_fields["block_size"])
+    args.corpus = args.corpus[0]
+    train_docs, val_docs = split_documents(load_corpus(args.corpus))
+    tok = build_tokenizer("char", train_docs)
+    train_data, val_data = to_tensors(encode_documents(tok, train_docs), encode_documents(tok, val_docs),
+                                      model_fields["block_size"])
     mc = ModelConfig(vocab_size=tok.get_vocab_size(), **model_fields)
     val_gen = torch.Generator().manual_seed(args.seed + 1)
     val_batches = [get_batch(val_data, mc.block_size, tc.batch_size, val_gen) for _ in range(args.eval_batches)]

@@ -46,22 +46,21 @@ class Quality:
 
 
 def held_text(run: Path, context: int) -> tuple[np.ndarray, float]:
-    """(windows (N, context + 1) of validation token ids, characters per token)."""
+    """(windows (N, context + 1) of validation token ids, characters per token of their targets)."""
     from training.checkpoint import CKPT_NAME, load_checkpoint, load_tokenizer
-    from training.data import load_corpus, split_train_val
-    from training.tokenizer import decode, encode_documents
+    from training.corpus_cache import Corpus, cached_ids
+    from training.tokenizer import char_counts
 
     corpus = load_checkpoint(run / CKPT_NAME).get("train_config", {}).get("corpus")
     if not corpus:
         raise UserError(f"{run / CKPT_NAME} does not name its corpus, so int8 quality cannot be "
                         f"measured; export without --quantize")
     tok = load_tokenizer(run)
-    _, val = split_train_val(encode_documents(tok, load_corpus(corpus)), context)
-    val = val.numpy()
+    val = cached_ids(Corpus(corpus), tok)[1].astype(np.int64)
     n = min(HELD_WINDOWS, (len(val) - 1) // (context + 1))
     starts = np.linspace(0, len(val) - context - 1, n).astype(int)
     windows = np.stack([val[s:s + context + 1] for s in starts])
-    return windows, len(decode(tok, val.tolist())) / len(val)
+    return windows, char_counts(tok)[windows[:, 1:]].sum() / windows[:, 1:].size
 
 
 def score(rt: Runtime, windows: np.ndarray) -> tuple[float, np.ndarray]:

@@ -91,10 +91,47 @@ def test_frankenstein_from_cache(tmp_path, monkeypatch):
 
 def test_split_and_batches():
     import numpy as np
+    docs = ["a" * 500, "b" * 400, "c" * 100]                    # 1000 characters
+    train_docs, val_docs = data.split_documents(docs)
+    assert train_docs == ["a" * 500, "b" * 400] and val_docs == ["c" * 100]
+    train_docs, val_docs = data.split_documents(["x" * 950, "y" * 50])
+    assert train_docs == ["x" * 900] and val_docs == ["x" * 50, "y" * 50]     # cut inside a document
+    assert data.split_documents(["z" * 10]) == (["z" * 9], ["z"])
     ids = np.arange(1000, dtype=np.uint16)
-    train, val = data.split_train_val(ids, block_size=16)
-    assert len(val) == 100 and val[0] == 900 and train[-1] == 899
+    train, val = data.to_tensors(ids[:900], ids[900:], block_size=16)
+    assert len(val) == 100 and val[0] == 900 and train[-1] == 899 and train.dtype == torch.int64
     x, y = data.get_batch(train, 16, 4, torch.Generator().manual_seed(0))
     assert x.shape == (4, 16) and torch.equal(y[:, :-1], x[:, 1:])
     with pytest.raises(UserError, match="too small"):
-        data.split_train_val(ids[:100], block_size=16)
+        data.to_tensors(ids[:90], ids[90:100], block_size=16)
+    train, val = data.split_train_val(ids, block_size=16)             # by ids, for callers with ids only
+    assert len(val) == 100 and val[0] == 900
+
+
+def test_corpus_fingerprint_follows_the_files(tmp_path):
+    from training.corpus_cache import corpus_fingerprint
+    (tmp_path / "a.txt").write_text("first")
+    before = corpus_fingerprint(str(tmp_path))
+    assert corpus_fingerprint(str(tmp_path)) == before
+    (tmp_path / "a.txt").write_text("first!")
+    assert corpus_fingerprint(str(tmp_path)) != before
+    with pytest.raises(UserError, match="unknown corpus"):
+        corpus_fingerprint("moby-dick")
+
+def test_tokenized_corpus_is_cached(tmp_path, monkeypatch):
+    """The second run reads the tokenizer and ids from the cache without reading the corpus;
+    a changed file is a new entry."""
+    from training import corpus_cache
+    monkeypatch.setenv("SHELLEY_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 40)
+    tok = corpus_cache.cached_tokenizer(corpus_cache.Corpus(str(corpus)), "bpe", 300)
+    train, val = corpus_cache.cached_ids(corpus_cache.Corpus(str(corpus)), tok)
+    monkeypatch.setattr(corpus_cache, "load_corpus", lambda spec: pytest.fail("read the corpus again"))
+    again = corpus_cache.Corpus(str(corpus))
+    assert corpus_cache.cached_tokenizer(again, "bpe", 300).to_str() == tok.to_str()
+    train2, val2 = corpus_cache.cached_ids(again, tok)
+    assert (train2 == train).all() and (val2 == val).all() and len(val) < len(train)
+    corpus.write_text("another text entirely\n" * 40)
+    with pytest.raises(pytest.fail.Exception):
+        corpus_cache.cached_ids(corpus_cache.Corpus(str(corpus)), tok)

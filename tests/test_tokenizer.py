@@ -78,3 +78,14 @@ def test_tokenizer_file_loads_without_torch(tmp_path):
             "print(t.decode(t.encode('Love é').ids))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "Love é"
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_char_counts_spell_the_text(kind):
+    """char_counts(tok)[ids].sum() is the text's length in characters: byte fallback and
+    byte-level tokens count a character once (at its first byte), EOS none."""
+    from training.tokenizer import char_counts
+    tok = build_tokenizer(kind, [TEXT[:1500]], vocab_size=300)
+    docs = [TEXT[1500:], "naïve café — 日本語 🤖\n" * 3]
+    ids = encode_documents(tok, docs)
+    assert char_counts(tok)[ids].sum() == sum(len(d) for d in docs)

@@ -45,9 +45,13 @@ def test_load_run_rebuilds_the_model(tiny_run):
     assert tok.get_vocab_size() == config.vocab_size
 
 
-def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
-    """SIGKILL mid-run, then --resume: the losses equal a run that was never stopped."""
-    args = TINY_TRAIN_ARGS + ["--max-iters", "60", "--eval-interval", "10", "--dropout", "0.1"]
+@pytest.mark.parametrize("parallel", [["--dropout", "0.1"], ["--dropout", "0.0", "--threads", "2"]],
+                         ids=["torch-threads-dropout", "worker-threads"])
+def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, parallel):
+    """SIGKILL mid-run, then --resume: the losses equal a run that was never stopped, with
+    torch's threads (dropout's random state restored) and with the batch split across worker
+    threads (training/workers.py: the same sums whatever the scheduling)."""
+    args = TINY_TRAIN_ARGS + ["--max-iters", "60", "--eval-interval", "10", *parallel]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "training.train", *args, "--out", str(killed)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

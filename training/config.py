@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from core.model_config import MODEL_KINDS, ModelConfig
 
 PRESETS: dict[str, dict] = {
-    # ~0.8M parameters; about a minute on 2 CPU cores. The default without a GPU. Muon
-    # reaches the loss AdamW had after 2000 steps of batch 12 in ~1/3 of the tokens
-    # (bench/train_speed.py --time-to-loss; the README has the figures).
-    "cpu-small": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0,
-                      batch_size=24, max_iters=380, optimizer="muon", muon_lr=0.03, muon_momentum=0.85,
-                      lr=8e-3, min_lr=8e-4, warmup_iters=20, eval_interval=60, eval_iters=10),
+    # ~1.1M parameters, byte-level BPE (2,000 tokens, ~2.6 characters each); ~20-30 s on 2 CPU
+    # cores. The default without a GPU. It reaches the final loss of nanoGPT's CPU recipe
+    # (4x128, context 64, batch 12, 2000 AdamW steps) after ~50 steps, in ~1/6 of that
+    # recipe's time from the command (bench/train_speed.py --time-to-loss; README's figures).
+    "cpu-small": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, tokenizer="bpe",
+                      vocab_size=2000, batch_size=48, max_iters=200, optimizer="muon", muon_lr=0.03,
+                      muon_momentum=0.85, lr=1.2e-2, min_lr=1.2e-3, warmup_iters=5, eval_interval=25,
+                      eval_iters=5),
     # ~10.7M parameters: nanoGPT's shakespeare-char shape. The default with a GPU.
     "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2,
                 batch_size=64, max_iters=5000, lr=1e-3, min_lr=1e-4, warmup_iters=100,
@@ -68,7 +70,8 @@ class TrainConfig:
     device: str = _opt("auto", "auto: cuda if available", ("auto", "cpu", "cuda"))
     precision: str = _opt("auto", "bf16 autocast (weights stay fp32); auto = bf16 where the hardware "
                           "has it (CUDA, AVX512-BF16/AMX CPUs)", ("auto", "fp32", "bf16"))
-    threads: int = _opt(0, "CPU threads (0 = torch's default; 1 is best on a busy machine)")
+    threads: int = _opt(0, "CPU threads, 0 = one per core this process may use (one CPU process "
+                        "without dropout: each trains a slice of every batch; else torch's threads)")
     compile: bool = _opt(False, "torch.compile the model")
     seed: int = _opt(1337, "seed of the initial weights and the batches")
     sample_tokens: int = _opt(120, "tokens of the sample printed at each evaluation; 0 = none")

@@ -1,7 +1,7 @@
 """Corpora and batches.
 
     docs = load_corpus("shakespeare")        # or "frankenstein", or a .txt file / folder
-    train, val = split_train_val(ids)        # the last 10% of the token stream is validation
+    train_docs, val_docs = split_documents(docs)    # the last 10% of the text is validation
     x, y = get_batch(train, block_size=64, batch_size=12, generator=g)
     batches = spread_batches(val, block_size=64, batch_size=12, n_batches=20)   # fixed
 
@@ -61,7 +61,8 @@ def strip_gutenberg(text: str) -> str:
     return text[start.end():end.start()].strip("\n") + "\n"
 
 
-def fetch_frankenstein(cache: Path) -> str:
+def frankenstein_file(cache: Path) -> Path:
+    """The Gutenberg download, fetched once."""
     path = cache / "pg84.txt"
     if not path.is_file():
         url = os.environ.get("SHELLEY_FRANKENSTEIN_URL", FRANKENSTEIN_URL)
@@ -74,13 +75,22 @@ def fetch_frankenstein(cache: Path) -> str:
                             f"offline: save the text as a .txt file and pass --corpus PATH") from None
         cache.mkdir(parents=True, exist_ok=True)
         atomic_write(path, raw)
-    return strip_gutenberg(path.read_bytes().decode("utf-8"))
+    return path
 
 
-def local_documents(path: Path) -> list[str]:
+def fetch_frankenstein(cache: Path) -> str:
+    return strip_gutenberg(frankenstein_file(cache).read_bytes().decode("utf-8"))
+
+
+def local_files(path: Path) -> list[Path]:
     files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
     if not files:
         raise UserError(f"no .txt files in {path}; point --corpus at a .txt file or a folder of them")
+    return files
+
+
+def local_documents(path: Path) -> list[str]:
+    files = local_files(path)
     docs = []
     for f in files:
         try:
@@ -88,6 +98,11 @@ def local_documents(path: Path) -> list[str]:
         except UnicodeDecodeError as e:
             raise UserError(f"{f} is not UTF-8 text (byte {e.start}); convert it with iconv") from None
     return docs
+
+
+def unknown_corpus(spec: str) -> UserError:
+    return UserError(f"unknown corpus {spec!r}: use {' or '.join(CORPORA)}, "
+                     f"or a path to a .txt file or a folder of them")
 
 
 def load_corpus(spec: str) -> list[str]:
@@ -99,20 +114,40 @@ def load_corpus(spec: str) -> list[str]:
     elif Path(spec).exists():
         docs = local_documents(Path(spec))
     else:
-        raise UserError(f"unknown corpus {spec!r}: use {' or '.join(CORPORA)}, "
-                        f"or a path to a .txt file or a folder of them")
+        raise unknown_corpus(spec)
     if not any(d.strip() for d in docs):
         raise UserError(f"corpus {spec} is empty; give it some text")
     return docs
 
 
+def split_documents(docs: list[str]) -> tuple[list[str], list[str]]:
+    """(training documents, validation documents): the last 10% of the characters is
+    validation; the document it begins in is cut there. Cutting text, not token ids, gives
+    every tokenizer the same validation text, so bits per character compare."""
+    total = sum(len(d) for d in docs)
+    cut, seen = total - int(total * VAL_FRACTION), 0
+    train: list[str] = []
+    for i, doc in enumerate(docs):
+        if seen + len(doc) >= cut:
+            head, tail = doc[:cut - seen], doc[cut - seen:]
+            return train + ([head] if head else []), ([tail] if tail else []) + docs[i + 1:]
+        train.append(doc)
+        seen += len(doc)
+    return train, []
+
+
 def split_train_val(ids: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last 10% is validation. Both parts must hold more than one context of tokens."""
+    """The last 10% of a token stream (not of the text: the trainer uses split_documents);
+    kept for callers that have only ids."""
     n_val = int(len(ids) * VAL_FRACTION)
-    train, val = ids[: len(ids) - n_val], ids[len(ids) - n_val:]
-    if len(val) <= block_size + 1:
+    return to_tensors(ids[: len(ids) - n_val], ids[len(ids) - n_val:], block_size)
+
+
+def to_tensors(train: np.ndarray, val: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id arrays as int64 tensors. Both parts must hold more than one context."""
+    if len(val) <= block_size + 1 or len(train) <= block_size + 1:
         need = int((block_size + 2) / VAL_FRACTION) + 1
-        raise UserError(f"corpus too small: {len(ids)} tokens, but the validation split (last 10%) "
+        raise UserError(f"corpus too small: {len(train) + len(val)} tokens, but the validation split (last 10%) "
                         f"needs more than a context of {block_size}; use at least ~{need} tokens "
                         f"of text or a smaller --block-size")
     return torch.from_numpy(train.astype(np.int64)), torch.from_numpy(val.astype(np.int64))

@@ -17,6 +17,7 @@ hardware has it (the trainer's --precision decides), fp32 elsewhere.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -46,13 +47,17 @@ class Muon(torch.optim.Optimizer):
     much per element as square ones; weight decay is decoupled, as in AdamW."""
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, weight_decay: float = 0.0,
-                 ns_steps: int = 5, ns_dtype: torch.dtype = torch.float32):
+                 ns_steps: int = 5, ns_dtype: torch.dtype = torch.float32, map: Callable = None):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                                       ns_steps=ns_steps))
         self.ns_dtype = ns_dtype
+        # How the matrices' Newton-Schulz iterations are run: in turn, or shared out to the
+        # trainer's worker threads (training/workers.py), largest first.
+        self.map = map or (lambda fn, items: [fn(item) for item in items])
 
     @torch.no_grad()
     def step(self):
+        work = []                                                         # (param, group, update)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -62,14 +67,20 @@ class Muon(torch.optim.Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(p)
                 buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - group["momentum"])
-                update = p.grad.lerp(buf, group["momentum"])              # Nesterov
-                update = orthogonalize(update, group["ns_steps"], self.ns_dtype)
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"] * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+                work.append((p, group, p.grad.lerp(buf, group["momentum"])))   # Nesterov
+        work.sort(key=lambda w: -w[0].numel())
+
+        def orthogonalized(w):
+            with torch.no_grad():                                         # grad mode is per thread
+                return orthogonalize(w[2], w[1]["ns_steps"], self.ns_dtype)
+
+        for (p, group, _), update in zip(work, self.map(orthogonalized, work)):
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+            p.add_(update, alpha=-group["lr"] * max(1.0, p.size(0) / p.size(1)) ** 0.5)
 
 
 def build_optimizers(model: torch.nn.Module, tc: TrainConfig, device_type: str,
-                     ns_dtype: torch.dtype = torch.float32) -> list[torch.optim.Optimizer]:
+                     ns_dtype: torch.dtype = torch.float32, map: Callable = None) -> list[torch.optim.Optimizer]:
     """[AdamW] or [Muon, AdamW].
 
     AdamW is the fused kernel on CUDA and CPU: ~5% of a cpu-small step faster."""
@@ -78,7 +89,7 @@ def build_optimizers(model: torch.nn.Module, tc: TrainConfig, device_type: str,
     optimizers: list[torch.optim.Optimizer] = []
     if tc.optimizer == "muon" and matrices:
         optimizers.append(Muon([p for n, p in params.items() if n in matrices], lr=tc.muon_lr,
-                               momentum=tc.muon_momentum, ns_dtype=ns_dtype))
+                               momentum=tc.muon_momentum, ns_dtype=ns_dtype, map=map))
     else:
         matrices = set()
     rest = [p for n, p in params.items() if n not in matrices]

@@ -69,14 +69,42 @@ def decode(tok: Tokenizer, ids: Sequence[int]) -> str:
     return tok.decode(list(ids), skip_special_tokens=False)
 
 
-def chars_per_token(tok: Tokenizer, ids: Sequence[int]) -> float:
-    """Characters of text per token of `ids` (EOS spells none)."""
-    text = tok.decode([int(i) for i in ids], skip_special_tokens=True)
-    return len(text) / max(1, len(ids))
+def _byte_level_bytes() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: printable bytes stand for themselves, the others for the
+    characters from U+0100 on, in byte order. Maps each of its characters back to its byte."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)}
+    shifted = (b for b in range(256) if b not in printable)
+    out = {chr(b): b for b in printable}
+    out.update({chr(256 + i): b for i, b in enumerate(shifted)})
+    return out
+
+
+def char_counts(tok: Tokenizer) -> np.ndarray:
+    """Characters each token id spells, so that `char_counts(tok)[ids].sum()` is the length of
+    the text `ids` encode: a special token spells none; a byte spells one if it starts a UTF-8
+    character (a continuation byte none), whether a char tokenizer's fallback `<0x..>` or a
+    byte-level BPE's."""
+    spec = json.loads(tok.to_str())
+    byte_level = (spec.get("pre_tokenizer") or {}).get("type") == "ByteLevel"
+    to_byte = _byte_level_bytes() if byte_level else {}
+    special = {t["content"] for t in spec.get("added_tokens", []) if t.get("special")}
+    counts = np.zeros(tok.get_vocab_size(), dtype=np.int64)
+    for token, i in tok.get_vocab().items():
+        if token in special:
+            continue
+        if byte_level:
+            counts[i] = sum(to_byte[c] & 0xC0 != 0x80 for c in token)
+        elif len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+            counts[i] = int(token[3:5], 16) & 0xC0 != 0x80
+        else:
+            counts[i] = len(token)
+    return counts
 
 
 def bits_per_char(loss: float, chars_per_token: float) -> float:
-    """Cross-entropy in nats per token -> bits per character: comparable across tokenizers."""
+    """Cross-entropy in nats per token -> bits per character: comparable across tokenizers
+    on the same text. `chars_per_token`: of the tokens the loss was measured on."""
     return loss / math.log(2) / chars_per_token
 
 

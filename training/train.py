@@ -8,7 +8,10 @@
 a `train_step` per iteration and, every `eval_interval` steps, `evaluate_and_save`: the
 validation loss on the same batches each time, a row of metrics.jsonl, `last.pt` (what
 --resume continues from) and, when validation improved, `ckpt.pt` (the model later
-stages use). summary.json and loss.png are written at the end. Only rank 0 writes.
+stages use). summary.json and loss.png are written at the end. Only rank 0 writes. On one
+CPU process each batch is split across worker threads (training/workers.py: beside other
+busy processes torch's own threads collapse); DDP, CUDA, dropout and --compile runs use
+torch's threads.
 """
 from __future__ import annotations
 
@@ -22,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from core.artifact import TOKENIZER_NAME
 from core.errors import UserError, run_main
@@ -33,11 +35,14 @@ from training.checkpoint import (CKPT_NAME, LAST_NAME, Progress, load_checkpoint
                                  model_config_of, restore_training_state, serialize_checkpoint,
                                  training_state)
 from training.config import MODEL_FIELDS, PRESETS, TrainConfig, parse_flags, resolve
-from training.data import get_batch, load_corpus, split_train_val, spread_batches
+from training.corpus_cache import Corpus, cached_ids, cached_tokenizer
+from training.data import get_batch, spread_batches, to_tensors
+from training.device import Distributed, pick_device, use_bf16
 from training.generate import generate
 from training.model import build_model, count_params, flops_per_token
 from training.optim import build_optimizers, lr_factor, set_lr
-from training.tokenizer import bits_per_char, build_tokenizer, chars_per_token, decode, encode, encode_documents
+from training.tokenizer import bits_per_char, char_counts, decode, encode
+from training.workers import Workers, cpu_workers, uses_workers
 
 _IMPORTED = time.monotonic()
 
@@ -51,64 +56,6 @@ def process_age() -> float:
         return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))   # field 22: starttime
     except (OSError, ValueError, IndexError):
         return time.monotonic() - _IMPORTED
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu or auto")
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(requested)
-
-
-def has_bf16(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:  # oneDNN runs bf16 matmuls natively on AVX512-BF16 / AMX CPUs; elsewhere it emulates (slow)
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def use_bf16(device: torch.device, precision: str) -> bool:
-    """bf16 autocast (weights and optimizer stay fp32) or not, from --precision."""
-    if precision == "bf16" and not has_bf16(device):
-        raise UserError(f"--precision bf16 asked for, but this {device.type} has no native bf16; use --precision fp32")
-    return precision == "bf16" or (precision == "auto" and has_bf16(device))
-
-
-class Distributed:
-    """Rank/world from torchrun's environment; a single process otherwise."""
-
-    def __init__(self, device: torch.device):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = device
-        if self.world > 1:
-            if device.type == "cuda":
-                self.device = torch.device("cuda", self.local_rank)
-                torch.cuda.set_device(self.device)
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self):
-        if self.world > 1:
-            dist.barrier()
-
-    def mean(self, value: float) -> float:
-        if self.world == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.item() / self.world
-
-    def close(self):
-        if self.world > 1:
-            dist.destroy_process_group()
 
 
 def prepare_run(flags: dict, resume: bool, dd: Distributed):
@@ -143,22 +90,24 @@ class Data:
     tok: object                      # tokenizers.Tokenizer
     train: torch.Tensor              # token ids
     val: torch.Tensor
-    chars_per_token: float           # of the validation split: turns nats/token into bits/char
+    char_counts: object              # np.ndarray: characters each token id spells (bits per char)
 
 
 def prepare_data(tc: TrainConfig, resuming: bool, block_size: int, dd: Distributed) -> Data:
-    docs = load_corpus(tc.corpus)
+    """The tokenizer (built, or the run's own on --resume) and the corpus's ids, from the
+    cache when the corpus and settings were seen before (training/corpus_cache.py)."""
+    corpus = Corpus(tc.corpus)
     out = Path(tc.out)
     if not resuming and dd.main:
         try:
-            tok = build_tokenizer(tc.tokenizer, docs, tc.vocab_size)
+            tok = cached_tokenizer(corpus, tc.tokenizer, tc.vocab_size)
         except ValueError as e:
             raise UserError(str(e)) from None
         atomic_write(out / TOKENIZER_NAME, tok.to_str())
     dd.barrier()  # the other ranks read the tokenizer rank 0 just wrote
     tok = load_tokenizer(out)
-    train_data, val_data = split_train_val(encode_documents(tok, docs), block_size)
-    return Data(tok, train_data, val_data, chars_per_token(tok, val_data))
+    train_data, val_data = to_tensors(*cached_ids(corpus, tok), block_size)
+    return Data(tok, train_data, val_data, char_counts(tok))
 
 
 @dataclass
@@ -174,6 +123,12 @@ class Run:
     autocast: Callable               # a context-manager factory
     gen: torch.Generator             # the training batches' stream (saved for --resume)
     val_batches: list                # the same validation batches at every evaluation
+    val_chars_per_token: float       # of those batches' targets, all ranks': nats/token -> bits/char
+    workers: Workers | None          # CPU: the threads that split each batch (else torch's own threads)
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [p for p in self.raw.parameters() if p.requires_grad]
 
     @property
     def tokens_per_iter(self) -> int:
@@ -192,9 +147,15 @@ class Meter:
         self.started, self.iters, self.loss_sum = time.perf_counter(), 0, 0.0
 
 
-def build(tc: TrainConfig, mc: ModelConfig, data: Data, ckpt: dict | None, dd: Distributed) -> tuple[Run, Progress]:
+def build(tc: TrainConfig, mc: ModelConfig, data: Data, ckpt: dict | None, dd: Distributed,
+          split_by_data: bool | None = None) -> tuple[Run, Progress]:
+    """The Run. On one CPU process the batch is split across worker threads (training/workers.py)
+    unless split_by_data is False (bench/busy_machine.py's "before": torch's own threads)."""
     device = dd.device
-    if tc.threads and device.type == "cpu":
+    workers = None
+    if split_by_data if split_by_data is not None else uses_workers(device, dd.world, mc.dropout, tc.compile):
+        workers = Workers(cpu_workers(tc.threads))
+    elif tc.threads and device.type == "cpu":
         torch.set_num_threads(tc.threads)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -202,7 +163,8 @@ def build(tc: TrainConfig, mc: ModelConfig, data: Data, ckpt: dict | None, dd: D
     bf16 = use_bf16(device, tc.precision)
     torch.manual_seed(tc.seed)
     raw = build_model(mc).to(device)
-    optimizers = build_optimizers(raw, tc, device.type, torch.bfloat16 if bf16 else torch.float32)
+    optimizers = build_optimizers(raw, tc, device.type, torch.bfloat16 if bf16 else torch.float32,
+                                  map=workers.map if workers else None)
     gen = torch.Generator().manual_seed(tc.seed + dd.rank)
     progress = Progress() if ckpt is None else restore_training_state(ckpt, raw, optimizers, gen)
     model = torch.compile(raw) if tc.compile else raw
@@ -210,8 +172,11 @@ def build(tc: TrainConfig, mc: ModelConfig, data: Data, ckpt: dict | None, dd: D
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     val_batches = spread_batches(data.val, mc.block_size, tc.batch_size, tc.eval_iters, dd.rank, dd.world)
+    targets = torch.cat([y.reshape(-1) for _, y in val_batches]).numpy()
+    chars = dd.mean(float(data.char_counts[targets].sum()))          # the same on every rank
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    return Run(tc, mc, dd, data, raw, model, optimizers, autocast, gen, val_batches), progress
+    return Run(tc, mc, dd, data, raw, model, optimizers, autocast, gen, val_batches,
+               max(chars, 1.0) / len(targets), workers), progress
 
 
 def train_step(run: Run, it: int) -> float:
@@ -221,6 +186,9 @@ def train_step(run: Run, it: int) -> float:
     loss_sum = 0.0
     for micro in range(tc.grad_accum):
         x, y = get_batch(run.data.train, run.mc.block_size, tc.batch_size, run.gen)
+        if run.workers:
+            loss_sum += run.workers.backward(run.model, run.params, x, y, run.autocast, 1 / tc.grad_accum)
+            continue
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         sync = run.dd.world == 1 or micro == tc.grad_accum - 1   # all-reduce once per step
         with (contextlib.nullcontext() if sync else run.model.no_sync()), run.autocast():
@@ -238,15 +206,17 @@ def train_step(run: Run, it: int) -> float:
     return loss_sum
 
 
-@torch.no_grad()
 def val_loss(run: Run) -> float:
-    """Mean loss over the fixed validation batches, averaged over the processes."""
-    run.model.eval()
+    """Mean loss over the fixed validation batches (shared out to the workers), averaged over
+    the processes."""
     device = run.dd.device
-    losses = []
-    for x, y in run.val_batches:
-        with run.autocast():
-            losses.append(run.model(x.to(device), y.to(device))[1].item())
+
+    def loss_of(xy) -> float:
+        with torch.no_grad(), run.autocast():                # both per thread
+            return run.model(xy[0].to(device), xy[1].to(device))[1].item()
+
+    run.model.eval()
+    losses = run.workers.map(loss_of, run.val_batches) if run.workers else [loss_of(b) for b in run.val_batches]
     run.model.train()
     return run.dd.mean(sum(losses) / len(losses))
 
@@ -254,9 +224,9 @@ def val_loss(run: Run) -> float:
 def evaluate_and_save(run: Run, progress: Progress, meter: Meter, log: Callable[[str], None]) -> None:
     """Validation loss, a metrics row, last.pt and (if better) ckpt.pt. Updates progress."""
     started = time.perf_counter()
-    wall_s = process_age()
     progress.elapsed_s += started - meter.started
     loss = val_loss(run)
+    wall_s = process_age()                                   # when this loss was known
     improved = loss < progress.best_val_loss
     if improved:
         progress.best_val_loss, progress.stale_evals = loss, 0
@@ -266,7 +236,7 @@ def evaluate_and_save(run: Run, progress: Progress, meter: Meter, log: Callable[
         window_s = started - meter.started
         row = {"iter": progress.iter,
                "train_loss": round(meter.loss_sum / meter.iters, 5) if meter.iters else None,
-               "val_loss": round(loss, 5), "val_bpc": round(bits_per_char(loss, run.data.chars_per_token), 5),
+               "val_loss": round(loss, 5), "val_bpc": round(bits_per_char(loss, run.val_chars_per_token), 5),
                "elapsed_s": round(progress.elapsed_s, 2), "wall_s": round(wall_s, 2),
                "eval_s": round(meter.eval_s, 2),
                "tokens_per_s": round(meter.iters * run.tokens_per_iter / window_s, 1) if meter.iters else 0.0,
@@ -330,7 +300,7 @@ def summarize(run: Run, progress: Progress) -> dict:
     return {"params": count_params(run.raw), "device": str(run.dd.device), "world_size": run.dd.world,
             "precision": "bf16 autocast" if run.autocast is not contextlib.nullcontext else "fp32",
             "best_val_loss": round(progress.best_val_loss, 5),
-            "best_val_bpc": round(bits_per_char(progress.best_val_loss, run.data.chars_per_token), 5),
+            "best_val_bpc": round(bits_per_char(progress.best_val_loss, run.val_chars_per_token), 5),
             "iters": progress.iter, "wall_s": round(process_age(), 2), "train_s": round(progress.elapsed_s, 2),
             "tokens_per_s": round(tokens_per_s, 1),
             "model_tflops": round(tokens_per_s * flops_per_token(run.raw) / 1e12, 4),   # / peak = MFU
@@ -340,6 +310,7 @@ def summarize(run: Run, progress: Progress) -> dict:
 def main(argv: list[str] | None = None) -> int:
     flags, resume = parse_flags(argv)
     dd = Distributed(pick_device(flags.get("device", "auto")))
+    run = None
     try:
         tc, model_fields, ckpt = prepare_run(flags, resume, dd)
         data = prepare_data(tc, ckpt is not None, model_fields["block_size"], dd)
@@ -349,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(str(e)) from None
         run, progress = build(tc, mc, data, ckpt, dd)
         if dd.main:
-            print(f"training {mc.model} {count_params(run.raw) / 1e6:.2f}M params on {dd.device} x{dd.world} "
+            threads = f", {run.workers.n} worker threads" if run.workers else ""
+            print(f"training {mc.model} {count_params(run.raw) / 1e6:.2f}M params on {dd.device} x{dd.world}{threads} "
                   f"({'bf16 autocast' if run.autocast is not contextlib.nullcontext else 'fp32'}, "
                   f"{tc.optimizer}) | vocab {mc.vocab_size} | {len(data.train):,} train / {len(data.val):,} val "
                   f"tokens | {run.tokens_per_iter:,} tokens/iter | start-up {process_age():.1f} s", file=sys.stderr)
@@ -364,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"model in {out / CKPT_NAME}", file=sys.stderr)
         dd.barrier()  # let rank 0 finish writing: a peer that exits early can make gloo abort
     finally:
+        if run is not None and run.workers:
+            run.workers.close()
         dd.close()
     return 0
 
