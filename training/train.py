@@ -25,10 +25,12 @@ import torch
 import torch.distributed as dist
 
 from core.artifact import TOKENIZER_NAME
+from core.chat import write_chat
 from core.errors import UserError, run_main
 from core.files import atomic_write, ensure_writable_dir
 from core.model_config import ModelConfig
 from training import run_files
+from training.chat_form import chat_template, find_form
 from training.checkpoint import (CKPT_NAME, LAST_NAME, Progress, load_checkpoint, load_tokenizer,
                                  model_config_of, restore_training_state, serialize_checkpoint,
                                  training_state)
@@ -155,6 +157,7 @@ def prepare_data(tc: TrainConfig, resuming: bool, block_size: int, dd: Distribut
         except ValueError as e:
             raise UserError(str(e)) from None
         atomic_write(out / TOKENIZER_NAME, tok.to_str())
+        write_chat(out, chat_template(find_form(docs)))   # how the corpus writes dialogue (chat_form.py)
     dd.barrier()  # the other ranks read the tokenizer rank 0 just wrote
     tok = load_tokenizer(out)
     train_data, val_data = split_train_val(encode_documents(tok, docs), block_size)
