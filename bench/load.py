@@ -6,6 +6,7 @@ Face transformers `generate` of the same model shape in the same run; and a soak
     python -m bench.load --precisions fp32,int8   # the int8 model beside fp32 (one server each)
     python -m bench.load --soak 180               # 48 mixed clients, 3 minutes, --max-batch 32
     python -m bench.load --http                   # each scenario over gRPC and over HTTP (SSE)
+    python -m bench.load --controls               # each scenario also with penalties + logit_bias on
 
 Reports time to first token and inter-token latency (p50/p99), aggregate tokens/s, errors,
 the CPU the server and the clients used, and the ratio to HF generate. Greedy with
@@ -37,6 +38,9 @@ from pathlib import Path
 import numpy as np
 
 FRANKENSTEIN = dict(n_layer=4, n_head=4, n_embd=256, block_size=256)
+# --controls: what every request sets in the "+controls" scenarios (penalties and 20 biased tokens)
+CONTROLS = dict(presence_penalty=0.5, frequency_penalty=0.5, repetition_penalty=1.1,
+                logit_bias={i: -1.0 for i in range(10, 30)})
 TEXT = ("You will rejoice to hear that no disaster has accompanied the commencement of an "
         "enterprise which you have regarded with such evil forebodings. I arrived here yesterday.")
 
@@ -139,8 +143,9 @@ async def stream_once(stub, req, tally: Tally, timeout: float = 120, cancel_afte
         tally.count("CANCELLED (by the client)")
 
 
-async def run_streams(target: str, n: int, seconds: float, prompt: str, new_tokens: int) -> Tally:
-    """n clients, each sending back-to-back greedy requests for `seconds`."""
+async def run_streams(target: str, n: int, seconds: float, prompt: str, new_tokens: int,
+                      controls: dict | None = None) -> Tally:
+    """n clients, each sending back-to-back greedy requests for `seconds` (with `controls`)."""
     import grpc
 
     from serving.proto import pb, pb_grpc
@@ -149,7 +154,8 @@ async def run_streams(target: str, n: int, seconds: float, prompt: str, new_toke
     async with grpc.aio.insecure_channel(target) as ch:
         stub = pb_grpc.TextGenerationStub(ch)
         end = time.perf_counter() + seconds
-        req = pb.GenerateRequest(prompt=prompt, max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+        req = pb.GenerateRequest(prompt=prompt, max_tokens=new_tokens, temperature=0.0, ignore_eos=True,
+                                 **(controls or {}))
 
         async def client() -> None:
             while time.perf_counter() < end:
@@ -158,7 +164,8 @@ async def run_streams(target: str, n: int, seconds: float, prompt: str, new_toke
     return tally
 
 
-async def run_sse_streams(base: str, n: int, seconds: float, prompt: str, new_tokens: int) -> Tally:
+async def run_sse_streams(base: str, n: int, seconds: float, prompt: str, new_tokens: int,
+                          controls: dict | None = None) -> Tally:
     """The same scenario over POST /v1/completions with stream: true (httpx, one connection
     per client); an SSE chunk may carry several tokens, as a gRPC message may."""
     import json
@@ -168,6 +175,8 @@ async def run_sse_streams(base: str, n: int, seconds: float, prompt: str, new_to
     tally = Tally()
     body = {"prompt": prompt, "max_tokens": new_tokens, "temperature": 0.0, "ignore_eos": True,
             "stream": True, "stream_options": {"include_usage": True}}
+    if controls:
+        body.update(controls, logit_bias={str(k): v for k, v in controls["logit_bias"].items()})
     end = time.perf_counter() + seconds
 
     async def client() -> None:
@@ -253,10 +262,13 @@ def compare(args, art: Path, prompt: str, vocab: int) -> int:
         http_port = free_port() if args.http else -1
         servers[precision] = proc, target, _ = start_server(
             art, [*args.server_args.split(), "--precision", precision], http_port)
-        apis[precision, "gRPC"] = lambda n, target=target: run_streams(target, n, per_round, prompt, args.new_tokens)
-        if args.http:
-            base = f"http://127.0.0.1:{http_port}"
-            apis[precision, "HTTP/SSE"] = lambda n, base=base: run_sse_streams(base, n, per_round, prompt, args.new_tokens)
+        for label, controls in [("", None), *([(" +controls", CONTROLS)] if args.controls else [])]:
+            apis[precision, "gRPC" + label] = lambda n, target=target, c=controls: run_streams(
+                target, n, per_round, prompt, args.new_tokens, c)
+            if args.http:
+                base = f"http://127.0.0.1:{http_port}"
+                apis[precision, "HTTP/SSE" + label] = lambda n, base=base, c=controls: run_sse_streams(
+                    base, n, per_round, prompt, args.new_tokens, c)
     scenarios = [(precision, api, n) for n in streams for precision, api in apis]
     tallies = {s: Tally() for s in scenarios}
     walls, cpu = dict.fromkeys(scenarios, 0.0), {s: [0.0, 0.0] for s in scenarios}
@@ -297,6 +309,10 @@ def compare(args, art: Path, prompt: str, vocab: int) -> int:
               f"{cpu[s][0] / walls[s]:.2f} / {cpu[s][1] / walls[s]:.2f} | {ratios} |")
     for b in hf_batches:
         print(f"| HF transformers generate, batch {b} | | | {hf_rate[b]:,.0f} | | | |" + " |" * len(hf_batches))
+    for precision, api, n in scenarios:   # --controls: what penalties + logit_bias cost, same run
+        if api.endswith(" +controls"):
+            on, off = (tallies[precision, a, n].row(walls[precision, a, n])["tok_s"] for a in (api, api[:-10]))
+            print(f"\n{api[:-10]} {precision}, {n} streams: tokens/s with the controls / without = {on / off:.3f}")
     return 0
 
 
@@ -391,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precisions", default="fp32", help="serve these model files side by side, e.g. fp32,int8")
     p.add_argument("--soak", type=float, default=0, help="run the soak test for this many seconds instead")
     p.add_argument("--http", action="store_true", help="also run each scenario over HTTP/SSE, beside gRPC")
+    p.add_argument("--controls", action="store_true",
+                   help="also run each scenario with penalties and logit_bias on for every request (CONTROLS)")
     args = p.parse_args(argv)
 
     tmp = tempfile.TemporaryDirectory()

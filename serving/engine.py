@@ -84,7 +84,7 @@ class Engine:
         n > 1 the n choices (`req.choices`, seeds seed, seed+1, ...) share the sink and are
         queued as one. `param` names what the prompt came from (a chat's is "messages")."""
         self.validate(params)
-        ids = self.encode(prompt, param)
+        ids = self.encode(prompt, param, params.truncate_prompt_tokens)
         seeds = [params.seed] * params.n if params.seed is None else [params.seed + i for i in range(params.n)]
         choices = [Request(ids, params if i == 0 else dataclasses.replace(params, seed=seed),
                            self.tokens.stream(), sink, index=i) for i, seed in enumerate(seeds)]
@@ -98,10 +98,17 @@ class Engine:
             self.metrics.waiting.set(self.inbox.qsize())
         return choices[0]
 
-    def encode(self, prompt: str, param: str = "prompt") -> list[int]:
-        """The prompt's token ids (an empty prompt starts from end-of-text), within the context."""
+    def encode(self, prompt: str, param: str = "prompt", truncate: int | None = None) -> list[int]:
+        """The prompt's token ids (an empty prompt starts from end-of-text), within the context;
+        `truncate` keeps only the last that many (-1: the context length), as vLLM's
+        truncate_prompt_tokens."""
         check_text(prompt, param)
         ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else [self.eos]
+        if truncate is not None:
+            if not (truncate == -1 or 1 <= truncate <= self.context):
+                raise InvalidRequest(f"truncate_prompt_tokens must be -1 (the context) or 1 to {self.context}, "
+                                     f"got {truncate}", param="truncate_prompt_tokens")
+            ids = ids[-(self.context if truncate == -1 else truncate):]
         if len(ids) > self.context:
             what = "prompt is" if param == "prompt" else f"the {param} render to"
             raise InvalidRequest(f"{what} {len(ids)} tokens; the limit is the context length, {self.context}",
@@ -267,7 +274,7 @@ class Engine:
         """Sample the next token of each slot's request from its logits row; end or go on."""
         reqs = [self.table.owner[s] for s in slots]
         params = [r.params for r in reqs]
-        adjusted = self.penalties.apply(logits, slots, params, [r.generated for r in reqs])
+        adjusted = self.penalties.apply(logits, slots, reqs)
         tokens = sample_batch(adjusted, params, [r.rng for r in reqs])
         self.penalties.record(slots, tokens)
         if self.metrics:

@@ -137,7 +137,8 @@ def params_of(r: pb.GenerateRequest, max_new_tokens: int, chat_stop: tuple[str, 
         seed=opt("seed", None), stop=stop, ignore_eos=r.ignore_eos, logprobs=opt("logprobs", None),
         presence_penalty=opt("presence_penalty", 0.0), frequency_penalty=opt("frequency_penalty", 0.0),
         repetition_penalty=opt("repetition_penalty", 1.0), logit_bias=tuple(sorted(r.logit_bias.items())),
-        min_tokens=opt("min_tokens", 0), n=n, prompt_logprobs=opt("prompt_logprobs", None))
+        min_tokens=opt("min_tokens", 0), n=n, prompt_logprobs=opt("prompt_logprobs", None),
+        truncate_prompt_tokens=opt("truncate_prompt_tokens", None))
 
 
 def messages_of(messages) -> list[dict]:

@@ -100,7 +100,7 @@ def controls(body: dict, max_tokens: int) -> dict:
         frequency_penalty=field_of(body, "frequency_penalty", float, 0.0),
         repetition_penalty=field_of(body, "repetition_penalty", float, 1.0),
         logit_bias=_logit_bias(body), min_tokens=field_of(body, "min_tokens", int, 0),
-        n=field_of(body, "n", int, 1))
+        n=field_of(body, "n", int, 1), truncate_prompt_tokens=field_of(body, "truncate_prompt_tokens", int, None))
 
 
 def check_body(body: Any) -> dict:
@@ -158,6 +158,9 @@ class CompletionShape:
     def __init__(self, meta: Meta, c: Completion, prompt_ids: list[int], tokens: TokenTable):
         self.meta, self.c, self.prompt_ids, self.tokens = meta, c, prompt_ids, tokens
         self.sent: dict[int, int] = {}      # characters sent so far, per choice (logprobs' text_offset)
+        self.prompt = c.prompt              # what echo sends: the tokens kept, when truncated
+        if c.prompt and c.params.truncate_prompt_tokens is not None:
+            self.prompt = b"".join(tokens.bytes[i] for i in prompt_ids).decode("utf-8", errors="replace")
 
     def start(self) -> list[dict]:
         return []
@@ -166,12 +169,12 @@ class CompletionShape:
         first, offset = index not in self.sent, self.sent.get(index, 0)
         lp = None
         if self.c.params.logprobs is not None:
-            lp = openai_logprobs(lps or [], self.tokens, offset + (len(self.c.prompt) if self.c.echo else 0))
+            lp = openai_logprobs(lps or [], self.tokens, offset + (len(self.prompt) if self.c.echo else 0))
             if self.c.echo and first:
-                lp = join_logprobs(echo_logprobs(self.prompt_ids, prompt_lps, self.tokens, self.c.prompt), lp)
+                lp = join_logprobs(echo_logprobs(self.prompt_ids, prompt_lps, self.tokens, self.prompt), lp)
         self.sent[index] = offset + len(text)
         if self.c.echo and first:
-            text = self.c.prompt + text
+            text = self.prompt + text
         return {"text": text, "index": index, "logprobs": lp, "finish_reason": finish or None}
 
     def chunk(self, ev: Event) -> dict:

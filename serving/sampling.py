@@ -38,6 +38,7 @@ class SamplingParams:
     min_tokens: int = 0               # no end-of-text (nor stop string) before this many tokens
     n: int = 1                        # choices: each its own slot and RNG (seeds seed, seed+1, ...)
     prompt_logprobs: int | None = None   # the prompt's tokens' logprobs (echo), k alternatives each
+    truncate_prompt_tokens: int | None = None   # keep the prompt's last k tokens (-1: as many as fit)
 
     @property
     def penalized(self) -> bool:

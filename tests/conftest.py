@@ -46,3 +46,12 @@ def tiny_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny"
     assert main(TINY_TRAIN_ARGS + ["--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def http(live):
+    """An HTTP client for the module's `live` server (each serving module defines `live`)."""
+    import httpx
+
+    with httpx.Client(base_url=live.base, timeout=60) as c:
+        yield c

@@ -33,12 +33,6 @@ def live(tiny_run, tmp_path_factory):
     s.close()
 
 
-@pytest.fixture(scope="module")
-def http(live):
-    with httpx.Client(base_url=live.base, timeout=60) as c:
-        yield c
-
-
 def error_of(r: httpx.Response) -> dict:
     body = r.json()
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
@@ -163,6 +157,7 @@ FIELDS = {
     "logit_bias": st.dictionaries(st.text(max_size=4) | st.integers(-5, 400).map(str) | st.just("1" * 30),
                                   st.integers(-200, 200) | st.floats(allow_nan=True), max_size=3),
     "min_tokens": st.integers(-2, MAX_NEW + 2),
+    "truncate_prompt_tokens": st.integers(-3, 40),
     "user": st.text(max_size=5), "model": st.text(max_size=5),
 }
 # Chat's own fields, on top of the shared ones (prompt and echo aside).
@@ -250,6 +245,7 @@ requests = st.builds(
     repetition_penalty=st.none() | float32s, logit_bias=st.dictionaries(st.integers(-5, 400) | int32s, float32s, max_size=4),
     min_tokens=st.none() | int32s | st.integers(0, 5), n=st.none() | st.integers(-1, 10) | int32s,
     prompt_logprobs=st.none() | st.integers(-1, 7) | int32s,
+    truncate_prompt_tokens=st.none() | st.integers(-2, 40) | int32s,
     messages=st.lists(st.builds(pb.ChatMessage, role=st.sampled_from(["user", "system", "assistant", "x"]),
                                 content=st.text(max_size=12), name=st.text(max_size=4)), max_size=2),
     chat_template_kwargs=st.dictionaries(st.sampled_from(["assistant_name", "user_name", "_x"]), st.text(max_size=8),

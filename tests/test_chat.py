@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import grpc
-import httpx
 import pytest
 from conftest import DATA, SONNETS
 
@@ -28,7 +27,7 @@ TINY_STYLE = "".join(f"{who}:\n{line}\n\n" for who, line in [
     ("MENENIUS", "Why, masters, my good friends."), ("MARCIUS", "He that will give good words to thee.")])
 CONVERSATION = [{"role": "system", "content": "A public place."},
                 {"role": "user", "content": "Good morrow, cousin.\n\n  Is the day so young?"},
-                {"role": "assistant", "content": "But new struck nine.", "name": "Benvolio"},
+                {"role": "assistant", "content": "But new struck nine.", "name": "Mercutio"},
                 {"role": "user", "content": [{"type": "text", "text": "Ay me!"}, {"type": "text", "text": "Sad hours."}]}]
 
 
@@ -47,8 +46,9 @@ def test_the_template_writes_the_play():
     user, assistant = chat.form["user"], chat.form["assistant"]
     assert chat.render(check_messages(CONVERSATION)) == (
         f"[A public place.]\n\n{user}.\nGood morrow, cousin.\nIs the day so young?\n\n"
-        f"Benvolio.\nBut new struck nine.\n\n{user}.\nAy me!\nSad hours.\n\nBenvolio.\n")   # named: the reply's speaker too
+        f"Mercutio.\nBut new struck nine.\n\n{user}.\nAy me!\nSad hours.\n\nMercutio.\n")   # named: the reply's speaker too
     first = [CONVERSATION[1]]
+    assert chat.render(first).endswith(f"young?\n\n{assistant}.\n") and assistant != "Mercutio"
     assert chat.render(first, {"assistant_name": "Juliet", "user_name": "Romeo"}) == \
         "Romeo.\nGood morrow, cousin.\nIs the day so young?\n\nJuliet.\n"
     assert chat.render(first, add_generation_prompt=False).endswith("young?\n\n") and chat.stop == ("\n\n",)
@@ -115,12 +115,6 @@ def live(chat_art):
     s = LiveServer(chat_art, max_new_tokens=200, max_batch=8)
     yield s
     s.close()
-
-
-@pytest.fixture(scope="module")
-def http(live):
-    with httpx.Client(base_url=live.base, timeout=60) as c:
-        yield c
 
 
 HI = [{"role": "user", "content": "Good morrow."}]
@@ -206,6 +200,21 @@ def test_tokenize_and_detokenize_on_both_apis(live, http):
 
 
 LONG = [{"role": "user", "content": "word " * 10}]
+
+
+def test_truncate_prompt_tokens_keeps_the_end_of_a_long_conversation(live, http):
+    for keep, want in ((-1, 32), (10, 10)):
+        r = http.post("/v1/chat/completions", json={"messages": LONG, "max_tokens": 3, "truncate_prompt_tokens": keep})
+        assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == want, r.text
+    r = http.post("/v1/completions", json={"prompt": "Shall I compare thee", "max_tokens": 1, "echo": True,
+                                           "truncate_prompt_tokens": 7, "logprobs": 0})
+    lp = r.json()["choices"][0]["logprobs"]
+    assert r.json()["choices"][0]["text"].startswith("re thee") and lp["tokens"][:7] == list("re thee")
+    g = live.stub.Complete(pb.GenerateRequest(prompt="word " * 10, max_tokens=2, truncate_prompt_tokens=-1))
+    assert g.usage.prompt_tokens == 32
+    bad = http.post("/v1/chat/completions", json={"messages": HI, "truncate_prompt_tokens": 0})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "truncate_prompt_tokens"
+
 BAD_CHAT = [
     ({"messages": []}, "messages must be a non-empty list", "messages"),
     ({"messages": "hi"}, "messages must be a non-empty list", "messages"),

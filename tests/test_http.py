@@ -32,12 +32,6 @@ def live(art):
     s.close()
 
 
-@pytest.fixture(scope="module")
-def http(live):
-    with httpx.Client(base_url=live.base, timeout=60) as c:
-        yield c
-
-
 def sse(response: httpx.Response) -> list:
     """The `data:` payloads of an SSE response, JSON-decoded ([DONE] kept as a string)."""
     out = []

@@ -197,7 +197,11 @@ def test_chat_mode_shows_what_the_model_reads_and_the_character_answers(page, pl
                                                       "e.querySelector('.content').value])")
     assert roles == [["user", "Good morrow."], ["assistant", content.strip()], ["user", ""]]   # the reply joined
     page.wait_for_function("document.querySelector('#rendered').textContent.endsWith('Juliet.\\n')")
-    assert page.errors == []
+    page.locator("#messages .content").last.fill("What news?")       # now longer than the context (32)
+    page.wait_for_function("document.querySelector('#token-count').classList.contains('over')")
+    page.click("#generate")                                           # the model reads the end that fits
+    page.wait_for_function("document.querySelectorAll('#messages li').length === 5", timeout=30000)
+    assert page.locator("#error").is_hidden() and page.errors == []
 
 
 def test_n_choices_and_logit_bias_from_the_page(page, live):

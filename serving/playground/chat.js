@@ -64,7 +64,9 @@ function templateKwargs() {
 
 // The chat request's own fields (playground.js adds the sampling controls).
 function chatBody() {
-  return { messages: conversation(), chat_template_kwargs: templateKwargs() };
+  const body = { messages: conversation(), chat_template_kwargs: templateKwargs() };
+  if ($("truncate").checked) body.truncate_prompt_tokens = -1;
+  return body;
 }
 
 function chatReplied(text) {
