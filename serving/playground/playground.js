@@ -215,7 +215,8 @@ function showError(message) {
 async function generate(event) {
   event.preventDefault();
   if (controller) return;
-  if (chatMode()) await refreshTokens();   // the echo is exactly what the template renders
+  clearTimeout(tokenTimer);
+  await refreshTokens();   // the token view (and in chat mode the echo) is what this request sends
   clearOutput();
   controller = new AbortController();
   setRunning(true);
