@@ -184,8 +184,6 @@ class Engine:
             need += len(self.admitting[-1])
         if not self.admitting:
             return
-        if self.metrics:
-            self.metrics.waiting.set(self.inbox.qsize())
         now, live, waiting, room = time.perf_counter(), [], [], self.table.free
         for g in self.admitting:
             if waiting or len(g) > room:
@@ -201,6 +199,8 @@ class Engine:
                 live.append(g)
                 room -= len(g)
         self.admitting = waiting
+        if self.metrics:   # still waiting: those in the inbox, and any held back here for slots
+            self.metrics.waiting.set(self.inbox.qsize() + len(waiting))
         if live:
             self._join(live)
             self._flush()  # first tokens go out now, not after the next decode step

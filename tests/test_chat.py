@@ -11,7 +11,7 @@ import pytest
 from conftest import DATA, SONNETS
 
 from core.chat import read_chat
-from core.errors import UserError
+from core.errors import InvalidRequest, UserError
 from export.__main__ import main as export_main
 from serving.chat import Chat, check_messages
 from serving.proto import pb
@@ -39,6 +39,11 @@ def test_the_form_is_found_in_the_corpus():
     assert (tiny["style"], tiny["suffix"], tiny["upper"], tiny["directions"]) == ("speakers", ":", True, False)
     assert {tiny["user"], tiny["assistant"]} == {"MENENIUS", "MARCIUS"}    # the upper-case pair that answer each other
     assert find_form([SONNETS.read_text()])["style"] == "prose"
+
+
+def test_an_artifact_without_a_template_says_to_re_export():
+    with pytest.raises(InvalidRequest, match="no chat template.*re-run"):
+        Chat(None).render(HI)
 
 
 def test_the_template_writes_the_play():

@@ -178,3 +178,22 @@ def test_echo_logprobs_match_pytorch(live, http, tiny_run):
     assert best <= set(lp["top_logprobs"][4])
     msgs = list(live.stub.Generate(pb.GenerateRequest(prompt=prompt, max_tokens=2, prompt_logprobs=0, temperature=0)))
     np.testing.assert_allclose([e.logprob for e in msgs[0].prompt_logprobs], want, atol=2e-4)
+
+
+def test_n_choices_wait_for_slots_together_and_hold_later_requests_back(tiny_run, tmp_path_factory):
+    """Two slots, one held by a long request: n=2 waits for both, and a request sent after it
+    does not overtake it; everything finishes."""
+    s = LiveServer(cached_artifact(tiny_run, tmp_path_factory), max_new_tokens=400, max_batch=2)
+    try:
+        long = s.stub.Generate(pb.GenerateRequest(prompt="hi", max_tokens=300, ignore_eos=True), timeout=60)
+        next(long)
+        pair = s.stub.Complete.future(pb.GenerateRequest(prompt="When I", n=2, max_tokens=5, ignore_eos=True))
+        assert s.wait_for(lambda: s.metric("shelley_requests_waiting") == 1)
+        later = s.stub.Complete.future(pb.GenerateRequest(prompt="hi", max_tokens=3, ignore_eos=True))
+        assert s.wait_for(lambda: s.metric("shelley_requests_waiting") == 2)
+        assert not pair.done() and not later.done()          # one slot free: neither may start
+        LiveServer.drain_quietly(long)
+        got = pair.result(30)
+        assert [len(c.token_ids) for c in got.choices] == [5, 5] and later.result(30).usage.completion_tokens == 3
+    finally:
+        s.close()
