@@ -5,6 +5,7 @@ on the same weights and the same cores, in one run.
     python -m bench.load --streams 1 --seconds 30 --peers shelley-fp32,llama-f32
     python -m bench.load --prefix                     # TTFT of a repeated 200-token prompt
     python -m bench.load --grpc                       # shelley over gRPC too
+    python -m bench.load --controls                   # shelley also with penalties + logit_bias on
     python -m bench.load --model random               # untrained weights (timing is the shape's)
 
 Every server gets the same OpenAI streaming client (bench/clients.py): 64-token prompts, all
@@ -41,6 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from bench.clients import Tally, grpc_streams, openai_streams  # noqa: E402
 
 SLOTS, THREADS = 64, 2
+# --controls: what every request of the "+controls" scenarios sets (penalties, 20 biased tokens)
+CONTROLS = dict(presence_penalty=0.5, frequency_penalty=0.5, repetition_penalty=1.1,
+                logit_bias={str(i): -1.0 for i in range(10, 30)})
 
 
 def free_port() -> int:
@@ -168,8 +172,10 @@ class HFGenerate:
 
 def measure(peer: Peer, api: str, n: int, seconds: float, prompts: list[str], new_tokens: int,
             first: int) -> tuple[Tally, float, float]:
-    """(tally, wall seconds, server CPU seconds) of one scenario's turn."""
-    run = openai_streams(peer.base, n, seconds, prompts, new_tokens, first=first) if api == "http" else \
+    """(tally, wall seconds, server CPU seconds) of one scenario's turn; api "http+controls"
+    sets CONTROLS on every request."""
+    extra = CONTROLS if api == "http+controls" else None
+    run = openai_streams(peer.base, n, seconds, prompts, new_tokens, extra, first=first) if api != "grpc" else \
         grpc_streams(peer.grpc_target, n, seconds, prompts, new_tokens, first=first)
     cpu0, t0 = cpu_seconds(peer.pid), time.perf_counter()
     tally = asyncio.run(run)
@@ -182,7 +188,10 @@ def compare(args, model, peers: list[Peer]) -> None:
     hf = HFGenerate(model.run, args.prompt_tokens, args.new_tokens) if hf_batches else None
     prompts = model.prompts(args.prompt_tokens, 400)
     per_round = args.seconds / args.rounds
-    scenarios = [(p, api, n) for n in streams for p in peers for api in (["http", "grpc"] if p.grpc_target else ["http"])]
+    def apis(p: Peer) -> list[str]:
+        shelley = p.name.startswith("shelley")
+        return ["http", *(["grpc"] if p.grpc_target else []), *(["http+controls"] if shelley and args.controls else [])]
+    scenarios = [(p, api, n) for n in streams for p in peers for api in apis(p)]
     tallies = {s: Tally() for s in scenarios}
     walls, cpu = dict.fromkeys(scenarios, 0.0), dict.fromkeys(scenarios, 0.0)
     hf_done = {b: [0.0, 0.0] for b in hf_batches}
@@ -209,8 +218,11 @@ def compare(args, model, peers: list[Peer]) -> None:
         row = tallies[s].row(walls[s])
         twin = {"shelley-fp32": "llama-f32", "shelley-int8": "llama-q8_0"}.get(peer.name)
         ref = next((rate[t] for t in scenarios if t[0].name == twin and t[1] == "http" and t[2] == n), None)
+        if api == "http+controls":   # against the same server without the controls
+            twin, ref = peer.name, rate[(peer, "http", n)]
         versus = f"{row['tok_s'] / ref:.2f}x" if ref else ""
-        cells = [f"{peer.label}{' gRPC' if api == 'grpc' else ''}, {n} stream{'s' * (n > 1)}", f"{row['tok_s']:,.0f}",
+        suffix = {"grpc": " gRPC", "http+controls": " +controls"}.get(api, "")
+        cells = [f"{peer.label}{suffix}, {n} stream{'s' * (n > 1)}", f"{row['tok_s']:,.0f}",
                  f"{row['ttft50']:.1f} / {row['ttft99']:.1f}", f"{row['gap50']:.2f} / {row['gap99']:.2f}",
                  f"{row['per_chunk']:.1f}", f"{row['errors']}", f"{cpu[s] / walls[s]:.2f}",
                  f"{rss_mb(peer.pid):.0f}", versus, *(f"{row['tok_s'] / hf_rate[b]:.2f}x" for b in hf_batches)]
@@ -250,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-args", default=f"--max-batch {SLOTS}", help="extra flags for python -m serving")
     p.add_argument("--grpc", action="store_true", help="shelley over gRPC too, beside HTTP")
     p.add_argument("--prefix", action="store_true", help="TTFT with and without a repeated prompt instead")
+    p.add_argument("--controls", action="store_true", help="shelley also with penalties and logit_bias on")
     args = p.parse_args(argv)
 
     from bench.models import bench_model

@@ -2,6 +2,7 @@
 
     art = load_artifact("artifacts/default")   # UserError (one line) if incomplete/corrupt
     art.config.context_length, art.onnx_path("int8"), art.tokenizer, art.tokens.text(42)
+    art.chat.template, art.chat.stop            # chat_template.json (core/chat.py), optional
     inputs, outputs = graph_names(n_layer)      # the graph's I/O names, in order
     write_manifest(art_dir, versions, training) # export: hashes every other file, written last
 
@@ -127,6 +128,13 @@ class Artifact:
     config: ArtifactConfig
     manifest: dict
     tokenizer: object     # tokenizers.Tokenizer
+
+    @cached_property
+    def chat(self):
+        """The chat template (core/chat.py), or None for an artifact exported before chat
+        templates; read only when manifest.json lists it, so its hash was checked."""
+        from core.chat import CHAT_NAME, read_chat
+        return read_chat(self.path) if CHAT_NAME in self.manifest.get("files", {}) else None
 
     @cached_property
     def tokens(self):

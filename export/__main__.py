@@ -1,7 +1,7 @@
 """Export a training run to a model artifact dir for ONNX Runtime.
 
     python -m export --run runs/default --out artifacts/default [--dtype fp32|fp16]
-                     [--quantize int8] [--opset 17] [--force]
+                     [--quantize int8] [--opset 17] [--force] [--chat-template FILE] [--chat-stop STR]
     python -m export --format hf --run runs/default --out hf/default   # transformers' format: export/hf.py
     python -m export --format gguf --run runs/default --out gguf/default [--gguf-type f32|f16|q8_0]
                                                       # llama.cpp and Ollama: export/gguf.py
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from core.errors import run_main
 from export.build import ExportConfig, export_run
+from export.chat import add_chat_flags
 from export.onnx_graph import MAX_OPSET, MIN_OPSET
 
 FORMATS = ("onnx", "hf", "gguf")
@@ -31,9 +32,11 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
                    help="int8 writes model.int8.onnx (int8 MatMul weights, for CPUs) if its quality holds")
     p.add_argument("--opset", type=int, default=17, help=f"ONNX opset ({MIN_OPSET}..{MAX_OPSET})")
     p.add_argument("--force", action="store_true", help="overwrite an existing artifact dir")
+    add_chat_flags(p)
     p.add_argument("--format", choices=FORMATS, default="onnx",
-                   help="hf: the run in transformers' GPT-2 format instead (takes --run, --out, --force); "
-                        "gguf: one GGUF file and an Ollama Modelfile (also takes --gguf-type f32|f16|q8_0)")
+                   help="hf: the run in transformers' GPT-2 format instead (takes --run, --out, --force, "
+                        "--chat-template, --chat-stop); gguf: one GGUF file and an Ollama Modelfile "
+                        "(also takes --gguf-type f32|f16|q8_0)")
     args = vars(p.parse_args(argv))
     args.pop("format")
     return ExportConfig(**args)

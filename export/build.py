@@ -3,7 +3,8 @@
     manifest = export_run(ExportConfig(run="runs/default", out="artifacts/default", quantize="int8"))
 
 Writes model.onnx (+ model.fp16.onnx with dtype fp16, + model.int8.onnx with quantize int8),
-tokenizer.json, model_config.json and, last, manifest.json (sha256 of every other file).
+tokenizer.json, chat_template.json (export/chat.py), model_config.json and, last,
+manifest.json (sha256 of every other file).
 Each graph is checked with onnx.checker (full shape inference) and loaded in ONNX Runtime
 before it is kept; the int8 file only if its quality holds (export/quantize.py).
 """
@@ -17,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.artifact import CONFIG_NAME, MANIFEST_NAME, MODEL_FILES, TOKENIZER_NAME
+from core.chat import CHAT_NAME, write_chat
 from core.errors import UserError
 from core.files import prepare_out_dir
 from export.artifact import write_manifest, write_model_config
+from export.chat import resolve_chat
 from export.onnx_graph import MAX_OPSET, MIN_OPSET
 
 
@@ -31,6 +34,8 @@ class ExportConfig:
     quantize: str | None = None    # "int8" also writes model.int8.onnx (for CPUs)
     opset: int = 17
     force: bool = False
+    chat_template: str | None = None   # a Jinja2 file instead of the run's template (export/chat.py)
+    chat_stop: list[str] | None = None
 
 
 def load_gpt(run_dir: Path):
@@ -72,11 +77,13 @@ def export_run(cfg: ExportConfig) -> dict:
     run, out = Path(cfg.run), Path(cfg.out)
     model, config, tok = load_gpt(run)
     check_exportable(model)
+    chat = resolve_chat(run, cfg.chat_template, cfg.chat_stop)
     eos = eos_id(tok)
     if eos is None:
         raise UserError(f"{run / TOKENIZER_NAME} has no <|endoftext|> token; retrain with this version")
     # The manifest goes first, so a half-rewritten dir is never taken for a valid one.
-    out = prepare_out_dir(out, cfg.force, (MANIFEST_NAME, *MODEL_FILES.values(), TOKENIZER_NAME, CONFIG_NAME))
+    out = prepare_out_dir(out, cfg.force, (MANIFEST_NAME, *MODEL_FILES.values(), TOKENIZER_NAME, CONFIG_NAME,
+                                           CHAT_NAME))
 
     files = {"fp32": MODEL_FILES["fp32"]}
     tmp = out / ".model.onnx.tmp"
@@ -94,6 +101,7 @@ def export_run(cfg: ExportConfig) -> dict:
     finally:
         tmp.unlink(missing_ok=True)
     shutil.copyfile(run / TOKENIZER_NAME, out / TOKENIZER_NAME)
+    write_chat(out, chat)
     write_model_config(out, run.resolve().name, config, count_params(model), eos, cfg.opset, files)
     quality = quantize_int8(out, run, files) if cfg.quantize == "int8" else None
     manifest = write_manifest(out, read_summary(run / "summary.json"))

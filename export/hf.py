@@ -10,7 +10,8 @@ Our GPT has GPT-2's layout, so the weights only need renaming, and transposing w
 keeps a `Conv1D` (weight stored (in, out), the transpose of `nn.Linear`). The output
 embedding is tied to the input one, so it is not stored. Writes `config.json`,
 `generation_config.json`, `model.safetensors`, `tokenizer.json` (the run's own file),
-`tokenizer_config.json` and `special_tokens_map.json`. Needs torch and safetensors, not
+`tokenizer_config.json` (with the run's `chat_template`, so `apply_chat_template` renders
+what the server renders) and `special_tokens_map.json`. Needs torch and safetensors, not
 transformers.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from core.artifact import TOKENIZER_NAME
 from core.errors import UserError
 from core.files import atomic_write, prepare_out_dir
 from core.model_config import ModelConfig
+from export.chat import add_chat_flags, resolve_chat
 from training.tokenizer import EOS, eos_id
 
 HF_FILES = ("config.json", "generation_config.json", "model.safetensors", TOKENIZER_NAME,
@@ -60,12 +62,12 @@ def gpt2_config(mc: ModelConfig, eos: int) -> dict:
             "bos_token_id": eos, "eos_token_id": eos}
 
 
-def tokenizer_config(mc: ModelConfig) -> dict:
-    """What AutoTokenizer needs to load tokenizer.json as a fast tokenizer, unchanged.
-
-    No clean-up of spaces: decode must give back exactly the text the ids spell."""
+def tokenizer_config(mc: ModelConfig, chat_template: str) -> dict:
+    """What AutoTokenizer needs to load tokenizer.json as a fast tokenizer, unchanged, and
+    the chat template. No clean-up of spaces: decode must give back exactly the text the ids spell."""
     return {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": mc.block_size,
-            **SPECIAL_TOKENS, "clean_up_tokenization_spaces": False, "add_prefix_space": False}
+            **SPECIAL_TOKENS, "clean_up_tokenization_spaces": False, "add_prefix_space": False,
+            "chat_template": chat_template}
 
 
 def save_gpt2(model, out: Path, eos: int) -> None:
@@ -82,7 +84,8 @@ def save_gpt2(model, out: Path, eos: int) -> None:
         atomic_write(out / name, json.dumps(content, indent=2) + "\n")
 
 
-def export_hf(run_dir: str | Path, out: str | Path, force: bool = False) -> list[Path]:
+def export_hf(run_dir: str | Path, out: str | Path, force: bool = False, chat_template: str | None = None,
+              chat_stop: list[str] | None = None) -> list[Path]:
     """Write the transformers directory for a run's ckpt.pt; returns the files written."""
     from training.checkpoint import load_run
 
@@ -91,9 +94,10 @@ def export_hf(run_dir: str | Path, out: str | Path, force: bool = False) -> list
     if mc.model != "gpt" or not mc.bias:
         raise UserError(f"{run_dir} holds a {mc.model!r} model{'' if mc.bias else ' without biases'}; "
                         f"the transformers export is GPT-2 and needs a gpt with biases")
+    chat = resolve_chat(run_dir, chat_template, chat_stop)
     prepare_out_dir(out, force, HF_FILES)
     save_gpt2(model, out, eos_id(tok))
-    atomic_write(out / "tokenizer_config.json", json.dumps(tokenizer_config(mc), indent=2) + "\n")
+    atomic_write(out / "tokenizer_config.json", json.dumps(tokenizer_config(mc, chat.template), indent=2) + "\n")
     atomic_write(out / "special_tokens_map.json", json.dumps(SPECIAL_TOKENS, indent=2) + "\n")
     shutil.copyfile(run_dir / TOKENIZER_NAME, out / TOKENIZER_NAME)
     return [out / name for name in HF_FILES]
@@ -105,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True, help="training run dir (ckpt.pt, tokenizer.json)")
     p.add_argument("--out", required=True, help="directory to write")
     p.add_argument("--force", action="store_true", help="overwrite an existing directory")
+    add_chat_flags(p)
     args = p.parse_args(argv)
-    for path in export_hf(args.run, args.out, args.force):
+    for path in export_hf(args.run, args.out, args.force, args.chat_template, args.chat_stop):
         print(f"{path}  {path.stat().st_size / 1e6:8.2f} MB")
     return 0

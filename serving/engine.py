@@ -15,46 +15,44 @@ engine reads at its next step.
 
 A request owns one slot of the KV cache (serving/slots.py) from admission to finish.
 Joining is prefilling its prompt into its slot (newcomers in adjacent slots share one
-call); leaving frees the slot; no other row's cache is ever touched. Each step decodes one
-token for rows [0, rows) in one ONNX Runtime call and samples them together
-(serving/sampling.py). A row whose cache is full re-prefills its newest tokens into its
-own slot and goes on (core/window.py, the rule every runtime slides by). `check_stop` is
-the one place a request's end is decided. If the loop dies, every request ends with an
-error at once and `on_crash` tells the server, which stops serving.
+call); leaving frees the slot; no other row's cache is ever touched. A request for n
+choices is n requests admitted together: the prompt is prefilled into the first one's slot
+and copied into the others' (`Runtime.copy_prefix`; on CUDA each is prefilled). Each step
+decodes one token for rows [0, rows) in one ONNX Runtime call and samples them together
+(serving/sampling.py), after penalties, logit_bias and min_tokens (serving/penalties.py).
+A row whose cache is full re-prefills its newest tokens into its own slot and goes on
+(core/window.py, the rule every runtime slides by). A row running alone may verify tokens
+drafted from its own text in one call (`_speculate`, serving/speculate.py). `check_stop`
+(serving/requests.py, with the request and event types) is the one place a request's end
+is decided. If the loop dies, every request ends with an error at once and `on_crash`
+tells the server, which stops serving.
 """
 from __future__ import annotations
 
-import enum
+import dataclasses
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from core.artifact import Artifact
 from core.errors import InvalidRequest, QueueFull
 from core.logprobs import token_logprobs
-from core.tokens import TextStream
 from core.window import refill
+from serving.limits import check_params, check_text
+from serving.penalties import Penalties
+from serving.requests import Event, Finish, Request, TokenLogprob, check_stop  # noqa: F401 (re-exported)
 from serving.runtime import Runtime
-from serving.sampling import MAX_LOGPROBS, SamplingParams, make_rng, sample_batch, split_stop
+from serving.sampling import SamplingParams, sample_batch
 from serving.slots import SlotState, SlotTable
 from serving.speculate import Acceptance, NgramDrafter
 
 log = logging.getLogger("shelley.engine")
-MAX_STOP, MAX_STOP_CHARS = 8, 64
-MAX_INT32 = 2**31 - 1    # top_k's limit: gRPC's int32, and numpy's arrays hold it
 PREFILL_BATCH = 8   # newcomers per step, so running rows wait for one short prefill at most
-
-
-class Finish(str, enum.Enum):
-    STOP = "stop"            # end-of-text token or a stop string
-    LENGTH = "length"        # max_tokens reached
-    CANCELLED = "cancelled"  # the client left, its deadline passed, or the drain ran out
-    ERROR = "error"          # the engine failed
 
 
 @dataclass
@@ -65,81 +63,6 @@ class EngineConfig:
     speculate: int = 4       # draft tokens a lone row may verify per step (0 = off)
 
 
-@dataclass
-class TokenLogprob:
-    token_id: int
-    logprob: float                       # of the model's distribution, before sampling settings
-    top: list[tuple[int, float]]         # the k most likely (id, logprob), best first
-
-
-@dataclass
-class Event:
-    """One message for the client; finish_reason is set on the last one."""
-    text: str
-    token_ids: list[int]
-    finish_reason: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    logprobs: list[TokenLogprob] | None = None   # one per token id, when asked for
-
-
-@dataclass(eq=False)
-class Request:
-    prompt_ids: list[int]
-    params: SamplingParams
-    text: TextStream
-    sink: object = None                  # the front end's per-request queue
-    # ---- the engine thread's, from the moment the request is in the inbox ----
-    ids: list[int] = field(default_factory=list)   # prompt + generated: the window slides over it
-    held: str = ""                       # text that may be the start of a stop string
-    generated: int = 0
-    slot: int = -1
-    done: bool = False
-    t_submit: float = field(default_factory=time.perf_counter)
-    t_last: float = 0.0
-    drafts: NgramDrafter | None = None   # speculative decoding, made when first running alone
-    acceptance: Acceptance | None = None
-    # ---- the front end's: set once, read by the engine at its next step ----
-    cancelled: bool = False
-
-    def __post_init__(self):
-        self.ids = list(self.prompt_ids)
-        self.rng = make_rng(self.params.seed)
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.prompt_ids)
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-def check_stop(req: Request, token: int, eos: int) -> tuple[Finish | None, str]:
-    """Record `token` for `req`: (why it ends, or None; the text it may send now).
-
-    At the end the held text goes out, and a UTF-8 sequence the last bytes left open
-    becomes U+FFFD (as the tokenizer's own decode shows it); text past a stop string never."""
-    if token == eos and not req.params.ignore_eos:
-        return Finish.STOP, req.held + req.text.flush()
-    req.ids.append(token)
-    text, req.held, hit = split_stop(req.held + req.text.step(token), req.params.stop)
-    if hit:
-        return Finish.STOP, text
-    if req.generated >= req.params.max_tokens:
-        return Finish.LENGTH, text + req.held + req.text.flush()
-    return None, text
-
-
-def check_text(text: str, param: str) -> None:
-    """Refuse a string that cannot be UTF-8 (JSON may carry a lone surrogate, `"\\ud800"`)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise InvalidRequest(f"{param} is not valid Unicode: a lone surrogate U+{ord(text[e.start]):04X} at "
-                             f"character {e.start}; send UTF-8 text (surrogates only in escaped pairs)",
-                             param=param) from None
-
-
 class Engine:
     def __init__(self, artifact: Artifact, config: EngineConfig, runtime: Runtime,
                  publish: Callable[[list[tuple[Request, Event]]], None], metrics=None,
@@ -147,57 +70,58 @@ class Engine:
         self.config, self.rt, self.publish, self.metrics, self.on_crash = config, runtime, publish, metrics, on_crash
         mc = artifact.config
         self.tokenizer, self.tokens = artifact.tokenizer, artifact.tokens
-        self.context, self.eos = mc.context_length, mc.eos_token_id
-        self.inbox: queue.Queue[Request] = queue.Queue(maxsize=config.max_queue)   # the hand-over
+        self.context, self.eos, self.vocab = mc.context_length, mc.eos_token_id, mc.vocab_size
+        self.inbox: queue.Queue[list[Request]] = queue.Queue(maxsize=config.max_queue)   # the hand-over
         # ---- the engine thread's ----
         self.table = SlotTable(min(config.max_batch, runtime.slots))
-        self.admitting: list[Request] = []    # taken from the inbox, not yet in a slot
+        self.penalties = Penalties(len(self.table.owner), mc.vocab_size, mc.eos_token_id)
+        self.admitting: list[list[Request]] = []    # taken from the inbox, not yet in slots: a
+                                                    # request's n choices join together
         self.outbox: list[tuple[Request, Event]] = []
         self.crashed: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="shelley-engine", daemon=True)
 
     # ---- called from the front end's thread ----------------------------------------------
-    def submit(self, prompt: str, params: SamplingParams, sink=None) -> Request:
-        """Validate and queue a request; its events go to `publish` with `req.sink` set."""
+    def submit(self, prompt: str, params: SamplingParams, sink=None, param: str = "prompt") -> Request:
+        """Validate and queue a request; its events go to `publish` with `req.sink` set. With
+        n > 1 the n choices (`req.choices`, seeds seed, seed+1, ...) share the sink and are
+        queued as one. `param` names what the prompt came from (a chat's is "messages")."""
         self.validate(params)
-        req = Request(self.encode(prompt), params, self.tokens.stream(), sink)
+        ids = self.encode(prompt, param, params.truncate_prompt_tokens)
+        seeds = [params.seed] * params.n if params.seed is None else [params.seed + i for i in range(params.n)]
+        choices = [Request(ids, params if i == 0 else dataclasses.replace(params, seed=seed),
+                           self.tokens.stream(), sink, index=i) for i, seed in enumerate(seeds)]
+        for r in choices:
+            r.choices = choices
         try:
-            self.inbox.put_nowait(req)
+            self.inbox.put_nowait(choices)
         except queue.Full:
             raise QueueFull(f"queue is full ({self.config.max_queue} waiting); retry later") from None
         if self.metrics:
             self.metrics.waiting.set(self.inbox.qsize())
-        return req
+        return choices[0]
 
-    def encode(self, prompt: str) -> list[int]:
-        """The prompt's token ids (an empty prompt starts from end-of-text), within the context."""
-        check_text(prompt, "prompt")
+    def encode(self, prompt: str, param: str = "prompt", truncate: int | None = None) -> list[int]:
+        """The prompt's token ids (an empty prompt starts from end-of-text), within the context;
+        `truncate` keeps only the last that many (-1: the context length), as vLLM's
+        truncate_prompt_tokens."""
+        check_text(prompt, param)
         ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else [self.eos]
+        if truncate is not None:
+            if not (truncate == -1 or 1 <= truncate <= self.context):
+                raise InvalidRequest(f"truncate_prompt_tokens must be -1 (the context) or 1 to {self.context}, "
+                                     f"got {truncate}", param="truncate_prompt_tokens")
+            ids = ids[-(self.context if truncate == -1 else truncate):]
         if len(ids) > self.context:
-            raise InvalidRequest(f"prompt is {len(ids)} tokens; the limit is the context length, {self.context}",
-                                 param="prompt")
+            what = "prompt is" if param == "prompt" else f"the {param} render to"
+            raise InvalidRequest(f"{what} {len(ids)} tokens; the limit is the context length, {self.context}",
+                                 param=param)
         return ids
 
     def validate(self, p: SamplingParams) -> None:
-        limit = self.config.max_new_tokens
-        if not 1 <= p.max_tokens <= limit:
-            raise InvalidRequest(f"max_tokens must be between 1 and {limit}, got {p.max_tokens}", param="max_tokens")
-        if not p.temperature >= 0:
-            raise InvalidRequest(f"temperature must be >= 0, got {p.temperature}", param="temperature")
-        if not 0 < p.top_p <= 1:
-            raise InvalidRequest(f"top_p must be in (0, 1], got {p.top_p}", param="top_p")
-        if not 0 <= p.top_k <= MAX_INT32:
-            raise InvalidRequest(f"top_k must be between 0 and {MAX_INT32} (0 = off), got {p.top_k}", param="top_k")
-        if p.logprobs is not None and not 0 <= p.logprobs <= MAX_LOGPROBS:
-            raise InvalidRequest(f"logprobs must be between 0 and {MAX_LOGPROBS}, got {p.logprobs}", param="logprobs")
-        if len(p.stop) > MAX_STOP:
-            raise InvalidRequest(f"stop has {len(p.stop)} strings; the limit is {MAX_STOP}", param="stop")
-        for s in p.stop:
-            if not s or len(s) > MAX_STOP_CHARS:
-                raise InvalidRequest(f"stop strings must be 1 to {MAX_STOP_CHARS} characters, got {len(s)}",
-                                     param="stop")
-            check_text(s, "stop")
+        """Every limit of a request's parameters (serving/limits.py), for both front doors."""
+        check_params(p, self.config.max_new_tokens, self.vocab, len(self.table.owner))
 
     def start(self) -> None:
         self._thread.start()
@@ -242,52 +166,97 @@ class Engine:
                 self.admitting.append(self.inbox.get_nowait())
             except queue.Empty:
                 break
-        for r in [*self.admitting, *(r for _, r in self.table.active())]:
+        for r in [*(r for g in self.admitting for r in g), *(r for _, r in self.table.active())]:
             self._finish(r, reason)
         self.admitting.clear()
         self._flush()
 
     def _admit(self) -> None:
-        """Waiting requests take free slots and are prefilled into them."""
-        if not self.table.running:
+        """Waiting requests take free slots and are prefilled into them; a request's n
+        choices join together, and in order: one that does not fit yet holds the rest back."""
+        if not self.table.running and not self.admitting:
             try:
                 self.admitting.append(self.inbox.get(timeout=0.05))  # idle: sleep until work comes
             except queue.Empty:
                 return
-        while len(self.admitting) < min(self.table.free, PREFILL_BATCH):
+        need = sum(len(g) for g in self.admitting)
+        while need < self.table.free and len(self.admitting) < PREFILL_BATCH:
             try:
                 self.admitting.append(self.inbox.get_nowait())
             except queue.Empty:
                 break
+            need += len(self.admitting[-1])
         if not self.admitting:
             return
-        if self.metrics:
-            self.metrics.waiting.set(self.inbox.qsize())
-        now, live = time.perf_counter(), []
-        for r in self.admitting:
+        now, live, waiting, room = time.perf_counter(), [], [], self.table.free
+        for g in self.admitting:
+            if waiting or len(g) > room:
+                waiting.append(g)
+                continue
             if self.metrics:
-                self.metrics.queue_wait.observe(now - r.t_submit)
-                self.metrics.prompt_tokens.inc(r.prompt_tokens)
-            if r.cancelled:
-                self._finish(r, Finish.CANCELLED)
+                self.metrics.queue_wait.observe(now - g[0].t_submit)
+                self.metrics.prompt_tokens.inc(g[0].prompt_tokens)
+            if g[0].cancelled:
+                for r in g:
+                    self._finish(r, Finish.CANCELLED)
             else:
-                live.append(r)
-        self.admitting.clear()
+                live.append(g)
+                room -= len(g)
+        self.admitting = waiting
+        if self.metrics:   # still waiting: those in the inbox, and any held back here for slots
+            self.metrics.waiting.set(self.inbox.qsize() + len(waiting))
         if live:
-            self._prefill(self.table.admit(live), [r.ids for r in live])
+            self._join(live)
             self._flush()  # first tokens go out now, not after the next decode step
 
-    def _prefill(self, slots: list[int], windows: list[list[int]]) -> None:
-        """Prefill each window into its slot (runs of adjacent slots in one call), sample."""
-        window_of = dict(zip(slots, windows))
+    def _join(self, groups: list[list[Request]]) -> None:
+        """Give each request its slots and prefill them: the first choice's prompt, copied into
+        the other choices' slots where the runtime can copy (else each is prefilled)."""
+        reqs = [r for g in groups for r in g]
+        for r, s in zip(reqs, self.table.admit(reqs)):
+            self.penalties.admit(s, r.prompt_ids, r.params)
+        copy = self.rt.can_copy
+        first = [g[0] for g in groups] if copy else reqs
+        self._prefill([r.slot for r in first], [r.ids for r in first],
+                      {g[0].slot: [r.slot for r in g[1:]] for g in groups if copy and len(g) > 1})
+
+    def _prefill(self, slots: list[int], windows: list[list[int]], copies: dict | None = None) -> None:
+        """Prefill each window into its slot (runs of adjacent slots in one call), copy it into
+        the slots `copies` names, sample every one of those slots."""
+        window_of, copies = dict(zip(slots, windows)), copies or {}
         for first, run in SlotTable.runs(slots):
             for s in run:
                 self.table.state[s] = SlotState.PREFILLING
-            logits = self.rt.prefill(first, [window_of[s] for s in run], self.eos)
-            for s in run:
-                self.table.lengths[s] = len(window_of[s])
+            echo = [s for s in run if self.table.owner[s].params.prompt_logprobs is not None
+                    and self.table.owner[s].generated == 0]   # at joining, not when sliding
+            logits = self.rt.prefill(first, [window_of[s] for s in run], self.eos, all_positions=bool(echo))
+            lengths = np.array([len(window_of[s]) for s in run])
+            if echo:
+                self._prompt_logprobs(run, echo, logits, window_of)
+                logits = logits[np.arange(len(run)), lengths - 1]
+            sampled, rows = list(run), list(range(len(run)))
+            for i, s in enumerate(run):
+                self.table.lengths[s] = lengths[i]
                 self.table.state[s] = SlotState.GENERATING
-            self._sample(run, logits)
+                for t in copies.get(s, ()):
+                    self.rt.copy_prefix(s, t, int(lengths[i]))
+                    self.table.lengths[t] = lengths[i]
+                    self.table.state[t] = SlotState.GENERATING
+                    self.table.owner[t].prompt_lp = self.table.owner[s].prompt_lp
+                    sampled.append(t)
+                    rows.append(i)
+            self._sample(sampled, logits[rows])
+
+    def _prompt_logprobs(self, run: list[int], echo: list[int], logits: np.ndarray, window_of: dict) -> None:
+        """Each echoing request's prompt tokens after the first: their logprobs (raw logits of
+        the position before each) and the top alternatives there."""
+        for s in echo:
+            r, i = self.table.owner[s], run.index(s)
+            ids = window_of[s]
+            k = r.params.prompt_logprobs
+            lp, top, top_lp = token_logprobs(logits[i, : len(ids) - 1], np.asarray(ids[1:]), k)
+            r.prompt_lp = [TokenLogprob(t, float(v), list(zip(a.tolist(), b.tolist())))
+                           for t, v, a, b in zip(ids[1:], lp, top, top_lp)]
 
     def _step(self) -> None:
         """One decode step for every generating row."""
@@ -325,8 +294,10 @@ class Engine:
         fed = [int(self.table.tokens[s]), *draft]
         logits = self.rt.extend(s, cached, fed)
         accepted = 0
-        for j in range(len(fed)):
-            tok = int(sample_batch(logits[j:j + 1], [r.params], [r.rng])[0])
+        for j in range(len(fed)):   # each position as a plain step: penalties, then one draw
+            row = self.penalties.apply(logits[j:j + 1], [s], [r])
+            tok = int(sample_batch(row, [r.params], [r.rng])[0])
+            self.penalties.record([s], np.array([tok]))
             self.table.lengths[s] = cached + j + 1          # the cache holds fed[:j + 1]
             if self._emit(r, tok, self._logprobs([r], logits[j:j + 1], np.array([tok]))[0]):
                 break
@@ -349,7 +320,10 @@ class Engine:
     def _sample(self, slots: list[int], logits: np.ndarray) -> None:
         """Sample the next token of each slot's request from its logits row; end or go on."""
         reqs = [self.table.owner[s] for s in slots]
-        tokens = sample_batch(logits, [r.params for r in reqs], [r.rng for r in reqs])
+        params = [r.params for r in reqs]
+        adjusted = self.penalties.apply(logits, slots, reqs)
+        tokens = sample_batch(adjusted, params, [r.rng for r in reqs])
+        self.penalties.record(slots, tokens)
         if self.metrics:
             self.metrics.generated_tokens.inc(len(reqs))
         logprobs = self._logprobs(reqs, logits, tokens)
@@ -389,11 +363,17 @@ class Engine:
         r.t_last = now
         reason, text = check_stop(r, tok, self.eos)
         if reason is None:
-            self.outbox.append((r, Event(text, [tok], logprobs=logprobs)))
+            self.outbox.append((r, Event(text, [tok], logprobs=logprobs, index=r.index,
+                                         prompt_logprobs=self._take_prompt_lp(r))))
             return False
         sent = [] if tok == self.eos and not r.params.ignore_eos else [tok]   # EOS is not sent
         self._finish(r, reason, text, sent, logprobs if sent else None)
         return True
+
+    @staticmethod
+    def _take_prompt_lp(r: Request) -> list[TokenLogprob] | None:
+        lp, r.prompt_lp = r.prompt_lp, None
+        return lp
 
     def _finish(self, r: Request, reason: Finish, text: str = "", token_ids: list[int] | None = None,
                 logprobs=None) -> None:
@@ -403,7 +383,7 @@ class Engine:
         if r.slot >= 0 and self.table.owner[r.slot] is r:
             self.table.release(r.slot)
         self.outbox.append((r, Event(text, token_ids or [], reason.value, r.prompt_tokens,
-                                     r.generated, logprobs)))
+                                     r.generated, logprobs, r.index, self._take_prompt_lp(r))))
 
     def _flush(self) -> None:
         if self.metrics:

@@ -3,7 +3,9 @@
     pb_grpc.add_TextGenerationServicer_to_server(TextGeneration(server), grpc_server)
     grpc.aio.server(interceptors=[..., DecodeGuard()])   # undecodable bytes -> INVALID_ARGUMENT
 
-Each RPC hands off to `Server.submit` / `Server.events` in a few lines. Exceptions become
+Each RPC hands off to `Server.submit` / `Server.events` in a few lines; a request with
+`messages` is a chat (rendered by the server's chat template first), one with `n` > 1 is
+answered choice by choice (`index`). Exceptions become
 status codes in one table (`STATUS`, applied by the `rpc` wrapper), which also counts every
 RPC by method and code and writes its access-log line with the request id (the client's
 `x-request-id` metadata, else a new one, sent back in the initial metadata).
@@ -20,10 +22,12 @@ from google.protobuf.message import DecodeError
 
 from core.errors import EngineFailed, InvalidRequest, QueueFull, ShuttingDown
 from core.tokens import TokenTable
-from serving.engine import TokenLogprob
+from serving.requests import TokenLogprob
+from serving.chat import check_kwargs, check_messages
 from serving.logs import Access, request_id
 from serving.proto import pb, pb_grpc
 from serving.sampling import SamplingParams
+from serving.tokenize import text_of, token_view
 
 log = logging.getLogger("shelley.grpc")
 DEFAULT_MAX_TOKENS = 64
@@ -121,13 +125,26 @@ def rpc(fn):
     return unary
 
 
-def params_of(r: pb.GenerateRequest) -> SamplingParams:
+def params_of(r: pb.GenerateRequest, max_new_tokens: int, chat_stop: tuple[str, ...] = ()) -> SamplingParams:
+    """The request's SamplingParams (limits are checked by the engine); a chat's stop strings
+    get the template's default ones added."""
+    n = r.n if r.HasField("n") else 1
+    opt = lambda name, default: getattr(r, name) if r.HasField(name) else default   # noqa: E731
+    stop = tuple(r.stop) + tuple(s for s in chat_stop if s not in r.stop)
     return SamplingParams(
-        max_tokens=r.max_tokens if r.HasField("max_tokens") else DEFAULT_MAX_TOKENS,
-        temperature=r.temperature if r.HasField("temperature") else 1.0,
-        top_k=r.top_k, top_p=r.top_p if r.HasField("top_p") else 1.0,
-        seed=r.seed if r.HasField("seed") else None, stop=tuple(r.stop), ignore_eos=r.ignore_eos,
-        logprobs=r.logprobs if r.HasField("logprobs") else None)
+        max_tokens=opt("max_tokens", max(1, min(DEFAULT_MAX_TOKENS, max_new_tokens // max(n, 1)))),
+        temperature=opt("temperature", 1.0), top_k=r.top_k, top_p=opt("top_p", 1.0),
+        seed=opt("seed", None), stop=stop, ignore_eos=r.ignore_eos, logprobs=opt("logprobs", None),
+        presence_penalty=opt("presence_penalty", 0.0), frequency_penalty=opt("frequency_penalty", 0.0),
+        repetition_penalty=opt("repetition_penalty", 1.0), logit_bias=tuple(sorted(r.logit_bias.items())),
+        min_tokens=opt("min_tokens", 0), n=n, prompt_logprobs=opt("prompt_logprobs", None),
+        truncate_prompt_tokens=opt("truncate_prompt_tokens", None))
+
+
+def messages_of(messages) -> list[dict]:
+    """ChatMessages as the template reads them (checked as HTTP's are)."""
+    return check_messages([{"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})}
+                           for m in messages])
 
 
 def pb_logprobs(entries: list[TokenLogprob] | None, tokens: TokenTable) -> list[pb.TokenLogprob]:
@@ -141,28 +158,59 @@ class TextGeneration(pb_grpc.TextGenerationServicer):
         self.server, self.metrics, self.tokens = server, server.metrics, server.artifact.tokens
 
     def _events(self, request: pb.GenerateRequest, access: Access):
-        return self.server.events(self.server.submit(request.prompt, params_of(request)), access)
+        server, limit = self.server, self.server.card.max_new_tokens
+        if request.messages:     # chat: the conversation, rendered, is the prompt
+            if request.prompt:
+                raise InvalidRequest("set prompt or messages, not both", param="prompt")
+            prompt = server.chat.render(messages_of(request.messages), check_kwargs(dict(request.chat_template_kwargs)))
+            req = server.submit(prompt, params_of(request, limit, server.chat.stop), param="messages")
+        else:
+            req = server.submit(request.prompt, params_of(request, limit))
+        return server.events(req, access)
 
     @rpc
     async def Generate(self, request, context, access):
         async for ev in self._events(request, access):
             msg = pb.GenerateResponse(text=ev.text, token_ids=ev.token_ids, finish_reason=ev.finish_reason,
-                                      logprobs=pb_logprobs(ev.logprobs, self.tokens))
+                                      logprobs=pb_logprobs(ev.logprobs, self.tokens), index=ev.index,
+                                      prompt_logprobs=pb_logprobs(ev.prompt_logprobs, self.tokens))
             if ev.finish_reason:
                 msg.usage.prompt_tokens, msg.usage.completion_tokens = ev.prompt_tokens, ev.completion_tokens
             yield msg
 
     @rpc
     async def Complete(self, request, context, access):
-        text, ids, lps = [], [], []
+        choices: dict[int, pb.Choice] = {}
+        prompt_lp, prompt_tokens = [], 0
         async for ev in self._events(request, access):
-            text.append(ev.text)
-            ids.extend(ev.token_ids)
-            lps.extend(ev.logprobs or [])
-        return pb.CompleteResponse(text="".join(text), token_ids=ids, finish_reason=ev.finish_reason,
-                                   usage=pb.Usage(prompt_tokens=ev.prompt_tokens,
-                                                  completion_tokens=ev.completion_tokens),
-                                   logprobs=pb_logprobs(lps, self.tokens))
+            c = choices.setdefault(ev.index, pb.Choice(index=ev.index))
+            c.text += ev.text
+            c.token_ids.extend(ev.token_ids)
+            c.logprobs.extend(pb_logprobs(ev.logprobs, self.tokens))
+            prompt_lp = prompt_lp or pb_logprobs(ev.prompt_logprobs, self.tokens)
+            if ev.finish_reason:
+                c.finish_reason, c.completion_tokens, prompt_tokens = ev.finish_reason, ev.completion_tokens, ev.prompt_tokens
+        ordered = [choices[i] for i in sorted(choices)]
+        first = ordered[0]
+        return pb.CompleteResponse(text=first.text, token_ids=first.token_ids, finish_reason=first.finish_reason,
+                                   usage=pb.Usage(prompt_tokens=prompt_tokens,
+                                                  completion_tokens=sum(c.completion_tokens for c in ordered)),
+                                   logprobs=first.logprobs, choices=ordered if len(ordered) > 1 else [],
+                                   prompt_logprobs=prompt_lp)
+
+    @rpc
+    async def Tokenize(self, request, context, access):
+        if request.messages:
+            add = request.add_generation_prompt if request.HasField("add_generation_prompt") else True
+            view = token_view(self.server, messages=messages_of(request.messages),
+                              kwargs=check_kwargs(dict(request.chat_template_kwargs)), add_generation_prompt=add)
+        else:
+            view = token_view(self.server, prompt=request.prompt)
+        return pb.TokenizeResponse(**view)
+
+    @rpc
+    async def Detokenize(self, request, context, access):
+        return pb.DetokenizeResponse(prompt=text_of(self.server, list(request.tokens)))
 
     @rpc
     async def GetModelInfo(self, request, context, access):
@@ -172,4 +220,5 @@ class TextGeneration(pb_grpc.TextGenerationServicer):
             context_length=card.context_length, n_layer=card.n_layer, n_head=card.n_head,
             head_dim=card.head_dim, eos_token_id=card.eos_token_id, window_keep=card.window_keep,
             provider=card.provider, dtype=card.precision, max_batch=card.max_batch,
-            max_new_tokens=card.max_new_tokens)
+            max_new_tokens=card.max_new_tokens, chat_template=card.chat_template, chat_stop=card.chat_stop,
+            chat_speakers=card.chat_speakers)

@@ -1,19 +1,23 @@
-"""The HTTP front door: OpenAI-compatible completions, /health and the playground page, a
-Starlette app under uvicorn on the gRPC server's event loop, over the same engine.
+"""The HTTP front door: OpenAI-compatible completions and chat, tokenize, /health and the
+playground page, a Starlette app under uvicorn on the gRPC server's event loop, over the
+same engine.
 
     front = HttpFront(server)                    # server: serving.server.Server
     port = await front.start("0.0.0.0", 8000)   # 0 = an ephemeral port; TLS from the config
     await front.stop()                           # after the drain: running streams have ended
 
-    POST /v1/completions   {"prompt": "ROMEO:", "max_tokens": 50, "stream": true, "logprobs": 3}
+    POST /v1/completions        {"prompt": "ROMEO:", "max_tokens": 50, "stream": true, "logprobs": 3}
+    POST /v1/chat/completions   {"messages": [{"role": "user", "content": "Good morrow."}], "n": 2}
+    POST /tokenize {"prompt": ...} or {"messages": ...}      POST /detokenize {"tokens": [...]}
     GET  /v1/models        GET /health (200 SERVING, else 503)        GET / (the playground)
 
-One gate middleware sees every /v1/* request: its request id (`x-request-id` in and out),
-the API key, the metrics and the access line. Exceptions become statuses in one table
-(`STATUS`) and errors take OpenAI's shape in one place (`error_response`), `param` taken from
-the exception. A body over the limit gets its 413 at once; the rest of the upload is then
-read and dropped (bounded), so the client reads the answer instead of a reset connection.
-A client that disconnects cancels its request: the row is freed at the next step.
+One gate middleware (serving/http_gate.py) sees every API request: its request id
+(`x-request-id` in and out), the API key, the metrics and the access line. Exceptions become
+statuses in one table (`STATUS`) and errors take OpenAI's shape in one place
+(`error_response`), `param` taken from the exception. Completions and chat share one answer
+path (`_answer`, `_sse`); their shapes (serving/openai_api.py, serving/openai_chat.py) say
+what each chunk looks like. A client that disconnects cancels its request: its rows are
+freed at the next step.
 """
 from __future__ import annotations
 
@@ -27,7 +31,6 @@ from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request as HttpRequest
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -36,19 +39,14 @@ from starlette.staticfiles import StaticFiles
 
 from core.errors import EngineFailed, InvalidRequest, QueueFull, ShuttingDown, UserError
 from serving import openai_api as oa
-from serving.auth import key_ok, uvicorn_ssl
-from serving.logprobs import openai_logprobs
-from serving.logs import Access, request_id
+from serving.auth import uvicorn_ssl
+from serving.http_gate import MAX_BODY_BYTES, BodyTooLarge, DiscardingResponse, Gate, json_body  # noqa: F401
+from serving.logs import Access
+from serving.openai_chat import ChatShape, parse_chat
+from serving.tokenize import detokenize, tokenize
 
 log = logging.getLogger("shelley.http")
 PLAYGROUND = Path(__file__).resolve().parent / "playground"
-MAX_BODY_BYTES = 1 << 20          # as gRPC's message limit
-DISCARD_BYTES, DISCARD_SECONDS = 64 << 20, 10.0   # how much of an oversized upload is read and dropped
-ROUTES = ("POST /v1/completions", "GET /v1/models")
-
-
-class BodyTooLarge(Exception):
-    """A request body over MAX_BODY_BYTES -> 413."""
 
 
 # exception -> (status, OpenAI error type, code); EngineFailed depends on what was sent (_error_of)
@@ -79,67 +77,6 @@ def error_response(e: Exception) -> JSONResponse:
     return (DiscardingResponse if status == 413 else JSONResponse)(body, status_code=status)
 
 
-class DiscardingResponse(JSONResponse):
-    """Sent whole at once, then the rest of the request body is read and dropped before the
-    response ends: closing a socket with unread data makes the kernel reset the connection,
-    and the client would see the reset instead of the answer."""
-
-    async def __call__(self, scope, receive, send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code,
-                    "headers": [*self.raw_headers, (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": self.body, "more_body": True})
-        read, end = 0, time.monotonic() + DISCARD_SECONDS
-        with contextlib.suppress(asyncio.TimeoutError):
-            while read < DISCARD_BYTES:
-                message = await asyncio.wait_for(receive(), max(0.0, end - time.monotonic()))
-                if message["type"] != "http.request" or not message.get("more_body"):
-                    break
-                read += len(message.get("body", b""))
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def _unauthorized() -> JSONResponse:
-    body = oa.error_body("missing or wrong API key: send the header `Authorization: Bearer KEY`",
-                         "invalid_request_error", None, "invalid_api_key")
-    return JSONResponse(body, status_code=401, headers={"www-authenticate": "Bearer"})
-
-
-class Gate:
-    """ASGI middleware for /v1/*: request id, API key, metrics, one access line."""
-
-    def __init__(self, app, server):
-        self.app, self.server = app, server
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
-            return await self.app(scope, receive, send)
-        headers = Headers(scope=scope)
-        route = f"{scope['method']} {scope['path']}"
-        access = Access(request_id(headers.get("x-request-id")), "http", route)
-        scope.setdefault("state", {}).update(access=access, client_gone=False)
-        status = 500
-
-        async def send_with_id(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  (b"x-request-id", access.request_id.encode())]}
-            await send(message)
-
-        try:
-            if key_ok(self.server.keys, headers.get("authorization")):
-                await self.app(scope, receive, send_with_id)
-            else:
-                await _unauthorized()(scope, receive, send_with_id)
-        finally:
-            code = "499" if scope["state"]["client_gone"] else str(status)   # nginx's "client closed"
-            label = route if route in ROUTES else "other"
-            self.server.metrics.requests.labels(rpc=label, code=code).inc()
-            self.server.metrics.duration.labels(rpc=label).observe(time.perf_counter() - access.t0)
-            access.done(code)
-
-
 class _Uvicorn(uvicorn.Server):
     """uvicorn without its own signal handlers: `python -m serving` owns SIGTERM (the drain)."""
 
@@ -154,6 +91,9 @@ class HttpFront:
         self.created = int(time.time())
         routes = [Route("/", self.playground), Route("/health", self.health),
                   Route("/v1/models", self.models), Route("/v1/completions", self.completions, methods=["POST"]),
+                  Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                  Route("/tokenize", self.tokenize, methods=["POST"]),
+                  Route("/detokenize", self.detokenize, methods=["POST"]),
                   Mount("/playground", StaticFiles(directory=PLAYGROUND), name="playground")]
         app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
         self.app = Gate(app, server)
@@ -201,49 +141,78 @@ class HttpFront:
         card = self.server.card
         return JSONResponse({"object": "list", "data": [{
             "id": card.name, "object": "model", "created": self.created, "owned_by": "shelley",
-            "context_length": card.context_length, "max_new_tokens": card.max_new_tokens}]})
+            "context_length": card.context_length, "max_new_tokens": card.max_new_tokens,
+            "chat_template": card.chat_template, "chat_stop": list(card.chat_stop),
+            "chat_speakers": list(card.chat_speakers)}]})
 
     async def completions(self, request: HttpRequest) -> Response:
         access: Access = request.state.access
         try:
-            c = oa.parse_completion(await _json_body(request))
+            c = oa.parse_completion(await json_body(request))
             req = self.server.submit(c.prompt, c.params)
         except Exception as e:
             return error_response(e)
-        meta = (access.request_id, self.server.card.name, int(time.time()))
-        if c.stream:
-            return StreamingResponse(self._sse(request, req, c, meta), media_type="text/event-stream",
+        meta = oa.Meta(access.request_id, self.server.card.name, int(time.time()))
+        return await self._answer(request, req, oa.CompletionShape(meta, c, req.prompt_ids, self.server.artifact.tokens),
+                                  c.stream, c.include_usage)
+
+    async def chat(self, request: HttpRequest) -> Response:
+        access: Access = request.state.access
+        try:
+            c = parse_chat(await json_body(request), self.server.chat.stop, self.server.card.max_new_tokens)
+            req = self.server.submit(self.server.chat.render(c.messages, c.kwargs), c.params, param="messages")
+        except Exception as e:
+            return error_response(e)
+        meta = oa.Meta("chatcmpl-" + access.request_id.removeprefix("cmpl-"), self.server.card.name, int(time.time()))
+        return await self._answer(request, req, ChatShape(meta, c, self.server.artifact.tokens),
+                                  c.stream, c.include_usage)
+
+    async def tokenize(self, request: HttpRequest) -> Response:
+        try:
+            return JSONResponse(tokenize(self.server, await json_body(request)))
+        except Exception as e:
+            return error_response(e)
+
+    async def detokenize(self, request: HttpRequest) -> Response:
+        try:
+            return JSONResponse(detokenize(self.server, await json_body(request)))
+        except Exception as e:
+            return error_response(e)
+
+    async def _answer(self, request: HttpRequest, req, shape, stream: bool, include_usage: bool) -> Response:
+        if stream:
+            return StreamingResponse(self._sse(request, req, shape, include_usage), media_type="text/event-stream",
                                      headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
         watch = asyncio.create_task(_cancel_on_disconnect(request, req))
         try:
-            text, lps = [], []
-            async for ev in self.server.events(req, access):
-                text.append(ev.text)
-                lps.extend(ev.logprobs or [])
+            choices = {i: oa.Gathered() for i in range(len(req.choices))}
+            async for ev in self.server.events(req, request.state.access):
+                choices[ev.index].add(ev)
         finally:
             watch.cancel()
-        lp = openai_logprobs(lps, self.server.artifact.tokens, 0) if c.params.logprobs is not None else None
-        return JSONResponse(oa.completion(*meta, "".join(text), ev.finish_reason, lp,
-                                          oa.usage(ev.prompt_tokens, ev.completion_tokens)))
+        done = sum(g.completion_tokens for g in choices.values())
+        return JSONResponse(shape.whole(choices, oa.usage(req.prompt_tokens, done)))
 
-    async def _sse(self, request: HttpRequest, req, c: oa.Completion, meta: tuple):
-        """Server-sent events: one chunk per engine event, [usage], [DONE]."""
-        sent, finished = 0, False
+    async def _sse(self, request: HttpRequest, req, shape, include_usage: bool):
+        """Server-sent events: [a first chunk per choice (chat)], one chunk per engine event,
+        [usage], [DONE]."""
+        left, done = len(req.choices), 0
         try:
+            for first in shape.start():
+                yield _sse(first)
             async for ev in self.server.events(req, request.state.access):
-                lp = None if ev.logprobs is None else openai_logprobs(ev.logprobs, self.server.artifact.tokens, sent)
-                sent += len(ev.text)
-                finished = bool(ev.finish_reason)
-                yield _sse(oa.chunk(*meta, ev.text, ev.finish_reason, lp, c.include_usage))
-            if c.include_usage:
-                yield _sse(oa.usage_chunk(*meta, oa.usage(ev.prompt_tokens, ev.completion_tokens)))
+                if ev.finish_reason:
+                    left, done = left - 1, done + ev.completion_tokens
+                yield _sse(shape.chunk(ev))
+            if include_usage:
+                yield _sse(shape.usage_chunk(oa.usage(req.prompt_tokens, done)))
             yield "data: [DONE]\n\n"
         except EngineFailed as e:   # the 200 is sent: say in the stream why it ends (as vLLM does)
-            finished = True
+            left = 0
             _, kind, code = _error_of(e)
             yield _sse(oa.error_body(str(e), kind, None, code))
         finally:
-            request.state.client_gone = not finished   # Starlette cancelled us: the client left
+            request.state.client_gone = left > 0   # Starlette cancelled us: the client left
 
 
 async def _http_exception(request: HttpRequest, e: HTTPException) -> Response:
@@ -252,25 +221,6 @@ async def _http_exception(request: HttpRequest, e: HTTPException) -> Response:
 
 def _sse(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-
-
-async def _json_body(request: HttpRequest):
-    too_large = BodyTooLarge(f"the request body is over the limit of {MAX_BODY_BYTES} bytes; "
-                             "send a shorter prompt")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise too_large   # answered before a byte of it is read
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > MAX_BODY_BYTES:
-            raise too_large
-    try:
-        return json.loads(body)
-    except RecursionError:
-        raise InvalidRequest("the body is nested too deeply to parse; send a flat JSON object") from None
-    except ValueError as e:   # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
-        raise InvalidRequest(f"the body is not valid JSON: {e}") from None
 
 
 async def _cancel_on_disconnect(request: HttpRequest, req) -> None:

@@ -4,14 +4,14 @@
     # {"tokens": [...], "token_logprobs": [...], "top_logprobs": [{tok: lp}, ...], "text_offset": [...]}
 
 The engine fills `Event.logprobs` (TokenLogprob, one per token id); the numbers are of the
-model's distribution before temperature, top-k and top-p. Each token's text is its text
-alone (core/tokens.py): a byte-fallback or byte-level token that is not valid UTF-8 alone
-is written `bytes:\\xNN`, as OpenAI does.
+model's distribution before temperature, top-k, top-p, penalties and logit_bias. Each
+token's text is its text alone (core/tokens.py): a byte-fallback or byte-level token that
+is not valid UTF-8 alone is written `bytes:\\xNN`, as OpenAI does.
 """
 from __future__ import annotations
 
 from core.tokens import TokenTable
-from serving.engine import TokenLogprob
+from serving.requests import TokenLogprob
 
 
 def openai_logprobs(entries: list[TokenLogprob], tokens: TokenTable, offset: int) -> dict:

@@ -89,15 +89,18 @@ class Access:
     completion_tokens: int = 0
     finish_reason: str = ""        # "" when the request ended without finishing (error, client gone)
     ttft: float | None = None
+    tokens: dict = field(default_factory=dict)   # choice index -> its tokens so far (n > 1)
 
     def saw(self, event) -> None:
-        """Take in one engine Event (or a merged run of them)."""
+        """Take in one engine Event (or a merged run of them), of any of the request's choices."""
         if self.ttft is None and event.token_ids:
             self.ttft = time.perf_counter() - self.t0
-        self.completion_tokens += len(event.token_ids)   # so far; the last event has the count
+        i = event.index
+        self.tokens[i] = self.tokens.get(i, 0) + len(event.token_ids)   # so far; the last event has the count
         if event.finish_reason:
             self.finish_reason = event.finish_reason
-            self.prompt_tokens, self.completion_tokens = event.prompt_tokens, event.completion_tokens
+            self.prompt_tokens, self.tokens[i] = event.prompt_tokens, event.completion_tokens
+        self.completion_tokens = sum(self.tokens.values())
 
     def done(self, status: str) -> None:
         ms = lambda s: None if s is None else round(1000 * s, 2)  # noqa: E731

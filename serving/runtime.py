@@ -5,6 +5,7 @@ and the benches share.
     last = rt.prefill(first_slot=3, prompts=[[5, 6, 7], [8, 9]])  # into slots 3 and 4: (2, V)
     logits = rt.decode(tokens, lengths)        # rows 0..n-1, one token each: (n, V)
     logits = rt.forward(ids, positions, seqlens, total, first_slot=0)   # the raw call: (B, T, V)
+    rt.copy_prefix(src=3, dst=5, length=3)     # slot 5's cache holds slot 3's first 3 tokens (CPU)
 
 The KV cache (`KVCache`) is one buffer per layer for keys and one for values,
 [slots, n_head, context, head_dim], allocated once. Every call binds a run of adjacent
@@ -123,6 +124,22 @@ class KVCache:
             io.bind_input(name_in, self.device, elem, shape, ptr)
             io.bind_output(name_out, self.device, elem, shape, ptr)
 
+    @property
+    def can_copy(self) -> bool:
+        return self._host is not None
+
+    def copy(self, src: int, dst: int, length: int) -> None:
+        """Copy the first `length` positions of slot src into slot dst, keys and values of every
+        layer: dst then holds what prefilling src's first `length` tokens would have written.
+        CPU buffers only (on CUDA, callers prefill instead: `can_copy` is False)."""
+        if not self.can_copy:
+            raise NotImplementedError("copying between slots is implemented for CPU buffers only")
+        if not (0 <= src < self.slots and 0 <= dst < self.slots and 0 <= length <= self.row_shape[1]):
+            raise ValueError(f"cannot copy {length} positions from slot {src} to slot {dst} "
+                             f"({self.slots} slots of {self.row_shape[1]})")
+        for buf in self._host:
+            buf[dst, :, :length] = buf[src, :, :length]
+
     def host(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
         """(keys, values) of a layer as numpy arrays (CPU: the buffers themselves; tests)."""
         if self._host is not None:
@@ -218,10 +235,12 @@ class Runtime:
         logits = io.get_outputs()[0].numpy()
         return logits if logits.dtype == np.float32 else logits.astype(np.float32)
 
-    def prefill(self, first_slot: int, prompts: list[list[int]], pad_id: int = 0) -> np.ndarray:
+    def prefill(self, first_slot: int, prompts: list[list[int]], pad_id: int = 0,
+                all_positions: bool = False) -> np.ndarray:
         """Prefill each prompt into its own slot (adjacent slots from first_slot), from
-        position 0, right-padded: each row's last-token logits, (n, V). One prompt runs on
-        the pooled session; several are sliced like a decode step."""
+        position 0, right-padded: each row's last-token logits, (n, V), or with `all_positions`
+        every position's, (n, T, V) (a prompt's own logprobs; padding after each row's length).
+        One prompt runs on the pooled session; several are sliced like a decode step."""
         lengths = np.array([len(p) for p in prompts])
         if lengths.min() < 1 or lengths.max() > self.context:
             raise ValueError(f"prompt lengths must be 1..{self.context}, got {lengths.tolist()}")
@@ -233,12 +252,19 @@ class Runtime:
                 ids[i, : len(p)] = p
             positions = np.broadcast_to(np.arange(width), ids.shape)
             last = lengths[first:first + rows] - 1
-            return self.forward(ids, positions, last, width, first_slot + first, session)[np.arange(rows), last]
+            logits = self.forward(ids, positions, last, width, first_slot + first, session)
+            return logits if all_positions else logits[np.arange(rows), last]
 
         if len(prompts) == 1:
             return run(0, 1, self.session)
-        parts = self.slices(len(prompts)) if len(prompts) >= 2 else [(0, len(prompts))]
-        return np.concatenate(self._together([lambda f=f, r=r: run(f, r) for f, r in parts]))
+        parts = self.slices(len(prompts))
+        outs = self._together([lambda f=f, r=r: run(f, r) for f, r in parts])
+        if not all_positions:
+            return np.concatenate(outs)
+        whole = np.zeros((len(prompts), int(lengths.max()), self.vocab), np.float32)
+        for (first, rows), out in zip(parts, outs):
+            whole[first:first + rows, :out.shape[1]] = out
+        return whole
 
     def extend(self, slot: int, cached: int, tokens: list[int]) -> np.ndarray:
         """Feed `tokens` to one slot whose cache holds `cached` tokens, in one call: the logits
@@ -252,6 +278,17 @@ class Runtime:
         ids = np.asarray([tokens], np.int64)
         positions = np.arange(cached, total, dtype=np.int64)[None]
         return self.forward(ids, positions, np.array([total - 1]), total, slot)[0]
+
+    @property
+    def can_copy(self) -> bool:
+        """Whether `copy_prefix` works here (CPU buffers); else prefill each slot."""
+        return self.cache.can_copy
+
+    def copy_prefix(self, src: int, dst: int, length: int) -> None:
+        """Slot dst's cache takes slot src's first `length` positions: a prompt prefilled once
+        serves several slots (n choices; prompts sharing a prefix). Cheaper than prefilling
+        again (bench/prefill_copy.py)."""
+        self.cache.copy(src, dst, length)
 
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One token for each of rows 0..n-1, whose caches hold `lengths` tokens (0 = a free

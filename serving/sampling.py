@@ -29,6 +29,22 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None   # None = off; k = the chosen token's logprob + k alternatives
+    # ---- the controls every peer has (serving/penalties.py applies them, vectorised) ----
+    presence_penalty: float = 0.0     # OpenAI's: minus this from every token generated so far (-2..2)
+    frequency_penalty: float = 0.0    # OpenAI's: minus this times its count so far (-2..2)
+    repetition_penalty: float = 1.0   # HF's / llama.cpp's / vLLM's: prompt and generated tokens' logits
+                                      # divided by it (multiplied when negative); 1 = off
+    logit_bias: tuple[tuple[int, float], ...] = ()   # (token id, -100..100): -100 bans, +100 forces
+    min_tokens: int = 0               # no end-of-text (nor stop string) before this many tokens
+    n: int = 1                        # choices: each its own slot and RNG (seeds seed, seed+1, ...)
+    prompt_logprobs: int | None = None   # the prompt's tokens' logprobs (echo), k alternatives each
+    truncate_prompt_tokens: int | None = None   # keep the prompt's last k tokens (-1: as many as fit)
+
+    @property
+    def penalized(self) -> bool:
+        """Whether any logit is changed before sampling (rows without pay nothing)."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
+                    or self.logit_bias or self.min_tokens)
 
 
 def make_rng(seed: int | None) -> np.random.Generator:

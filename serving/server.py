@@ -31,8 +31,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from core.artifact import Artifact
+from core.chat import ChatTemplate
 from core.errors import EngineFailed, ShuttingDown
 from serving import auth
+from serving.chat import Chat
 from serving.config import ServeConfig
 from serving.engine import Engine, EngineConfig, Event, Finish, Request
 from serving.grpc_api import DecodeGuard, TextGeneration
@@ -72,6 +74,9 @@ class ModelCard:
     max_new_tokens: int
     provider: str = ""        # known once the model is loaded
     precision: str = ""
+    chat_template: str = ""   # Jinja2 (core/chat.py); "" when the artifact predates chat
+    chat_stop: tuple[str, ...] = ()
+    chat_speakers: tuple[str, ...] = ()   # the corpus's frequent speakers, default pair first
 
 
 class Server:
@@ -85,7 +90,9 @@ class Server:
             name=mc.name or artifact.path.name, architecture=mc.architecture, params=mc.params,
             vocab_size=mc.vocab_size, context_length=mc.context_length, n_layer=mc.n_layer, n_head=mc.n_head,
             head_dim=mc.head_dim, eos_token_id=mc.eos_token_id, window_keep=mc.window_keep,
-            max_batch=config.max_batch, max_new_tokens=config.max_new_tokens)
+            max_batch=config.max_batch, max_new_tokens=config.max_new_tokens,
+            **chat_card(artifact.chat))
+        self.chat = Chat(artifact.chat)   # the template, compiled once; front ends render with it
         self.engine: Engine | None = None
         self.phase = Phase.LOADING
         self.in_flight = 0
@@ -158,12 +165,13 @@ class Server:
     def serving(self) -> bool:
         return self.phase is Phase.SERVING
 
-    def submit(self, prompt: str, params: SamplingParams) -> Request:
-        """Queue a request on the engine (InvalidRequest, QueueFull, ShuttingDown). Event loop only."""
+    def submit(self, prompt: str, params: SamplingParams, param: str = "prompt") -> Request:
+        """Queue a request on the engine (InvalidRequest, QueueFull, ShuttingDown). Event loop only.
+        `param` names the field the prompt came from ("messages" for a rendered chat)."""
         if self.phase is not Phase.SERVING:
             raise ShuttingDown(self.phase.value)
-        req = self.engine.submit(prompt, params, asyncio.Queue())
-        self.in_flight += 1
+        req = self.engine.submit(prompt, params, asyncio.Queue(), param)
+        self.in_flight += len(req.choices)
         return req
 
     def deliver(self, batch: list[tuple[Request, Event]]) -> None:
@@ -174,32 +182,39 @@ class Server:
                 self.in_flight -= 1
 
     async def events(self, req: Request, access: Access):
-        """The request's events, paced: the first token goes at once, and after it a stream
-        sends at most one message per `in_flight / --message-rate` seconds, merging the
-        events that came meanwhile (a lone stream: every half millisecond at the default;
-        32 streams: every 16 ms). Each message costs the server and the client the same
-        whatever it carries, and with many streams those costs would take the cores the
-        model needs. Leaving early (client gone, deadline) cancels the request: its row is
-        freed at the next step."""
+        """The request's events (of all its n choices, `Event.index` saying whose), paced: the
+        first token goes at once, and after it a stream sends at most one message per
+        `in_flight / --message-rate` seconds, merging the events of one choice that came
+        meanwhile (a lone stream: every half millisecond at the default; 32 streams: every
+        16 ms). Each message costs the server and the client the same whatever it carries,
+        and with many streams those costs would take the cores the model needs. Ends after
+        every choice's last event. Leaving early (client gone, deadline) cancels the request:
+        its rows are freed at the next step."""
         access.prompt_tokens = req.prompt_tokens
         rate, loop = self.config.message_rate, asyncio.get_running_loop()
-        sent, last = 0, 0.0
+        sent, last, left, pending = 0, 0.0, len(req.choices), None
         try:
             while True:
-                ev: Event = await req.sink.get()
+                ev: Event = pending or await req.sink.get()
+                pending = None
                 if sent and rate and not ev.finish_reason:
                     wait = last + self.in_flight / rate - loop.time()
                     if wait > 0:
                         await asyncio.sleep(wait)
                 while not ev.finish_reason and not req.sink.empty():
-                    ev = merge(ev, req.sink.get_nowait())
+                    nxt = req.sink.get_nowait()
+                    if nxt.index != ev.index:
+                        pending = nxt
+                        break
+                    ev = merge(ev, nxt)
                 if ev.finish_reason == Finish.ERROR:
                     raise EngineFailed(started=sent > 0)
                 access.saw(ev)
                 sent += len(ev.token_ids)
                 yield ev
                 last = loop.time()
-                if ev.finish_reason:
+                left -= bool(ev.finish_reason)
+                if not left:
                     return
         finally:
             req.cancel()  # no-op when finished
@@ -242,7 +257,17 @@ class Server:
 
 
 def merge(a: Event, b: Event) -> Event:
-    """Two consecutive events of one request as one (the later one's finish and usage)."""
+    """Two consecutive events of one choice as one (the later one's finish and usage)."""
     lps = None if a.logprobs is None and b.logprobs is None else (a.logprobs or []) + (b.logprobs or [])
     return Event(a.text + b.text, a.token_ids + b.token_ids, b.finish_reason, b.prompt_tokens,
-                 b.completion_tokens, lps)
+                 b.completion_tokens, lps, a.index, a.prompt_logprobs or b.prompt_logprobs)
+
+
+def chat_card(chat: ChatTemplate | None) -> dict:
+    """The ModelCard's chat fields from the artifact's template (empty when it has none)."""
+    if chat is None:
+        return {}
+    form = chat.form
+    pair = [form[k] for k in ("user", "assistant") if form.get(k)]
+    speakers = pair + [n for n in form.get("top_speakers", []) if n not in pair]
+    return {"chat_template": chat.template, "chat_stop": chat.stop, "chat_speakers": tuple(speakers)}

@@ -60,3 +60,12 @@ def untrained_run(path: Path, tok, **model) -> Path:
     cfg = ModelConfig(vocab_size=tok.get_vocab_size(), **model)
     save_checkpoint(path / "ckpt.pt", {"model_config": cfg.to_dict(), "model": build_model(cfg).state_dict()})
     return path
+
+
+@pytest.fixture(scope="module")
+def http(live):
+    """An HTTP client for the module's `live` server (each serving module defines `live`)."""
+    import httpx
+
+    with httpx.Client(base_url=live.base, timeout=60) as c:
+        yield c

@@ -19,3 +19,17 @@ def cached_artifact(tiny_run: Path, tmp_path_factory) -> Path:
     if not (art / "manifest.json").is_file():
         make_artifact(tiny_run, art)
     return art
+
+
+def play_artifact(tiny_run: Path, tmp_path_factory) -> Path:
+    """The same tiny model exported with the chat template found in tests/data/romeo.txt
+    (speaker lines `Romeo.`), as `--chat-template FILE` gives it: once per session."""
+    from training.chat_form import chat_template, find_form
+
+    art = tmp_path_factory.getbasetemp() / "serving-play-artifact"
+    if not (art / "manifest.json").is_file():
+        template = tmp_path_factory.getbasetemp() / "romeo.jinja"
+        template.write_text(chat_template(find_form([(Path(__file__).parent / "data" / "romeo.txt").read_text()])).template)
+        assert export_main(["--run", str(tiny_run), "--out", str(art), "--force",
+                            "--chat-template", str(template)]) == 0
+    return art

@@ -28,14 +28,9 @@ JSON = {"content-type": "application/json"}
 def live(tiny_run, tmp_path_factory):
     s = LiveServer(cached_artifact(tiny_run, tmp_path_factory), max_new_tokens=MAX_NEW, max_batch=8)
     yield s
-    assert s.metric("shelley_requests_total", rpc="POST /v1/completions", code="500") == 0
+    for route in ("POST /v1/completions", "POST /v1/chat/completions", "POST /tokenize", "POST /detokenize"):
+        assert s.metric("shelley_requests_total", rpc=route, code="500") == 0
     s.close()
-
-
-@pytest.fixture(scope="module")
-def http(live):
-    with httpx.Client(base_url=live.base, timeout=60) as c:
-        yield c
 
 
 def error_of(r: httpx.Response) -> dict:
@@ -158,9 +153,27 @@ FIELDS = {
     "ignore_eos": st.booleans(),
     "n": st.integers(0, 3), "best_of": st.integers(0, 3), "echo": st.booleans(), "suffix": st.text(max_size=3),
     "presence_penalty": st.floats(-3, 3), "frequency_penalty": st.floats(-3, 3),
-    "logit_bias": st.dictionaries(st.text(max_size=4), st.integers(-200, 200), max_size=3),
+    "repetition_penalty": st.floats(-1, 3) | st.just(0),
+    "logit_bias": st.dictionaries(st.text(max_size=4) | st.integers(-5, 400).map(str) | st.just("1" * 30),
+                                  st.integers(-200, 200) | st.floats(allow_nan=True), max_size=3),
+    "min_tokens": st.integers(-2, MAX_NEW + 2),
+    "truncate_prompt_tokens": st.integers(-3, 40),
     "user": st.text(max_size=5), "model": st.text(max_size=5),
 }
+# Chat's own fields, on top of the shared ones (prompt and echo aside).
+message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "user", "assistant", "narrator", ""]),
+     "content": st.sampled_from(["Good morrow.", "", "  "]) | hostile_text |
+     st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url"]), "text": hostile_text}),
+              max_size=2)},
+    optional={"name": st.sampled_from(["Romeo", "a\nb", "x" * 70]) | hostile_text})
+CHAT_FIELDS = {**{k: v for k, v in FIELDS.items() if k not in ("prompt", "echo", "logprobs", "best_of", "suffix")},
+               "messages": st.lists(message | json_values(), max_size=3),
+               "logprobs": st.booleans(), "top_logprobs": st.integers(-1, 7),
+               "max_completion_tokens": st.integers(-3, MAX_NEW + 3),
+               "chat_template_kwargs": st.dictionaries(st.sampled_from(["assistant_name", "user_name", "_x", "a b"]),
+                                                       hostile_text, max_size=2)}
+CHAT_VALID = {"messages": [{"role": "user", "content": "Good morrow."}], "max_tokens": 4}
 VALID = {"prompt": "ROMEO:", "max_tokens": 4}
 # One field of a valid request changed (so the bad value is what the server meets), or any
 # mix of fields, or any JSON value at all as the body.
@@ -170,10 +183,14 @@ bodies = one_field | st.fixed_dictionaries({}, optional={k: v | json_values() fo
     json_values()
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
-@given(body=bodies)
-def test_http_any_field_any_type_is_never_a_5xx(live, http, body):
-    r = http.post("/v1/completions", content=json.dumps(body, allow_nan=True), headers=JSON)
+chat_bodies = st.sampled_from(sorted(CHAT_FIELDS)).flatmap(
+    lambda name: (CHAT_FIELDS[name] | json_values()).map(lambda value: {**CHAT_VALID, name: value})) | \
+    st.fixed_dictionaries({"messages": st.just(CHAT_VALID["messages"]) | CHAT_FIELDS["messages"]},
+                          optional={k: v | json_values() for k, v in CHAT_FIELDS.items() if k != "messages"}) | \
+    json_values()
+
+
+def check_answer(r: httpx.Response, kind: str) -> None:
     assert r.status_code < 500, r.text
     if r.status_code != 200:
         assert r.status_code in (400, 413, 429) and error_of(r)["type"] in ("invalid_request_error", "rate_limit_error")
@@ -181,16 +198,58 @@ def test_http_any_field_any_type_is_never_a_5xx(live, http, body):
         lines = [ln for ln in r.text.splitlines() if ln]
         assert lines[-1] == "data: [DONE]" and all(ln.startswith("data: ") for ln in lines)
     else:
-        assert r.json()["object"] == "text_completion"
+        assert r.json()["object"] == kind
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=bodies)
+def test_http_any_field_any_type_is_never_a_5xx(live, http, body):
+    check_answer(http.post("/v1/completions", content=json.dumps(body, allow_nan=True), headers=JSON),
+                 "text_completion")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=chat_bodies)
+def test_chat_any_field_any_type_is_never_a_5xx(live, http, body):
+    check_answer(http.post("/v1/chat/completions", content=json.dumps(body, allow_nan=True), headers=JSON),
+                 "chat.completion")
+
+
+tokenize_bodies = st.fixed_dictionaries({}, optional={
+    "prompt": FIELDS["prompt"] | json_values(), "messages": CHAT_FIELDS["messages"] | json_values(),
+    "add_generation_prompt": st.booleans() | json_values(), "tokens": st.lists(st.integers(-5, 400)) | json_values(),
+    "chat_template_kwargs": CHAT_FIELDS["chat_template_kwargs"] | json_values()}) | json_values()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=tokenize_bodies, route=st.sampled_from(["/tokenize", "/detokenize"]))
+def test_tokenize_any_field_any_type_is_never_a_5xx(live, http, body, route):
+    r = http.post(route, content=json.dumps(body, allow_nan=True), headers=JSON)
+    assert r.status_code in (200, 400), r.text
+    if r.status_code == 400:
+        error_of(r)
+    else:
+        assert set(r.json()) == ({"prompt"} if route == "/detokenize" else
+                                 {"tokens", "count", "max_model_len", "token_strs", "prompt"})
 
 
 float32s = st.floats(width=32, allow_nan=True, allow_infinity=True)
+int32s = st.integers(-2**31, 2**31 - 1)
 requests = st.builds(
     pb.GenerateRequest,
-    prompt=st.text(max_size=40), max_tokens=st.none() | st.integers(-2**31, 2**31 - 1) | st.integers(0, MAX_NEW),
-    temperature=st.none() | float32s, top_k=st.integers(-2**31, 2**31 - 1), top_p=st.none() | float32s,
+    prompt=st.text(max_size=40), max_tokens=st.none() | int32s | st.integers(0, MAX_NEW),
+    temperature=st.none() | float32s, top_k=int32s, top_p=st.none() | float32s,
     seed=st.none() | st.integers(0, 2**64 - 1), stop=st.lists(st.text(max_size=70), max_size=10),
-    ignore_eos=st.booleans(), logprobs=st.none() | st.integers(-2**31, 2**31 - 1))
+    ignore_eos=st.booleans(), logprobs=st.none() | int32s,
+    presence_penalty=st.none() | float32s, frequency_penalty=st.none() | float32s,
+    repetition_penalty=st.none() | float32s, logit_bias=st.dictionaries(st.integers(-5, 400) | int32s, float32s, max_size=4),
+    min_tokens=st.none() | int32s | st.integers(0, 5), n=st.none() | st.integers(-1, 10) | int32s,
+    prompt_logprobs=st.none() | st.integers(-1, 7) | int32s,
+    truncate_prompt_tokens=st.none() | st.integers(-2, 40) | int32s,
+    messages=st.lists(st.builds(pb.ChatMessage, role=st.sampled_from(["user", "system", "assistant", "x"]),
+                                content=st.text(max_size=12), name=st.text(max_size=4)), max_size=2),
+    chat_template_kwargs=st.dictionaries(st.sampled_from(["assistant_name", "user_name", "_x"]), st.text(max_size=8),
+                                         max_size=2))
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
@@ -213,6 +272,19 @@ def test_grpc_any_bytes_are_ok_or_invalid_argument(live, data):
         raw_call(live, "Complete", data, streaming=False)
     except grpc.RpcError as e:
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and e.details(), (e.code(), e.details())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(prompt=st.text(max_size=40), messages=requests.map(lambda r: list(r.messages)),
+       add=st.none() | st.booleans(), tokens=st.lists(int32s, max_size=5))
+def test_grpc_tokenize_is_ok_or_invalid_argument(live, prompt, messages, add, tokens):
+    for call in (lambda: live.stub.Tokenize(pb.TokenizeRequest(prompt=prompt, messages=messages,
+                                                               add_generation_prompt=add), timeout=10),
+                 lambda: live.stub.Detokenize(pb.DetokenizeRequest(tokens=tokens), timeout=10)):
+        try:
+            call()
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and e.details(), (e.code(), e.details())
 
 
 def test_after_all_that_the_server_still_serves(live, http):

@@ -57,7 +57,9 @@ def test_grpc_text_generation_needs_a_key(keyed):
     req = pb.GenerateRequest(prompt="hi", max_tokens=3)
     calls = [lambda md: list(keyed.stub.Generate(req, metadata=md, timeout=10)),
              lambda md: keyed.stub.Complete(req, metadata=md, timeout=10),
-             lambda md: keyed.stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=md, timeout=10)]
+             lambda md: keyed.stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=md, timeout=10),
+             lambda md: keyed.stub.Tokenize(pb.TokenizeRequest(prompt="hi"), metadata=md, timeout=10),
+             lambda md: keyed.stub.Detokenize(pb.DetokenizeRequest(tokens=[1, 2]), metadata=md, timeout=10)]
     for call in calls:
         for md in ([], bearer("sk-wrong"), [("authorization", KEY)]):
             with pytest.raises(grpc.RpcError) as e:
@@ -85,16 +87,18 @@ def test_health_reflection_and_metrics_stay_open(keyed):
 
 
 def test_http_v1_needs_a_key(keyed):
-    body = dict(prompt="hi", max_tokens=3)
+    body = dict(prompt="hi", max_tokens=3, tokens=[1, 2], messages=[{"role": "user", "content": "hi"}])
     for headers in ({}, {"authorization": "Bearer sk-wrong"}, {"authorization": KEY}):
-        for method, path in (("POST", "/v1/completions"), ("GET", "/v1/models"), ("GET", "/v1/nothing")):
+        for method, path in (("POST", "/v1/completions"), ("GET", "/v1/models"), ("GET", "/v1/nothing"),
+                             ("POST", "/v1/chat/completions"), ("POST", "/tokenize"), ("POST", "/detokenize")):
             r = httpx.request(method, f"{keyed.base}{path}", json=body, headers=headers)
             err = r.json()["error"]
             assert r.status_code == 401 and (err["type"], err["code"]) == ("invalid_request_error", "invalid_api_key")
             assert r.headers["www-authenticate"] == "Bearer" and r.headers["x-request-id"]
     for key in (KEY, FILE_KEY):
-        r = httpx.post(f"{keyed.base}/v1/completions", json=body, headers={"authorization": f"Bearer {key}"})
-        assert r.status_code == 200
+        for path in ("/v1/completions", "/tokenize", "/detokenize"):
+            r = httpx.post(f"{keyed.base}{path}", json=body, headers={"authorization": f"Bearer {key}"})
+            assert r.status_code == 200, r.text
     assert keyed.metric("shelley_requests_total", rpc="POST /v1/completions", code="401") == 3
 
 

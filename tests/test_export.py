@@ -59,7 +59,8 @@ def art(tiny_run, tmp_path_factory) -> Path:
 
 def test_artifact_files_and_config(art, tiny_run):
     assert sorted(p.name for p in art.iterdir()) == [
-        "manifest.json", "model.fp16.onnx", "model.int8.onnx", "model.onnx", "model_config.json", "tokenizer.json"]
+        "chat_template.json", "manifest.json", "model.fp16.onnx", "model.int8.onnx", "model.onnx",
+        "model_config.json", "tokenizer.json"]
     meta = json.loads((art / "model_config.json").read_text())
     inputs, outputs = graph_names(2)
     derived = meta["derived"]
@@ -106,7 +107,7 @@ def test_graph_is_lean(art):
 def test_manifest_hashes_match_files(art, tiny_run, tmp_path):
     manifest = json.loads((art / "manifest.json").read_text())
     assert set(manifest["files"]) == {"model.onnx", "model.fp16.onnx", "model.int8.onnx", "model_config.json",
-                                      "tokenizer.json"}
+                                      "tokenizer.json", "chat_template.json"}
     assert manifest["training"] == json.loads((tiny_run / "summary.json").read_text())
     assert set(manifest["versions"]) == {"torch", "onnx", "onnxruntime"}
     assert check_manifest(art, manifest) == []

@@ -32,12 +32,6 @@ def live(art):
     s.close()
 
 
-@pytest.fixture(scope="module")
-def http(live):
-    with httpx.Client(base_url=live.base, timeout=60) as c:
-        yield c
-
-
 def sse(response: httpx.Response) -> list:
     """The `data:` payloads of an SSE response, JSON-decoded ([DONE] kept as a string)."""
     out = []
@@ -135,10 +129,28 @@ BAD = [
     (dict(prompt="hi", stop=["a"] * 9), "stop has 9 strings; the limit is 8", "stop"),
     (dict(prompt="hi", stop="x" * 65), "stop strings must be 1 to 64 characters, got 65", "stop"),
     (dict(prompt="hi", stop=[""]), "stop strings must be 1 to 64 characters, got 0", "stop"),
+    (dict(prompt="hi", presence_penalty=2.5), "presence_penalty must be between -2 and 2, got 2.5", "presence_penalty"),
+    (dict(prompt="hi", frequency_penalty=-3), "frequency_penalty must be between -2 and 2, got -3", "frequency_penalty"),
+    (dict(prompt="hi", repetition_penalty=0), "repetition_penalty must be > 0 (1 = off), got 0", "repetition_penalty"),
+    (dict(prompt="hi", logit_bias={"99999": 5}), "logit_bias keys must be token ids 0..", "logit_bias"),
+    (dict(prompt="hi", logit_bias={"3": 101}), "logit_bias values must be between -100 and 100, got 101.0 for token 3",
+     "logit_bias"),
+    (dict(prompt="hi", logit_bias={str(i): 1 for i in range(301)}), "logit_bias has 301 entries; the limit is 300",
+     "logit_bias"),
+    (dict(prompt="hi", max_tokens=5, min_tokens=6), "min_tokens must be between 0 and max_tokens (5), got 6",
+     "min_tokens"),
+    (dict(prompt="hi", n=9), "n must be between 1 and 8, got 9", "n"),
+    (dict(prompt="hi", n=2, max_tokens=MAX_NEW), f"n x max_tokens is 2 x {MAX_NEW} = {2 * MAX_NEW} tokens; the limit "
+     f"for one request is {MAX_NEW}", "n"),
 ]
 BAD_HTTP_ONLY = [
-    (dict(prompt="hi", n=2), "n must be 1", "n"),
-    (dict(prompt="hi", echo=True), "echo must be False", "echo"),
+    (dict(prompt="hi", n="2"), "n must be an integer", "n"),
+    (dict(prompt="hi", echo="yes"), "echo must be true or false", "echo"),
+    (dict(prompt="hi", logit_bias={"a": 1}), "logit_bias keys must be token ids (integers, as JSON strings)",
+     "logit_bias"),
+    (dict(prompt="hi", logit_bias={"3": "up"}), "logit_bias values must be numbers", "logit_bias"),
+    (dict(prompt="hi", logit_bias=[3]), "logit_bias must be an object", "logit_bias"),
+    (dict(prompt="hi", presence_penalty="x"), "presence_penalty must be a number", "presence_penalty"),
     (dict(prompt="hi", best_of=3), "best_of must be 1", "best_of"),
     (dict(prompt=["a", "b"]), "prompt must be a string", "prompt"),
     (dict(prompt=5), "prompt must be a string", "prompt"),
@@ -169,7 +181,8 @@ def test_each_bad_input_is_a_400_in_openai_shape(live, http, body, message, para
         assert r.status_code == 400, err
         assert err["message"].startswith(message) and (err["type"], err["param"]) == ("invalid_request_error", param)
     if (body, message, param) in BAD:      # the same refusal, word for word, over gRPC
-        fields = {**body, "stop": [body["stop"]] if isinstance(body.get("stop"), str) else body.get("stop", [])}
+        fields = {**body, "stop": [body["stop"]] if isinstance(body.get("stop"), str) else body.get("stop", []),
+                  "logit_bias": {int(k): v for k, v in body.get("logit_bias", {}).items()}}
         with pytest.raises(grpc.RpcError) as e:
             live.stub.Complete(pb.GenerateRequest(**fields), timeout=10)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and e.value.details() == err["message"]

@@ -87,6 +87,7 @@ def test_events_merge_logprobs_when_the_client_falls_behind():
 
         def __init__(self):
             self.sink = asyncio.Queue()
+            self.choices = [self]
 
         def cancel(self):
             self.cancelled = True

@@ -1,7 +1,9 @@
 """The playground page in a real browser: Debian's Chromium, headless, driven by playwright.
 
 Type a prompt, watch tokens stream in shaded by probability, hover one for its
-alternatives, press Stop and see the server free the row; no console errors. Skips where
+alternatives, press Stop and see the server free the row; chat with a character and see
+exactly what the template renders; the token view; n choices and logit bias; no console
+errors. Skips where
 /usr/bin/chromium is absent (.ci/run installs it when it runs as root).
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.serving_fixtures import cached_artifact
+from tests.serving_fixtures import cached_artifact, play_artifact
 from tests.serving_live import LiveServer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -152,3 +154,74 @@ def test_the_key_box_appears_when_a_key_is_required(browser, art):
     finally:
         page.close()
         s.close()
+
+
+@pytest.fixture(scope="module")
+def play(tiny_run, tmp_path_factory):
+    """A server whose chat template writes a play (speaker lines `Romeo.`)."""
+    s = LiveServer(play_artifact(tiny_run, tmp_path_factory), max_new_tokens=400, max_batch=8)
+    yield s
+    s.close()
+
+
+def test_chat_mode_shows_what_the_model_reads_and_the_character_answers(page, play):
+    import httpx
+
+    page.goto(play.base + "/")
+    page.check("#mode-chat")
+    page.locator("#chat-box").wait_for(state="visible")
+    page.fill("#user-name", "Romeo")
+    page.fill("#assistant-name", "Juliet")
+    page.locator("#messages .content").first.fill("Good morrow.")
+    want = "Romeo.\nGood morrow.\n\nJuliet.\n"
+    page.wait_for_function(f"document.querySelector('#rendered').textContent === {want!r}")
+    view = httpx.post(f"{play.base}/tokenize", json={"messages": [{"role": "user", "content": "Good morrow."}],
+                                                      "chat_template_kwargs": {"user_name": "Romeo",
+                                                                               "assistant_name": "Juliet"}}).json()
+    assert view["prompt"] == want
+    page.wait_for_function(f"document.querySelectorAll('#tokens .t').length === {view['count']}")
+    assert page.locator("#tokens .t sub").nth(3).inner_text() == str(view["tokens"][3])   # each token with its id
+    assert page.inner_text("#token-count").startswith(f"{view['count']} of 32")
+    page.fill("#max-tokens", "6")
+    page.fill("#seed", "4")
+    page.check("#ignore-eos")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#status').textContent.match(/length|stop/)", timeout=30000)
+    assert page.inner_text("#output").startswith(want)
+    reply = httpx.post(f"{play.base}/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "Good morrow."}], "max_tokens": 6, "seed": 4, "ignore_eos": True,
+        "temperature": 0.8, "top_p": 1, "top_k": 0, "chat_template_kwargs": {"user_name": "Romeo",
+                                                                              "assistant_name": "Juliet"}}).json()
+    content = reply["choices"][0]["message"]["content"]
+    roles = page.eval_on_selector_all("#messages li", "els => els.map(e => [e.querySelector('.role').value, "
+                                                      "e.querySelector('.content').value])")
+    assert roles == [["user", "Good morrow."], ["assistant", content.strip()], ["user", ""]]   # the reply joined
+    page.wait_for_function("document.querySelector('#rendered').textContent.endsWith('Juliet.\\n')")
+    page.locator("#messages .content").last.fill("What news?")       # now longer than the context (32)
+    page.wait_for_function("document.querySelector('#token-count').classList.contains('over')")
+    page.click("#generate")                                           # the model reads the end that fits
+    page.wait_for_function("document.querySelectorAll('#messages li').length === 5", timeout=30000)
+    assert page.locator("#error").is_hidden() and page.errors == []
+
+
+def test_n_choices_and_logit_bias_from_the_page(page, live):
+    page.goto(live.base + "/")
+    page.fill("#prompt", "Shall I")
+    page.wait_for_function("document.querySelectorAll('#tokens .t').length === 7")
+    e = live.server.artifact.tokenizer.token_to_id("e")
+    page.fill("#n", "2")
+    page.fill("#max-tokens", "40")
+    page.fill("#seed", "1")
+    page.fill("#logit-bias", f"{e}:-100")
+    page.fill("#presence-penalty", "0.5")
+    page.check("#ignore-eos")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('length')", timeout=30000)
+    panes = page.locator("#output .pane")
+    assert panes.count() == 2
+    texts = [panes.nth(i).inner_text().removeprefix("Shall I") for i in range(2)]
+    assert all(len(t) >= 30 and "e" not in t for t in texts) and texts[0] != texts[1]
+    page.fill("#logit-bias", "e:-100")
+    page.click("#generate")
+    page.locator("#error").wait_for(state="visible")
+    assert "token id:bias" in page.inner_text("#error")

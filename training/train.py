@@ -27,15 +27,17 @@ from pathlib import Path
 import torch
 
 from core.artifact import TOKENIZER_NAME
+from core.chat import write_chat
 from core.errors import UserError, run_main
 from core.files import atomic_write, ensure_writable_dir
 from core.model_config import ModelConfig
 from training import run_files
+from training.chat_form import chat_template
 from training.checkpoint import (CKPT_NAME, LAST_NAME, Progress, load_checkpoint, load_tokenizer,
                                  model_config_of, restore_training_state, serialize_checkpoint,
                                  training_state)
 from training.config import MODEL_FIELDS, PRESETS, TrainConfig, parse_flags, resolve
-from training.corpus_cache import Corpus, cached_ids, cached_tokenizer
+from training.corpus_cache import Corpus, cached_form, cached_ids, cached_tokenizer
 from training.data import get_batch, spread_batches, to_tensors
 from training.device import Distributed, pick_device, use_bf16
 from training.generate import generate
@@ -104,6 +106,7 @@ def prepare_data(tc: TrainConfig, resuming: bool, block_size: int, dd: Distribut
         except ValueError as e:
             raise UserError(str(e)) from None
         atomic_write(out / TOKENIZER_NAME, tok.to_str())
+        write_chat(out, chat_template(cached_form(corpus)))   # how the corpus writes dialogue (chat_form.py)
     dd.barrier()  # the other ranks read the tokenizer rank 0 just wrote
     tok = load_tokenizer(out)
     train_data, val_data = to_tensors(*cached_ids(corpus, tok), block_size)

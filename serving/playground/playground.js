@@ -1,14 +1,17 @@
-// shelley playground: streams POST /v1/completions (stream + logprobs) like any client, and
-// shows each generated token shaded by its probability; hover or tap one for its
-// alternatives. Stop aborts the request, and the server frees its batch row.
+// shelley playground: streams POST /v1/completions or /v1/chat/completions (stream +
+// logprobs) like any client, and shows each generated token shaded by its probability; hover
+// or tap one for its alternatives. n > 1 shows each choice in its own pane. Stop aborts the
+// request, and the server frees its batch rows. The chat mode's conversation editor and the
+// token view are in chat.js.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const TOP = 5;                 // alternatives asked for per token (the server's limit)
 let controller = null;         // the running request's AbortController
-let pending = { text: "", items: [], decoded: "" };   // text and tokens not shown yet, and the tokens' own text
-let tokenDecoder = new TextDecoder();   // UTF-8 of the tokens' bytes, streamed like the server's
+let panes = [];                // per choice: its element, text and tokens not shown yet, its UTF-8 decoder
 let pinned = null;             // the token span whose tooltip stays open (tap / click)
+let model = null;              // GET /v1/models' entry
+const chatMode = () => $("mode-chat").checked;
 
 function authHeaders() {
   const headers = { "Content-Type": "application/json" };
@@ -26,27 +29,57 @@ async function loadModel() {
       return;
     }
     const m = (await r.json()).data[0];
+    model = m;
     $("model").textContent = `${m.id} · context ${m.context_length} tokens · up to ${m.max_new_tokens} new`;
     $("max-tokens").max = m.max_new_tokens;
+    if (typeof onModel === "function") onModel(m);
   } catch (e) {
     $("model").textContent = "cannot reach the server";
   }
 }
 
+// "11:-100, 42:5" -> {"11": -100, "42": 5}; throws on anything else
+function logitBias(text) {
+  const bias = {};
+  for (const part of text.split(",").map((p) => p.trim()).filter(Boolean)) {
+    const m = part.match(/^(\d+)\s*:\s*(-?\d+(\.\d+)?)$/);
+    if (!m) throw new Error(`logit bias: write token id:bias pairs, e.g. 11:-100 (got "${part}")`);
+    bias[m[1]] = Number(m[2]);
+  }
+  return bias;
+}
+
 function request() {
   const body = {
-    prompt: $("prompt").value,
     max_tokens: Number($("max-tokens").value),
     temperature: Number($("temperature").value),
     top_p: Number($("top-p").value),
     top_k: Number($("top-k").value),
-    logprobs: TOP,
+    n: Number($("n").value) || 1,
+    presence_penalty: Number($("presence-penalty").value),
+    frequency_penalty: Number($("frequency-penalty").value),
+    repetition_penalty: Number($("repetition-penalty").value),
+    min_tokens: Number($("min-tokens").value),
+    logit_bias: logitBias($("logit-bias").value),
     stream: true,
     stream_options: { include_usage: true },
   };
   if ($("seed").value !== "") body.seed = Number($("seed").value);
   if ($("ignore-eos").checked) body.ignore_eos = true;
-  return body;
+  if (chatMode()) return Object.assign(body, chatBody(), { logprobs: true, top_logprobs: TOP });
+  return Object.assign(body, { prompt: $("prompt").value, logprobs: TOP });
+}
+
+// A chat chunk's choice in the completions shape addChoice reads.
+function asCompletion(choice) {
+  const content = choice.logprobs && choice.logprobs.content;
+  return {
+    index: choice.index, text: (choice.delta && choice.delta.content) || "", finish_reason: choice.finish_reason,
+    logprobs: content ? {
+      tokens: content.map((t) => t.token), token_logprobs: content.map((t) => t.logprob),
+      top_logprobs: content.map((t) => Object.fromEntries(t.top_logprobs.map((a) => [a.token, a.logprob]))),
+    } : null,
+  };
 }
 
 // ---- rendering -------------------------------------------------------------------------
@@ -82,17 +115,20 @@ function tokenBytes(token) {
 function addChoice(choice) {
   const lp = choice.logprobs;
   const items = lp ? lp.tokens.map((t, i) => ({ token: t, logprob: lp.token_logprobs[i], top: lp.top_logprobs[i] })) : [];
-  const out = $("output");
+  const pane = panes[choice.index || 0];
+  const out = pane.el;
+  const pending = pane.pending;
+  pane.reply += choice.text;
   const flush = () => {
     if (pending.items.length) out.append(tokenSpan(pending.text || pending.decoded, pending.items));
     else if (pending.text) out.append(document.createTextNode(pending.text));
-    pending = { text: "", items: [], decoded: "" };
-    tokenDecoder = new TextDecoder();
+    Object.assign(pending, { text: "", items: [], decoded: "" });
+    pane.decoder = new TextDecoder();
   };
   pending.text += choice.text;
   for (const it of items) {
     pending.items.push(it);
-    pending.decoded += tokenDecoder.decode(tokenBytes(it.token), { stream: true });
+    pending.decoded += pane.decoder.decode(tokenBytes(it.token), { stream: true });
     if (pending.decoded && pending.text.startsWith(pending.decoded)) {
       out.append(tokenSpan(pending.decoded, pending.items));
       pending.text = pending.text.slice(pending.decoded.length);
@@ -147,15 +183,28 @@ function setRunning(running) {
   $("stop").disabled = !running;
 }
 
+// One pane per choice, each starting with the text the model continues (the prompt, or the
+// rendered conversation in chat mode).
 function clearOutput() {
-  pending = { text: "", items: [], decoded: "" };
-  tokenDecoder = new TextDecoder();
   pinned = null;
   $("tip").hidden = true;
   $("error").hidden = true;
-  const echo = $("prompt-echo");
-  echo.textContent = $("prompt").value;
-  $("output").replaceChildren(echo);
+  const n = Math.min(8, Math.max(1, Number($("n").value) || 1));
+  const start = chatMode() ? renderedText() : $("prompt").value;
+  panes = [];
+  const els = [];
+  for (let i = 0; i < n; i++) {
+    const el = document.createElement("div");
+    el.className = "pane";
+    const echo = document.createElement("span");
+    echo.className = "prompt";
+    if (i === 0) echo.id = "prompt-echo";
+    echo.textContent = start;
+    el.append(echo);
+    els.push(el);
+    panes.push({ el, pending: { text: "", items: [], decoded: "" }, decoder: new TextDecoder(), reply: "" });
+  }
+  $("output").replaceChildren(...els);
 }
 
 function showError(message) {
@@ -166,6 +215,8 @@ function showError(message) {
 async function generate(event) {
   event.preventDefault();
   if (controller) return;
+  clearTimeout(tokenTimer);
+  await refreshTokens();   // the token view (and in chat mode the echo) is what this request sends
   clearOutput();
   controller = new AbortController();
   setRunning(true);
@@ -176,8 +227,9 @@ async function generate(event) {
     $("status").textContent = `${count} tokens · ${(count / Math.max(seconds, 1e-3)).toFixed(0)} tokens/s` +
       (finish ? ` · ${finish}` : "") + (id ? ` · ${id}` : "");
   };
+  const chat = chatMode();
   try {
-    const r = await fetch("/v1/completions", {
+    const r = await fetch(chat ? "/v1/chat/completions" : "/v1/completions", {
       method: "POST", headers: authHeaders(), body: JSON.stringify(request()), signal: controller.signal,
     });
     id = r.headers.get("x-request-id") || "";
@@ -201,13 +253,16 @@ async function generate(event) {
         buffer = buffer.slice(cut + 2);
         if (data === "[DONE]") continue;
         const chunk = JSON.parse(data);
-        const choice = chunk.choices[0];
-        if (!choice) continue;               // the final usage chunk
-        count += addChoice(choice);
-        if (choice.finish_reason) finish = choice.finish_reason;
+        if (chunk.error) { showError(chunk.error.message); continue; }
+        for (const raw of chunk.choices) {   // none in the final usage chunk
+          const choice = chat ? asCompletion(raw) : raw;
+          count += addChoice(choice);
+          if (choice.finish_reason) finish = choice.finish_reason;
+        }
       }
       report();
     }
+    if (chat && finish) chatReplied(panes[0].reply);
   } catch (e) {
     if (e.name === "AbortError") finish = "stopped";
     else showError(String(e));

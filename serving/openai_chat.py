@@ -1,0 +1,106 @@
+"""OpenAI's /v1/chat/completions in shelley's terms: read a chat request, shape the answers.
+
+    c = parse_chat(json_body, default_stop=("\\n\\n",), max_new_tokens=1024)
+    prompt = server.chat.render(c.messages, c.kwargs)        # the text the model continues
+    shape = ChatShape(meta, c, tokens)                       # chat.completion(.chunk) objects
+    shape.start()        # the first SSE chunk of each choice: {"delta": {"role": "assistant", "content": ""}}
+
+The request: `messages` (roles system, user, assistant; optional `name`, the speaker; content
+a string or a list of text parts), `max_completion_tokens` or `max_tokens`, the sampling
+controls completions has (serving/openai_api.py `controls`), `logprobs` (true/false) with
+`top_logprobs` (0..5), `stream` + `stream_options.include_usage`, and the extension
+`chat_template_kwargs` (vLLM's name: `user_name`, `assistant_name` set the default
+speakers). A reply ends at the template's default stop (where the corpus ends a speech),
+as well as at the request's own `stop`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from core.errors import InvalidRequest
+from core.tokens import TokenTable
+from serving.chat import check_kwargs, check_messages
+from serving.limits import MAX_STOP
+from serving.openai_api import CompletionShape, Gathered, Meta, check_body, controls, field_of
+from serving.requests import Event, TokenLogprob
+from serving.sampling import SamplingParams
+
+DEFAULT_MAX_TOKENS = 256   # a speech rarely runs longer; the template's stop usually ends it first
+
+
+@dataclass(frozen=True)
+class ChatCompletion:
+    messages: list[dict]
+    kwargs: dict
+    params: SamplingParams
+    stream: bool = False
+    include_usage: bool = False
+
+
+def parse_chat(body: Any, default_stop: tuple[str, ...], max_new_tokens: int) -> ChatCompletion:
+    body = check_body(body)
+    messages = check_messages(body.get("messages"))
+    kwargs = check_kwargs(body.get("chat_template_kwargs"))
+    if body.get("max_completion_tokens") is not None:
+        max_tokens = field_of(body, "max_completion_tokens", int, 0)
+    else:
+        n = field_of(body, "n", int, 1)
+        max_tokens = field_of(body, "max_tokens", int, max(1, min(DEFAULT_MAX_TOKENS, max_new_tokens // max(n, 1))))
+    fields = controls(body, max_tokens)
+    own = [s for s in fields["stop"] if s not in default_stop]
+    if len(own) + len(default_stop) > MAX_STOP:
+        raise InvalidRequest(f"stop has {len(own)} strings; chat adds the template's {len(default_stop)}, so "
+                             f"the limit is {MAX_STOP - len(default_stop)}", param="stop")
+    fields["stop"] = (*own, *default_stop)
+    want = field_of(body, "logprobs", bool, False)
+    top = field_of(body, "top_logprobs", int, None)
+    if top is not None and not want:
+        raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+    params = SamplingParams(**fields, logprobs=(top or 0) if want else None)
+    options = field_of(body, "stream_options", dict, {})
+    return ChatCompletion(messages, kwargs, params, stream=field_of(body, "stream", bool, False),
+                          include_usage=field_of(options, "include_usage", bool, False))
+
+
+def chat_logprobs(entries: list[TokenLogprob] | None, tokens: TokenTable) -> dict:
+    """OpenAI's chat shape: {"content": [{token, logprob, bytes, top_logprobs: [...]}]}."""
+    def one(token_id: int, logprob: float) -> dict:
+        return {"token": tokens.text(token_id), "logprob": logprob, "bytes": list(tokens.bytes[token_id])}
+    return {"content": [{**one(e.token_id, e.logprob), "top_logprobs": [one(i, lp) for i, lp in e.top]}
+                        for e in entries or []]}
+
+
+class ChatShape(CompletionShape):
+    """chat.completion and chat.completion.chunk objects: the role in each choice's first
+    chunk, then content deltas, the last with finish_reason."""
+    object = "chat.completion.chunk"
+
+    def __init__(self, meta: Meta, c: ChatCompletion, tokens: TokenTable):
+        self.meta, self.c, self.tokens = meta, c, tokens
+
+    def start(self) -> list[dict]:
+        return [self._chunk({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                             "finish_reason": None}) for i in range(self.c.params.n)]
+
+    def _logprobs(self, entries) -> dict | None:
+        return None if self.c.params.logprobs is None else chat_logprobs(entries, self.tokens)
+
+    def _chunk(self, choice: dict) -> dict:
+        out = self.envelope([choice])
+        if self.c.include_usage:
+            out["usage"] = None
+        return out
+
+    def chunk(self, ev: Event) -> dict:
+        delta = {"content": ev.text} if ev.text or not ev.finish_reason else {}
+        return self._chunk({"index": ev.index, "delta": delta, "logprobs": self._logprobs(ev.logprobs),
+                            "finish_reason": ev.finish_reason or None})
+
+    def whole(self, choices: dict[int, Gathered], u: dict) -> dict:
+        body = self.envelope([{"index": i, "message": {"role": "assistant", "content": "".join(g.text)},
+                               "logprobs": self._logprobs(g.logprobs), "finish_reason": g.finish_reason}
+                              for i, g in sorted(choices.items())])
+        body["object"] = "chat.completion"
+        body["usage"] = u
+        return body
