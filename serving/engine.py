@@ -53,6 +53,7 @@ from serving.speculate import Acceptance, NgramDrafter
 
 log = logging.getLogger("shelley.engine")
 PREFILL_BATCH = 8   # newcomers per step, so running rows wait for one short prefill at most
+MIN_REUSE = 8       # a free slot's cached tokens are reused from this many shared prompt tokens
 
 
 @dataclass
@@ -61,6 +62,7 @@ class EngineConfig:
     max_queue: int = 256
     max_new_tokens: int = 1024
     speculate: int = 4       # draft tokens a lone row may verify per step (0 = off)
+    prefix_cache: bool = True   # a prompt starting as a free slot's cache did feeds only the rest
 
 
 class Engine:
@@ -211,41 +213,68 @@ class Engine:
 
     def _join(self, groups: list[list[Request]]) -> None:
         """Give each request its slots and prefill them: the first choice's prompt, copied into
-        the other choices' slots where the runtime can copy (else each is prefilled)."""
+        the other choices' slots where the runtime can copy (else each is prefilled). A first
+        choice whose prompt begins as a free slot's cache does takes that slot and is fed
+        only the rest (the prefix cache)."""
         reqs = [r for g in groups for r in g]
-        for r, s in zip(reqs, self.table.admit(reqs)):
-            self.penalties.admit(s, r.prompt_ids, r.params)
         copy = self.rt.can_copy
+        reused = {}
+        for g in groups:
+            r = g[0]
+            if self.config.prefix_cache and copy and r.params.prompt_logprobs is None:
+                slot, shared = self.table.longest_prefix(r.ids)
+                shared = min(shared, len(r.ids) - 1)     # the last prompt token is fed for its logits
+                if shared >= MIN_REUSE:
+                    self.table.admit_at(r, slot)
+                    reused[slot] = shared
+        self.table.admit([r for r in reqs if r.slot < 0])
+        for r in reqs:
+            self.penalties.admit(r.slot, r.prompt_ids, r.params)
+        if self.metrics:
+            self.metrics.prefix_queries.inc(sum(len(g[0].ids) for g in groups))
+            self.metrics.prefix_hits.inc(sum(reused.values()))
         first = [g[0] for g in groups] if copy else reqs
         self._prefill([r.slot for r in first], [r.ids for r in first],
-                      {g[0].slot: [r.slot for r in g[1:]] for g in groups if copy and len(g) > 1})
+                      {g[0].slot: [r.slot for r in g[1:]] for g in groups if copy and len(g) > 1}, reused)
 
-    def _prefill(self, slots: list[int], windows: list[list[int]], copies: dict | None = None) -> None:
-        """Prefill each window into its slot (runs of adjacent slots in one call), copy it into
-        the slots `copies` names, sample every one of those slots."""
-        window_of, copies = dict(zip(slots, windows)), copies or {}
-        for first, run in SlotTable.runs(slots):
-            for s in run:
-                self.table.state[s] = SlotState.PREFILLING
+    def _prefill(self, slots: list[int], windows: list[list[int]], copies: dict | None = None,
+                 reused: dict | None = None) -> None:
+        """Prefill each window into its slot (runs of adjacent slots in one call; a slot in
+        `reused` already holds that many of its window's tokens and is fed the rest), copy it
+        into the slots `copies` names, sample every one of those slots."""
+        window_of, copies, reused = dict(zip(slots, windows)), copies or {}, reused or {}
+        for s in slots:
+            r = self.table.owner[s]
+            r.window_start = len(r.ids) - len(window_of[s])
+            self.table.state[s] = SlotState.PREFILLING
+        for s, shared in reused.items():
+            logits = self.rt.extend(s, shared, window_of[s][shared:])[-1:]
+            self._started([s], logits, window_of, copies)
+        for first, run in SlotTable.runs([s for s in slots if s not in reused]):
             echo = [s for s in run if self.table.owner[s].params.prompt_logprobs is not None
                     and self.table.owner[s].generated == 0]   # at joining, not when sliding
             logits = self.rt.prefill(first, [window_of[s] for s in run], self.eos, all_positions=bool(echo))
-            lengths = np.array([len(window_of[s]) for s in run])
             if echo:
                 self._prompt_logprobs(run, echo, logits, window_of)
+                lengths = np.array([len(window_of[s]) for s in run])
                 logits = logits[np.arange(len(run)), lengths - 1]
-            sampled, rows = list(run), list(range(len(run)))
-            for i, s in enumerate(run):
-                self.table.lengths[s] = lengths[i]
-                self.table.state[s] = SlotState.GENERATING
-                for t in copies.get(s, ()):
-                    self.rt.copy_prefix(s, t, int(lengths[i]))
-                    self.table.lengths[t] = lengths[i]
-                    self.table.state[t] = SlotState.GENERATING
-                    self.table.owner[t].prompt_lp = self.table.owner[s].prompt_lp
-                    sampled.append(t)
-                    rows.append(i)
-            self._sample(sampled, logits[rows])
+            self._started(run, logits, window_of, copies)
+
+    def _started(self, run: list[int], logits: np.ndarray, window_of: dict, copies: dict) -> None:
+        """Slots whose window is now in their cache: copy it where `copies` says, sample each."""
+        lengths = np.array([len(window_of[s]) for s in run])
+        sampled, rows = list(run), list(range(len(run)))
+        for i, s in enumerate(run):
+            self.table.lengths[s] = lengths[i]
+            self.table.state[s] = SlotState.GENERATING
+            for t in copies.get(s, ()):
+                self.rt.copy_prefix(s, t, int(lengths[i]))
+                self.table.lengths[t] = lengths[i]
+                self.table.state[t] = SlotState.GENERATING
+                self.table.owner[t].prompt_lp = self.table.owner[s].prompt_lp
+                sampled.append(t)
+                rows.append(i)
+        self._sample(sampled, logits[rows])
 
     def _prompt_logprobs(self, run: list[int], echo: list[int], logits: np.ndarray, window_of: dict) -> None:
         """Each echoing request's prompt tokens after the first: their logprobs (raw logits of
@@ -381,7 +410,8 @@ class Engine:
             return
         r.done = True
         if r.slot >= 0 and self.table.owner[r.slot] is r:
-            self.table.release(r.slot)
+            s = r.slot
+            self.table.release(s, r.ids[r.window_start:r.window_start + int(self.table.lengths[s])])
         self.outbox.append((r, Event(text, token_ids or [], reason.value, r.prompt_tokens,
                                      r.generated, logprobs, r.index, self._take_prompt_lp(r))))
 

@@ -29,6 +29,10 @@ class Metrics:
         self.queue_wait = Histogram("shelley_queue_wait_seconds", "submit to admission into the batch",
                                     buckets=LATENCY, registry=r)
         self.batch_size = Histogram("shelley_batch_size", "rows per decode step", buckets=BATCH, registry=r)
+        self.prefix_queries = Counter("shelley_prefix_cache_queries", "prompt tokens looked up in the prefix cache",
+                                      registry=r)
+        self.prefix_hits = Counter("shelley_prefix_cache_hits", "prompt tokens found there (not prefilled again)",
+                                   registry=r)
         self.spec_drafted = Counter("shelley_spec_decode_draft_tokens", "tokens drafted for a lone row to verify",
                                     registry=r)
         self.spec_accepted = Counter("shelley_spec_decode_accepted_tokens", "drafted tokens the model agreed with",

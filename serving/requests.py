@@ -58,6 +58,7 @@ class Request:
     held: str = ""                       # text that may be the start of a stop string
     generated: int = 0
     slot: int = -1
+    window_start: int = 0                # ids[window_start:] are in its slot's cache, from position 0
     done: bool = False
     t_submit: float = field(default_factory=time.perf_counter)
     t_last: float = 0.0

@@ -142,7 +142,8 @@ class Server:
 
         def build() -> Engine:
             runtime = Runtime(self.artifact, c.device, c.threads, c.precision, slots=c.max_batch, spin=c.ort_spin)
-            engine = Engine(self.artifact, EngineConfig(c.max_batch, c.max_queue, c.max_new_tokens, c.speculate),
+            engine = Engine(self.artifact, EngineConfig(c.max_batch, c.max_queue, c.max_new_tokens, c.speculate,
+                                                        c.prefix_cache),
                             runtime, publish, self.metrics, on_crash=crashed)
             t0 = time.perf_counter()
             engine.warmup()

@@ -13,6 +13,11 @@ Taking the lowest free slot keeps the owned slots packed at the front, so a deco
 runs over rows [0, rows) with few free rows inside (their rows are computed and ignored).
 `lengths[s]` counts the tokens in slot s's cache; `tokens[s]` is the token it feeds next;
 `state[s]` says where its request is (llama.cpp's server names its slots' states the same way).
+
+A free slot keeps what its cache holds (`cached[s]`, the token ids of positions 0.. as its
+last request left them), so a new prompt that starts the same way can take that slot and
+feed only the rest (`longest_prefix`, `admit_at`): a system prompt, a conversation's earlier
+turns, a retry. Admission without such a match still takes the lowest free slot.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ class SlotTable:
     def __init__(self, slots: int):
         self.owner: list = [None] * slots          # slot -> request, or None when free
         self.state = [SlotState.IDLE] * slots
+        self.cached: list[np.ndarray | None] = [None] * slots   # a free slot's cache, as token ids
         self.lengths = np.zeros(slots, np.int64)  # tokens in each slot's cache
         self.tokens = np.zeros(slots, np.int64)   # next token to feed each slot
         self.running = 0                           # owned slots
@@ -57,20 +63,41 @@ class SlotTable:
         if len(requests) > len(free):
             raise ValueError(f"{len(requests)} requests for {len(free)} free slots")
         for s, r in zip(free, requests):
-            self.owner[s] = r
-            self.state[s] = SlotState.PREFILLING
-            self.running += 1
-            r.slot = s
-            self.lengths[s] = 0
+            self.admit_at(r, s)
         return free[: len(requests)]
 
-    def release(self, slot: int) -> None:
+    def admit_at(self, request, slot: int) -> None:
+        """Give the request this free slot (its cache's old contents count for nothing now)."""
+        if self.owner[slot] is not None:
+            raise ValueError(f"slot {slot} is taken")
+        self.owner[slot], self.state[slot], self.cached[slot] = request, SlotState.PREFILLING, None
+        self.running += 1
+        request.slot = slot
+        self.lengths[slot] = 0
+
+    def release(self, slot: int, cached=None) -> None:
+        """Free the slot; `cached`: the token ids its cache now holds, kept for reuse."""
         if self.owner[slot] is not None:
             self.running -= 1
         self.owner[slot] = None
         self.state[slot] = SlotState.IDLE
+        self.cached[slot] = None if cached is None or not len(cached) else np.asarray(cached, np.int64)
         self.lengths[slot] = 0
         self.tokens[slot] = 0
+
+    def longest_prefix(self, ids) -> tuple[int, int]:
+        """(free slot, tokens) whose cache starts with the longest run of `ids`' first tokens;
+        (-1, 0) when none starts with ids[0]. Ties go to the lowest slot."""
+        best, ids = (-1, 0), np.asarray(ids, np.int64)
+        for s, cached in enumerate(self.cached):
+            if cached is None or self.owner[s] is not None or cached[0] != ids[0]:
+                continue
+            m = min(len(cached), len(ids))
+            same = cached[:m] == ids[:m]
+            n = m if same.all() else int(same.argmin())
+            if n > best[1]:
+                best = (s, n)
+        return best
 
     @staticmethod
     def runs(slots: list[int]) -> list[tuple[int, list[int]]]:

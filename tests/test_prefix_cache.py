@@ -1,0 +1,97 @@
+"""The prefix cache: a finished request's slot keeps its cache, and a prompt that begins the
+same way is fed only the rest. It must never change a request's tokens, never keep a slot
+from a request that needs it, and the ids a slot says it holds must be what its cache holds."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from serving.proto import pb
+from serving.slots import SlotTable
+from tests.serving_fixtures import cached_artifact
+from tests.serving_live import LiveServer
+
+
+class Req:
+    slot = -1
+
+
+def test_a_free_slot_offers_its_longest_shared_prefix():
+    t = SlotTable(4)
+    a, b, c = Req(), Req(), Req()
+    t.admit([a, b, c])
+    t.release(0, [1, 2, 3, 4, 5])
+    t.release(2, [1, 2, 3, 9])
+    assert t.longest_prefix([1, 2, 3, 4, 7]) == (0, 4)
+    assert t.longest_prefix([1, 2, 3]) == (0, 3)              # ties: the lowest slot
+    assert t.longest_prefix([7, 2, 3]) == (-1, 0)
+    t.admit_at(Req(), 0)                                       # taken: its cache is no one's now
+    assert t.longest_prefix([1, 2, 3, 4]) == (2, 3) and t.cached[0] is None
+    with pytest.raises(ValueError):
+        t.admit_at(Req(), 1)                                   # slot 1 is still b's
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_run, tmp_path_factory):
+    art = cached_artifact(tiny_run, tmp_path_factory)
+    on, off = LiveServer(art, max_batch=2, speculate=0), LiveServer(art, max_batch=2, speculate=0, prefix_cache=False)
+    yield on, off
+    on.close()
+    off.close()
+
+
+PROMPT = "ROMEO:\nBut soft, what light"     # 26 tokens of the tiny model's 32
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0.0), dict(temperature=0.9, seed=4)], ids=["greedy", "seeded"])
+def test_a_hit_never_changes_the_tokens(servers, sampling):
+    on, off = servers
+    hits0 = on.metric("shelley_prefix_cache_hits_total")
+    # 4 new tokens: the window never slides, so the slot still begins with the prompt
+    want = off.generate(prompt=PROMPT, max_tokens=4, ignore_eos=True, **sampling)[1]
+    first = on.generate(prompt=PROMPT, max_tokens=4, ignore_eos=True, **sampling)[1]
+    again = on.generate(prompt=PROMPT, max_tokens=4, ignore_eos=True, **sampling)[1]        # a hit
+    longer = on.generate(prompt=PROMPT + "?", max_tokens=4, ignore_eos=True, **sampling)[1]  # a hit too
+    assert first == again == want
+    assert longer == off.generate(prompt=PROMPT + "?", max_tokens=4, ignore_eos=True, **sampling)[1]
+    assert on.metric("shelley_prefix_cache_hits_total") - hits0 >= 2 * (len(PROMPT) - 1)
+    assert off.metric("shelley_prefix_cache_hits_total") == 0 and off.metric("shelley_prefix_cache_queries_total") > 0
+
+
+def test_a_cached_slot_never_keeps_a_request_waiting(servers):
+    on, _ = servers
+    on.generate(prompt=PROMPT, max_tokens=3)                    # both slots may now hold caches
+    on.generate(prompt="O Juliet, fair Juliet, hark", max_tokens=3)
+    results, barrier = [], threading.Barrier(2)
+
+    def run(prompt):
+        barrier.wait()
+        results.append(on.generate(prompt=prompt, max_tokens=60, ignore_eos=True)[2].usage.completion_tokens)
+    threads = [threading.Thread(target=run, args=(p,)) for p in ("zzzz other text", "qqqq more text")]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert results == [60, 60]                                   # both ran; neither was refused or starved
+
+
+def test_the_ids_a_free_slot_keeps_are_what_its_cache_holds(servers):
+    """After a request that slid its window past the context: prefill the ids slot 0 claims
+    into slot 1, and compare every layer's keys and values position by position."""
+    on, _ = servers
+    list(on.stub.Generate(pb.GenerateRequest(prompt=PROMPT, max_tokens=50, ignore_eos=True, temperature=0.0),
+                          timeout=30))
+    engine = on.server.engine
+    assert on.wait_for(lambda: engine.table.running == 0)
+    slot = next(s for s, c in enumerate(engine.table.cached) if c is not None and len(c) > 20)
+    ids = engine.table.cached[slot].tolist()
+    other = 1 - slot
+    engine.stop()                                               # the runtime is ours from here
+    engine.rt.prefill(other, [ids])
+    for layer in range(on.server.artifact.config.n_layer):
+        k, v = engine.rt.cache.host(layer)
+        n = len(ids)
+        np.testing.assert_allclose(k[slot, :, :n], k[other, :, :n], atol=1e-5)
+        np.testing.assert_allclose(v[slot, :, :n], v[other, :, :n], atol=1e-5)
