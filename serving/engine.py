@@ -75,7 +75,7 @@ class Engine:
         self.context, self.eos, self.vocab = mc.context_length, mc.eos_token_id, mc.vocab_size
         self.inbox: queue.Queue[list[Request]] = queue.Queue(maxsize=config.max_queue)   # the hand-over
         # ---- the engine thread's ----
-        self.table = SlotTable(min(config.max_batch, runtime.slots))
+        self.table = SlotTable(min(config.max_batch, runtime.slots), self.context)
         self.penalties = Penalties(len(self.table.owner), mc.vocab_size, mc.eos_token_id)
         self.admitting: list[list[Request]] = []    # taken from the inbox, not yet in slots: a
                                                     # request's n choices join together

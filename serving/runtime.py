@@ -291,8 +291,9 @@ class Runtime:
         self.cache.copy(src, dst, length)
 
     def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """One token for each of rows 0..n-1, whose caches hold `lengths` tokens (0 = a free
-        slot): logits (n, V). A row must have room: lengths < context."""
+        """One token for each of rows 0..n-1, whose caches hold `lengths` tokens: logits (n, V).
+        Each row writes its new key and value at position lengths[row] (a free slot's row too:
+        see SlotTable), so a row must have room: lengths < context."""
         lengths = np.asarray(lengths, np.int64)
         total = int(lengths.max()) + 1
         if total > self.context:

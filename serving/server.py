@@ -46,6 +46,7 @@ from serving.runtime import Runtime
 from serving.sampling import SamplingParams
 
 log = logging.getLogger("shelley.server")
+MIN_PACE = 0.002   # s: below this interval pacing costs a lone stream more than its messages do
 MAX_MESSAGE_BYTES = 1 << 20   # grpc refuses bigger requests itself (RESOURCE_EXHAUSTED)
 
 
@@ -186,11 +187,12 @@ class Server:
         """The request's events (of all its n choices, `Event.index` saying whose), paced: the
         first token goes at once, and after it a stream sends at most one message per
         `in_flight / --message-rate` seconds, merging the events of one choice that came
-        meanwhile (a lone stream: every half millisecond at the default; 32 streams: every
-        16 ms). Each message costs the server and the client the same whatever it carries,
-        and with many streams those costs would take the cores the model needs. Ends after
-        every choice's last event. Leaving early (client gone, deadline) cancels the request:
-        its rows are freed at the next step."""
+        meanwhile (32 streams: every 16 ms at the default). Each message costs the server and
+        the client the same whatever it carries, and with many streams those costs would
+        take the cores the model needs. Under MIN_PACE (a few streams) events go as they
+        come, merged only when the client falls behind. Ends after every choice's last event.
+        Leaving early (client gone, deadline) cancels the request: its rows are freed at the
+        next step."""
         access.prompt_tokens = req.prompt_tokens
         rate, loop = self.config.message_rate, asyncio.get_running_loop()
         sent, last, left, pending = 0, 0.0, len(req.choices), None
@@ -198,7 +200,7 @@ class Server:
             while True:
                 ev: Event = pending or await req.sink.get()
                 pending = None
-                if sent and rate and not ev.finish_reason:
+                if sent and rate and not ev.finish_reason and self.in_flight / rate >= MIN_PACE:
                     wait = last + self.in_flight / rate - loop.time()
                     if wait > 0:
                         await asyncio.sleep(wait)

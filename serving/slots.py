@@ -1,7 +1,7 @@
 """The batch's state: which request owns which slot of the KV cache, what the slot is
 doing, and how full it is.
 
-    table = SlotTable(32)
+    table = SlotTable(32, context=256)
     slots = table.admit([req_a, req_b])     # the lowest free slots, e.g. [0, 1]
     for first, reqs in table.runs(slots):   # adjacent slots prefill in one call
         ...
@@ -18,6 +18,11 @@ A free slot keeps what its cache holds (`cached[s]`, the token ids of positions 
 last request left them), so a new prompt that starts the same way can take that slot and
 feed only the rest (`longest_prefix`, `admit_at`): a system prompt, a conversation's earlier
 turns, a retry. Admission without such a match still takes the lowest free slot.
+
+A decode step computes every row in [0, rows), free ones too, and each row writes its new
+key and value at position `lengths[s]`. So a free slot's length is where its kept cache
+ends, not 0: the garbage a free row writes lands just past what it keeps (a kept cache is
+at most context - 1 tokens, so that position always exists) and never over it.
 """
 from __future__ import annotations
 
@@ -33,7 +38,8 @@ class SlotState(enum.Enum):
 
 
 class SlotTable:
-    def __init__(self, slots: int):
+    def __init__(self, slots: int, context: int):
+        self.context = context
         self.owner: list = [None] * slots          # slot -> request, or None when free
         self.state = [SlotState.IDLE] * slots
         self.cached: list[np.ndarray | None] = [None] * slots   # a free slot's cache, as token ids
@@ -81,8 +87,9 @@ class SlotTable:
             self.running -= 1
         self.owner[slot] = None
         self.state[slot] = SlotState.IDLE
-        self.cached[slot] = None if cached is None or not len(cached) else np.asarray(cached, np.int64)
-        self.lengths[slot] = 0
+        keep = None if cached is None else np.asarray(cached, np.int64)[: self.context - 1]
+        self.cached[slot] = keep if keep is not None and len(keep) else None
+        self.lengths[slot] = 0 if self.cached[slot] is None else len(keep)   # free rows write here
         self.tokens[slot] = 0
 
     def longest_prefix(self, ids) -> tuple[int, int]:

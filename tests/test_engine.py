@@ -29,7 +29,7 @@ class Req:   # a stand-in owner for slot tests
 
 
 def test_slots_take_the_lowest_free_and_group_adjacent_runs():
-    t = SlotTable(6)
+    t = SlotTable(6, context=32)
     reqs = [Req() for _ in range(4)]
     assert t.admit(reqs) == [0, 1, 2, 3] and [r.slot for r in reqs] == [0, 1, 2, 3]
     t.release(1)

@@ -19,7 +19,7 @@ class Req:
 
 
 def test_a_free_slot_offers_its_longest_shared_prefix():
-    t = SlotTable(4)
+    t = SlotTable(4, context=32)
     a, b, c = Req(), Req(), Req()
     t.admit([a, b, c])
     t.release(0, [1, 2, 3, 4, 5])
@@ -95,3 +95,33 @@ def test_the_ids_a_free_slot_keeps_are_what_its_cache_holds(servers):
         n = len(ids)
         np.testing.assert_allclose(k[slot, :, :n], k[other, :, :n], atol=1e-5)
         np.testing.assert_allclose(v[slot, :, :n], v[other, :, :n], atol=1e-5)
+
+
+def test_a_free_slots_cache_survives_decode_steps_of_rows_above_it(tiny_run, tmp_path_factory):
+    """Slot 0's request ends while slot 1's runs on, so every decode step computes row 0 too
+    (rows [0, 2)). The positions slot 0 keeps must come through those steps untouched: prefill
+    the ids it claims into slot 1 afterwards and compare every layer's keys and values."""
+    live = LiveServer(cached_artifact(tiny_run, tmp_path_factory), max_batch=2, speculate=0)
+    try:
+        engine, t = live.server.engine, live.server.engine.table
+        first = live.stub.Generate(pb.GenerateRequest(prompt="zq", max_tokens=1024, ignore_eos=True), timeout=60)
+        next(first)
+        second = live.stub.Generate(pb.GenerateRequest(prompt="xw", max_tokens=1024, ignore_eos=True), timeout=60)
+        next(second)
+        assert t.owner[0] is not None and t.owner[1] is not None
+        first.cancel()                                          # slot 0 is freed, keeping its cache
+        assert live.wait_for(lambda: t.cached[0] is not None and t.owner[1] is not None)
+        steps = live.metric("shelley_batch_size_count")
+        assert live.wait_for(lambda: live.metric("shelley_batch_size_count") > steps + 30)
+        assert t.owner[1] is not None                           # ...and row 0 was computed 30 times
+        ids = t.cached[0].tolist()
+        second.cancel()
+        assert live.wait_for(lambda: t.running == 0)
+        engine.stop()                                           # the runtime is ours from here
+        engine.rt.prefill(1, [ids])
+        for layer in range(live.server.artifact.config.n_layer):
+            k, v = engine.rt.cache.host(layer)
+            np.testing.assert_allclose(k[0, :, :len(ids)], k[1, :, :len(ids)], atol=1e-5)
+            np.testing.assert_allclose(v[0, :, :len(ids)], v[1, :, :len(ids)], atol=1e-5)
+    finally:
+        live.close()
