@@ -4,13 +4,12 @@
 
 n streams, each a 64-token prompt and 128 greedy new tokens, again and again, through:
 
-- graph, new binding per step: prefill, then Runtime.forward for every decode step (an
-  IOBinding built per call, as Runtime.decode did before it kept one per row count)
-- graph: prefill, then Runtime.decode (what the engine calls)
+- graph: prefill, then Runtime.decode (what the engine calls: the batch cut into one
+  single-threaded slice per core)
 - engine: serving.engine.Engine in this process, its events dropped (slots, sampling,
   stop checks, per-request text, metrics off)
-- server: `python -m serving` over gRPC, n streaming clients in this process (as
-  bench/load.py runs them, on the same cores)
+- server: `python -m serving` over gRPC and over HTTP/SSE, n streaming clients in this
+  process (as bench/load.py runs them, on the same cores)
 
 each with ONNX Runtime's pool threads spinning between kernels (`--ort-spin true`) and
 without (the default). Variants take turns in `--rounds` rounds, so a burst of load on a
@@ -40,18 +39,14 @@ from serving.sampling import SamplingParams  # noqa: E402
 PROMPT_TOKENS, NEW_TOKENS = 64, 128
 
 
-def graph(rt: Runtime, n: int, seconds: float, fresh_binding: bool) -> int:
+def graph(rt: Runtime, n: int, seconds: float) -> int:
     """Greedy streams straight on the runtime: tokens generated in `seconds`."""
     prompts = np.random.default_rng(n).integers(0, rt.vocab, (n, PROMPT_TOKENS)).tolist()
     end, tokens = time.perf_counter() + seconds, 0
     while time.perf_counter() < end:
         logits, lengths = rt.prefill(0, prompts), np.full(n, PROMPT_TOKENS)
         for _ in range(NEW_TOKENS - 1):
-            nxt = logits.argmax(-1)
-            if fresh_binding:
-                logits = rt.forward(nxt[:, None], lengths[:, None], lengths, int(lengths.max()) + 1)[:, 0]
-            else:
-                logits = rt.decode(nxt, lengths)
+            logits = rt.decode(logits.argmax(-1), lengths)
             lengths += 1
         tokens += n * NEW_TOKENS
     return tokens
@@ -110,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "--ort-spin", str(spin).lower()], http[spin]) for spin in (False, True)}
     variants = {}
     for spin in (False, True):
-        variants[("graph, new binding per step", spin)] = lambda n, s, spin=spin: graph(graph_rts[spin], n, s, True)
-        variants[("graph", spin)] = lambda n, s, spin=spin: graph(graph_rts[spin], n, s, False)
+        variants[("graph", spin)] = lambda n, s, spin=spin: graph(graph_rts[spin], n, s)
         variants[("engine", spin)] = lambda n, s, spin=spin: engines[spin].run(n, s)
         variants[("server, gRPC", spin)] = lambda n, s, spin=spin: asyncio.run(
             grpc_streams(servers[spin][1], n, s, prompts, NEW_TOKENS)).tokens

@@ -33,7 +33,7 @@ class ServeConfig:
     max_queue: int = 256
     max_new_tokens: int = 1024         # the largest max_tokens a request may ask for
     speculate: int = 4                 # a lone request verifies up to this many drafted tokens a step; 0 = off
-    message_rate: float = 2000.0       # streamed messages per second, all streams together; 0 = one per step
+    message_rate: float = 1000.0       # streamed messages per second, all streams together; 0 = one per step
     prefix_cache: bool = True          # a prompt that starts as a free slot's cache did is fed only the rest
     drain_seconds: float = 20.0        # SIGTERM grace for running streams
     threads: int = 0                   # cores the runtime uses (a batch is cut into this many single-threaded

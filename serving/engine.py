@@ -289,7 +289,7 @@ class Engine:
 
     def _step(self) -> None:
         """One decode step for every generating row."""
-        for s, r in self.table.active():
+        for _, r in self.table.active():
             if r.cancelled:
                 self._finish(r, Finish.CANCELLED)
         n = self.table.rows

@@ -187,7 +187,7 @@ class Server:
         """The request's events (of all its n choices, `Event.index` saying whose), paced: the
         first token goes at once, and after it a stream sends at most one message per
         `in_flight / --message-rate` seconds, merging the events of one choice that came
-        meanwhile (32 streams: every 16 ms at the default). Each message costs the server and
+        meanwhile (32 streams: every 32 ms at the default). Each message costs the server and
         the client the same whatever it carries, and with many streams those costs would
         take the cores the model needs. Under MIN_PACE (a few streams) events go as they
         come, merged only when the client falls behind. Ends after every choice's last event.
