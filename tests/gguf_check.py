@@ -230,8 +230,13 @@ def ollama_render(modelfile: Path, messages: list[dict]) -> str | None:
     go = shutil.which("go")
     if go is None:
         return None
+    from core.files import cache_dir
+
+    env = {**os.environ}
+    if not (env.get("GOCACHE") or env.get("HOME") or env.get("XDG_CACHE_HOME")):
+        env["GOCACHE"] = str(cache_dir() / "go-build")      # go needs a build cache somewhere
     proc = subprocess.run([go, "run", str(ROOT / "tests" / "ollama_template" / "main.go"), str(modelfile)],
-                          input=json.dumps(messages), capture_output=True, text=True, cwd=ROOT)
+                          input=json.dumps(messages), capture_output=True, text=True, cwd=ROOT, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"go run tests/ollama_template/main.go failed: {proc.stderr.strip()}")
     return proc.stdout
