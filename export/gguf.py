@@ -1,8 +1,8 @@
 """Export a training run as GGUF, the file llama.cpp and Ollama run, with an Ollama Modelfile.
 
     python -m export --format gguf --run runs/default --out gguf/default [--gguf-type f32|f16|q8_0]
-    llama-server -m gguf/default/model.gguf                                   # llama.cpp
-    ollama create shelley -f gguf/default/Modelfile && ollama run shelley "ROMEO:"   # Ollama
+    llama-server -m gguf/default/model.gguf --jinja     # llama.cpp: completions, and chats in the run's template
+    ollama create shelley -f gguf/default/Modelfile && ollama run shelley "Good morrow."   # Ollama
 
 Why: most people run small models locally in llama.cpp or Ollama, and both read one GGUF
 file. It is written with the `gguf` package (llama.cpp's own Python writer), not llama.cpp's
@@ -15,20 +15,23 @@ f32; f16; q8_0 (2-D weights whose rows are a multiple of 32 wide, else f32). Lay
 biases stay f32. The tokenizer's form is export/gguf_vocab.py's. `make gguf-test` runs the
 file in a real llama-server (tests/gguf_check.py).
 
-A chat format (`ChatTemplate`: a Jinja template for `tokenizer.chat_template`, the same format
-as Ollama's Go template, the stop strings) is written only when one is passed to `export_gguf`;
-without one the Modelfile is plain completion. The command passes none yet (see `main`).
+When the run carries a chat template (`chat_template.json`, core/chat.py), its Jinja source
+becomes `tokenizer.chat_template` (`llama-server --jinja` renders chats with it), and the
+Modelfile gets the same format as an Ollama Go template (training/chat_form.py's
+`ollama_template`, written from the same parts) and the chat's stop strings before
+end-of-text. A run without one exports plain completion (`{{ .Prompt }}`, stop at end-of-text).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from core.chat import ChatTemplate, read_chat
 from core.errors import UserError
 from core.files import atomic_write, prepare_out_dir
 from core.model_config import ModelConfig
@@ -44,14 +47,6 @@ BLOCK_TENSORS = {"ln_1": "attn_norm", "attn.qkv": "attn_qkv", "attn.proj": "attn
                  "ln_2": "ffn_norm", "mlp.fc": "ffn_up", "mlp.proj": "ffn_down"}
 TOP_TENSORS = {"wte.weight": "token_embd.weight", "wpe.weight": "position_embd.weight",
                "ln_f.weight": "output_norm.weight", "ln_f.bias": "output_norm.bias"}
-
-
-@dataclass(frozen=True)
-class ChatTemplate:
-    """A chat format, for the runtimes that read one (the chat issue supplies it)."""
-    jinja: str                         # tokenizer.chat_template (llama.cpp --jinja, transformers)
-    ollama: str                        # the same format as an Ollama (Go) template
-    stop: tuple[str, ...] = ()         # where a reply ends
 
 
 def gguf_tensor_names(n_layer: int) -> dict[str, str]:
@@ -130,7 +125,8 @@ def modelfile_text(mc: ModelConfig, template: str | None = None, stop: Sequence[
     """The Ollama Modelfile beside model.gguf: plain completion unless `template` (Ollama's
     Go template syntax) is given. num_ctx is the trained context: GPT-2's learned positions
     end there."""
-    lines = ["# Ollama: ollama create shelley -f Modelfile && ollama run shelley \"ROMEO:\"",
+    lines = [f"# Ollama: ollama create shelley -f Modelfile && ollama run shelley "
+             f"\"{'Good morrow.' if template is not None else 'ROMEO:'}\"",
              f"FROM ./{GGUF_NAME}",
              f"TEMPLATE {modelfile_value(template if template is not None else '{{ .Prompt }}')}",
              f"PARAMETER num_ctx {mc.block_size}",
@@ -141,8 +137,10 @@ def modelfile_text(mc: ModelConfig, template: str | None = None, stop: Sequence[
 
 def export_gguf(run_dir: str | Path, out: str | Path, gguf_type: str = "f32", force: bool = False,
                 chat: ChatTemplate | None = None) -> list[Path]:
-    """Write model.gguf and its Modelfile for a run's ckpt.pt; returns the files written."""
+    """Write model.gguf and its Modelfile for a run's ckpt.pt, with `chat`'s format when given
+    (`main` passes the run's own); returns the files written."""
     from export.gguf_vocab import gguf_vocab
+    from training.chat_form import ollama_template
     from training.checkpoint import load_run
 
     if gguf_type not in GGUF_TYPES:
@@ -157,10 +155,14 @@ def export_gguf(run_dir: str | Path, out: str | Path, gguf_type: str = "f32", fo
                         f"{tok.get_vocab_size()}; retrain the run")
     vocab = gguf_vocab(tok)
     prepare_out_dir(out, force, GGUF_FILES)
+    ollama = ollama_template(chat.form) if chat else None
+    if chat and ollama is None:
+        print(f"warning: {run_dir}'s chat template was not written from a corpus form training/chat_form.py "
+              "knows; the GGUF file carries it, the Modelfile stays plain completion", file=sys.stderr)
     write_gguf(out / GGUF_NAME, model.state_dict(), mc, vocab, gguf_type, name=run_dir.resolve().name,
-               chat_template=chat.jinja if chat else None)
-    stop = (*chat.stop, EOS) if chat else (EOS,)
-    atomic_write(out / MODELFILE_NAME, modelfile_text(mc, chat.ollama if chat else None, stop))
+               chat_template=chat.template if chat else None)
+    stop = (*chat.stop, EOS) if ollama else (EOS,)
+    atomic_write(out / MODELFILE_NAME, modelfile_text(mc, ollama, stop))
     return [out / name for name in GGUF_FILES]
 
 
@@ -172,9 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gguf-type", default="f32", help=f"weights: {', '.join(GGUF_TYPES)} (default f32)")
     p.add_argument("--force", action="store_true", help="overwrite an existing directory")
     args = p.parse_args(argv)
-    # The seam for the chat issue: when a run carries a chat template, read it here and pass
-    # export_gguf(..., chat=ChatTemplate(jinja, ollama, stop)).
-    for path in export_gguf(args.run, args.out, args.gguf_type, args.force):
+    chat = read_chat(args.run)          # None for a run trained before chat templates: plain completion
+    for path in export_gguf(args.run, args.out, args.gguf_type, args.force, chat=chat):
         print(f"{path}  {path.stat().st_size / 1e6:8.2f} MB")
-    print(f"run it: llama-server -m {Path(args.out) / GGUF_NAME}")
+    print(f"run it: llama-server -m {Path(args.out) / GGUF_NAME}{' --jinja' if chat else ''}")
     return 0

