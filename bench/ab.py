@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     streams, apis = [int(s) for s in args.streams.split(",")], args.apis.split(",")
     model = bench_model(args.model)
-    prompts = model.prompts(args.prompt_tokens, 400)
+    prompts = model.prompts(args.prompt_tokens, 20_000)
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"base": checkout(args.base, Path(tmp)), "new": ROOT}
         servers = {}
@@ -81,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
                     for api in apis:
                         for name in (trees if r % 2 == 0 else reversed(list(trees))):
                             _, target, base = servers[name]
+                            # both sides get the same prompts; neither sees one twice (a prefix cache would hit)
+                            first = ((r * len(streams) + streams.index(n)) * len(apis) + apis.index(api)) * \
+                                (len(prompts) // (args.rounds * len(streams) * len(apis)))
                             t0 = time.perf_counter()
-                            run = grpc_streams(target, n, per, prompts, args.new_tokens, first=100 * r) \
-                                if api == "grpc" else openai_streams(base, n, per, prompts, args.new_tokens, first=100 * r)
+                            run = grpc_streams(target, n, per, prompts, args.new_tokens, first=first) \
+                                if api == "grpc" else openai_streams(base, n, per, prompts, args.new_tokens, first=first)
                             tally = asyncio.run(run)
                             key = (name, api, n)
                             tallies.setdefault(key, []).append(tally)

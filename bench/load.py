@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from bench.clients import Tally, grpc_streams, openai_streams  # noqa: E402
 
 SLOTS, THREADS = 64, 2
+DISTINCT = 40_000       # prompts per run: no server sees one twice (bench/models.py prompts)
 # --controls: what every request of the "+controls" scenarios sets (penalties, 20 biased tokens)
 CONTROLS = dict(presence_penalty=0.5, frequency_penalty=0.5, repetition_penalty=1.1,
                 logit_bias={str(i): -1.0 for i in range(10, 30)})
@@ -186,7 +187,7 @@ def compare(args, model, peers: list[Peer]) -> None:
     streams = [int(x) for x in args.streams.split(",")]
     hf_batches = [int(x) for x in args.hf_batches.split(",") if x]
     hf = HFGenerate(model.run, args.prompt_tokens, args.new_tokens) if hf_batches else None
-    prompts = model.prompts(args.prompt_tokens, 400)
+    prompts = model.prompts(args.prompt_tokens, DISTINCT)
     per_round = args.seconds / args.rounds
     def apis(p: Peer) -> list[str]:
         shelley = p.name.startswith("shelley")
@@ -201,7 +202,9 @@ def compare(args, model, peers: list[Peer]) -> None:
             hf_done[b][0] += tokens
             hf_done[b][1] += wall
         for i, s in enumerate(scenarios if r % 2 == 0 else scenarios[::-1]):
-            tally, wall, used = measure(*s, per_round, prompts, args.new_tokens, first=1000 * r + 37 * i)
+            # each scenario's round starts on prompts no server has seen in this run
+            share = DISTINCT // (args.rounds * len(scenarios))
+            tally, wall, used = measure(*s, per_round, prompts, args.new_tokens, first=(r * len(scenarios) + i) * share)
             tallies[s].add(tally)
             walls[s] += wall
             cpu[s] += used
@@ -233,7 +236,7 @@ def compare(args, model, peers: list[Peer]) -> None:
 
 def prefix(args, model, peers: list[Peer]) -> None:
     """TTFT of a repeated 200-token prompt against 200-token prompts all different."""
-    distinct = model.prompts(200, 100)
+    distinct = model.prompts(200, DISTINCT)
     # The floor: a one-token prompt's TTFT is the request's fixed cost (HTTP, tokenizing,
     # the hop to the engine and back, one decode step), all a cache hit can come down to.
     cases = {"repeated": [distinct[0]], "all different": distinct[1:], "one token": model.prompts(1, 50)}
@@ -241,8 +244,9 @@ def prefix(args, model, peers: list[Peer]) -> None:
     for r in range(args.rounds):
         for p in peers:
             for case, prompts in cases.items():
+                first = (r * len(peers) + peers.index(p)) * (DISTINCT // (args.rounds * len(peers)))
                 tallies[p, case].add(asyncio.run(openai_streams(p.base, 1, args.seconds / args.rounds / 2, prompts,
-                                                                     16, first=50 * r)))
+                                                                     16, first=first)))
     print("\none client, 200-token prompts, 16 new tokens; TTFT p50 ms (p99)\n")
     print("| server | prompt repeated | prompts all different | one-token prompts (the floor) | repeated / different |"
           "\n| --- | ---: | ---: | ---: | ---: |")

@@ -40,8 +40,11 @@ class BenchModel:
     gguf: dict[str, Path]
 
     def prompts(self, tokens: int, count: int) -> list[str]:
-        """`count` distinct prompts of about `tokens` tokens: consecutive windows of the
-        corpus's validation text (decoded from token windows, so they start mid-sentence)."""
+        """`count` distinct prompts of about `tokens` tokens: windows of the corpus's validation
+        text spread evenly over it (decoded from token windows, so they start mid-sentence).
+        Windows overlap when count * tokens exceeds the text, but no two start at the same
+        token, so they share no prefix: a server's prompt cache (llama-server keeps 8 GiB of
+        them in RAM by default) must not turn a bench of distinct prompts into cache hits."""
         from tokenizers import Tokenizer
 
         from training.data import load_corpus, split_train_val
@@ -49,7 +52,11 @@ class BenchModel:
         tok = Tokenizer.from_file(str(self.run / "tokenizer.json"))
         _, val = split_train_val(encode_documents(tok, load_corpus("shakespeare")), 256)
         ids = val.tolist()
-        return [tok.decode(ids[i * tokens:(i + 1) * tokens]) for i in range(count)]
+        room = len(ids) - tokens
+        if count > room + 1:
+            raise ValueError(f"only {room + 1} distinct {tokens}-token prompts in the validation text, not {count}")
+        stride = max(1, min(tokens, room // max(1, count - 1)))
+        return [tok.decode(ids[i * stride:i * stride + tokens]) for i in range(count)]
 
 
 def run(cmd: list[str], what: str) -> None:
