@@ -1,6 +1,6 @@
 """Where serving's time goes: the same workload through each layer of the stack, in one run.
 
-    .venv/bin/python bench/serving_overhead.py [--streams 1 32] [--seconds 8] [--rounds 4] [--model ART]
+    .venv/bin/python bench/serving_overhead.py [--streams 1 32] [--seconds 20] [--rounds 2] [--model trained|random]
 
 n streams, each a 64-token prompt and 128 greedy new tokens, again and again, through:
 
@@ -89,8 +89,9 @@ class InProcess:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench/serving_overhead.py", description=__doc__.splitlines()[0])
     p.add_argument("--streams", type=int, nargs="+", default=[1, 32])
-    p.add_argument("--seconds", type=float, default=8.0, help="per variant and stream count, over all rounds")
-    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--seconds", type=float, default=20.0, help="per variant and stream count, over all rounds "
+                   "(a window ends when its last requests do: short ones undercount the servers)")
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: the server's default)")
     p.add_argument("--model", default="trained", choices=("trained", "random"), help="bench/models.py")
     a = p.parse_args(argv)
