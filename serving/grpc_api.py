@@ -12,6 +12,7 @@ RPC by method and code and writes its access-log line with the request id (the c
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -93,35 +94,34 @@ def rpc(fn):
         if access:
             access.done(code.name)
 
-    if inspect.isasyncgenfunction(fn):
-        @functools.wraps(fn)
-        async def stream(self, request, context):
-            t0, access, code = time.perf_counter(), None, grpc.StatusCode.CANCELLED  # until it ends normally
-            try:
-                access = await begin(request, context)
-                async for item in fn(self, request, context, access):
-                    yield item
-                code = grpc.StatusCode.OK
-            except Exception as e:
-                code, message = status_of(e)
-                await context.abort(code, message)
-            finally:
-                record(self, code, access, t0)
-        return stream
-
-    @functools.wraps(fn)
-    async def unary(self, request, context):
+    @contextlib.asynccontextmanager
+    async def observed(self, request, context):
+        """The call's Access; on the way out its status is recorded: OK when the body ends
+        normally, the mapped code of an error (sent with context.abort, which raises), else
+        CANCELLED (the client left)."""
         t0, access, code = time.perf_counter(), None, grpc.StatusCode.CANCELLED
         try:
             access = await begin(request, context)
-            result = await fn(self, request, context, access)
+            yield access
             code = grpc.StatusCode.OK
-            return result
         except Exception as e:
             code, message = status_of(e)
             await context.abort(code, message)
         finally:
             record(self, code, access, t0)
+
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def stream(self, request, context):
+            async with observed(self, request, context) as access:
+                async for item in fn(self, request, context, access):
+                    yield item
+        return stream
+
+    @functools.wraps(fn)
+    async def unary(self, request, context):
+        async with observed(self, request, context) as access:
+            return await fn(self, request, context, access)
     return unary
 
 
