@@ -200,8 +200,9 @@ class Server:
             while True:
                 ev: Event = pending or await req.sink.get()
                 pending = None
-                if sent and rate and not ev.finish_reason and self.in_flight / rate >= MIN_PACE:
-                    wait = last + self.in_flight / rate - loop.time()
+                interval = self.in_flight / rate if rate else 0.0
+                if sent and interval >= MIN_PACE and not ev.finish_reason:
+                    wait = last + interval - loop.time()
                     if wait > 0:
                         await asyncio.sleep(wait)
                 while not ev.finish_reason and not req.sink.empty():
