@@ -24,17 +24,15 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import math
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import _pybind_state as C
 
 from core.artifact import INPUT_IDS, LOGITS, POSITION_IDS, SEQLENS, TOTAL_LENGTH, Artifact
+from core.cpus import usable_cores
 from core.errors import UserError
 
 log = logging.getLogger("shelley.runtime")
@@ -58,23 +56,6 @@ def choose_providers(device: str) -> list[str]:
             return [CUDA, "CPUExecutionProvider"]
         log.info("no usable CUDA GPU (device=%s); running on CPU", device)
     return ["CPUExecutionProvider"]
-
-
-def usable_cores() -> int:
-    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a
-    Kubernetes CPU limit), which the affinity mask does not show."""
-    cores = len(os.sched_getaffinity(0))
-    for path, read in (("/sys/fs/cgroup/cpu.max", lambda t: t.split()[:2]),
-                       ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", lambda t: [t.strip(), Path(
-                           "/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()])):
-        try:
-            quota, period = read(Path(path).read_text())
-        except (OSError, ValueError):
-            continue
-        if quota not in ("max", "-1") and int(period) > 0:
-            return max(1, min(cores, math.ceil(int(quota) / int(period))))
-        break
-    return cores
 
 
 def session_options(threads: int, spin: bool = False) -> ort.SessionOptions:

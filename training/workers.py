@@ -25,23 +25,17 @@ CUDA and --compile runs) keep torch's own threads instead (`uses_workers`).
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:          # not Linux
-        return os.cpu_count() or 1
+from core.cpus import usable_cores
 
 
 def cpu_workers(threads: int) -> int:
-    """--threads N -> N workers; 0 -> one per core this process may run on."""
-    return threads if threads > 0 else available_cores()
+    """--threads N -> N workers; 0 -> one per core this process may use (core/cpus.py)."""
+    return threads if threads > 0 else usable_cores()
 
 
 def uses_workers(device: torch.device, world: int, dropout: float, compiled: bool) -> bool:
