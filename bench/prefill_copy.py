@@ -16,9 +16,7 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -31,38 +29,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = its default)")
     args = p.parse_args(argv)
 
-    from bench.load import FRANKENSTEIN, random_artifact
+    from bench.models import bench_model
     from core.artifact import load_artifact
     from serving.runtime import Runtime
 
-    with tempfile.TemporaryDirectory() as tmp:
-        art = load_artifact(random_artifact(Path(tmp)))
-        ns = [int(x) for x in args.n.split(",")]
-        rt = Runtime(art, device="cpu", threads=args.threads, slots=max(ns))
-        rng = np.random.default_rng(0)
-        rows = []
-        for length in (int(x) for x in args.lengths.split(",")):
-            prompt = rng.integers(0, art.config.vocab_size, length).tolist()
-            for n in ns:
-                def prefill_each():
-                    rt.prefill(0, [prompt] * n)
+    art = load_artifact(bench_model("random").onnx)
+    ns = [int(x) for x in args.n.split(",")]
+    rt = Runtime(art, device="cpu", threads=args.threads, slots=max(ns))
+    rng = np.random.default_rng(0)
+    rows = []
+    for length in (int(x) for x in args.lengths.split(",")):
+        prompt = rng.integers(0, art.config.vocab_size, length).tolist()
+        for n in ns:
+            def prefill_each():
+                rt.prefill(0, [prompt] * n)
 
-                def prefill_once_and_copy():
-                    rt.prefill(0, [prompt])
-                    for s in range(1, n):
-                        rt.copy_prefix(0, s, length)
-                times = {prefill_each: [], prefill_once_and_copy: []}
-                for f in times:
-                    f()   # warm-up
-                for _ in range(args.repeats):
-                    for f, got in times.items():
-                        t0 = time.perf_counter()
-                        f()
-                        got.append(time.perf_counter() - t0)
-                a, b = (1000 * statistics.median(t) for t in times.values())
-                rows.append((length, n, a, b))
+            def prefill_once_and_copy():
+                rt.prefill(0, [prompt])
+                for s in range(1, n):
+                    rt.copy_prefix(0, s, length)
+            times = {prefill_each: [], prefill_once_and_copy: []}
+            for f in times:
+                f()   # warm-up
+            for _ in range(args.repeats):
+                for f, got in times.items():
+                    t0 = time.perf_counter()
+                    f()
+                    got.append(time.perf_counter() - t0)
+            a, b = (1000 * statistics.median(t) for t in times.values())
+            rows.append((length, n, a, b))
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\n{os.cpu_count()} CPUs (load {load} at the end); model {FRANKENSTEIN}, fp32, CPU, "
+    print(f"\n{os.cpu_count()} CPUs (load {load} at the end); model {art.config.n_layer} layers x {art.config.n_head * art.config.head_dim} wide, context {art.config.context_length} (bench/models.py, random weights), fp32, CPU, "
           f"{args.threads or 'default'} threads; median of {args.repeats}, interleaved\n")
     print("| prompt tokens | n | prefill n rows, ms | prefill 1 + copy n-1, ms | copy / prefill |")
     print("| ---: | ---: | ---: | ---: | ---: |")
