@@ -29,13 +29,13 @@ def add_chat_flags(p) -> None:
 
 
 def _from_corpus(run: Path) -> ChatTemplate:
-    from training.chat_form import chat_template, find_form
-    from training.data import load_corpus
+    from training.chat_form import chat_template
+    from training.corpus_cache import Corpus, cached_form
 
     corpus = None
     try:
         corpus = json.loads((run / "summary.json").read_text())["train_config"]["corpus"]
-        form = find_form(load_corpus(corpus))
+        form = cached_form(Corpus(corpus))     # what training finds, from the same cache
     except (OSError, ValueError, KeyError, TypeError, UserError) as e:
         print(f"warning: {run} has no chat template and its corpus ({corpus}) cannot be read ({e}); "
               "chat uses the prose form. Pass --chat-template FILE for another", file=sys.stderr)

@@ -15,10 +15,13 @@ small files. Entries are written atomically, so concurrent runs (DDP ranks) may 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -31,6 +34,7 @@ from training.tokenizer import build_tokenizer, encode_documents
 
 # Bump when the split, the tokenizers' construction or the encoding changes.
 VERSION = "1"
+T = TypeVar("T")
 
 
 def corpus_fingerprint(spec: str) -> str:
@@ -65,57 +69,53 @@ class Corpus:
     def __init__(self, spec: str):
         self.spec = spec
         self.fingerprint = corpus_fingerprint(spec)
-        self._split: tuple[list[str], list[str]] | None = None
 
-    @property
+    @functools.cached_property
     def split(self) -> tuple[list[str], list[str]]:
-        if self._split is None:
-            self._split = split_documents(load_corpus(self.spec))
-        return self._split
+        return split_documents(load_corpus(self.spec))
+
+
+def _cached(path: Path, load: Callable[[Path], T], build: Callable[[], T], dump: Callable[[T], str | bytes],
+            unreadable: tuple[type[BaseException], ...]) -> T:
+    """The entry at `path` if it loads, else `build()` written there atomically (a foreign or
+    damaged entry, one of `unreadable` when loaded, is rebuilt)."""
+    if path.is_file():
+        try:
+            return load(path)
+        except unreadable:
+            pass
+    value = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, dump(value))
+    return value
 
 
 def cached_tokenizer(corpus: Corpus, kind: str, vocab_size: int) -> Tokenizer:
     """The tokenizer of this kind built from the corpus's training split (raises ValueError
     for bad settings, as build_tokenizer does)."""
     path = _dir() / f"tokenizer-{_key(corpus.fingerprint, kind, str(vocab_size if kind == 'bpe' else 0))}.json"
-    if path.is_file():
-        try:
-            return Tokenizer.from_file(str(path))
-        except Exception:                             # a foreign or damaged entry: rebuild it
-            pass
-    tok = build_tokenizer(kind, corpus.split[0], vocab_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, tok.to_str())
-    return tok
+    return _cached(path, lambda p: Tokenizer.from_file(str(p)),
+                   lambda: build_tokenizer(kind, corpus.split[0], vocab_size), lambda tok: tok.to_str(), (Exception,))
 
 
 def cached_ids(corpus: Corpus, tok: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
     """(training ids, validation ids) of the corpus under `tok`, each document ending in EOS."""
+    def load(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        with np.load(path) as f:
+            return f["train"], f["val"]
+
+    def dump(ids: tuple[np.ndarray, np.ndarray]) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, train=ids[0], val=ids[1])
+        return buf.getvalue()
+
     path = _dir() / f"ids-{_key(corpus.fingerprint, tok.to_str())}.npz"
-    if path.is_file():
-        try:
-            with np.load(path) as f:
-                return f["train"], f["val"]
-        except (OSError, ValueError, KeyError):
-            pass
-    train_docs, val_docs = corpus.split
-    train, val = encode_documents(tok, train_docs), encode_documents(tok, val_docs)
-    buf = io.BytesIO()
-    np.savez(buf, train=train, val=val)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, buf.getvalue())
-    return train, val
+    return _cached(path, load, lambda: tuple(encode_documents(tok, docs) for docs in corpus.split), dump,
+                   (OSError, ValueError, KeyError))
 
 
 def cached_form(corpus: Corpus) -> dict:
     """The corpus's dialogue form (speaker lines or prose), found once from its training split."""
     path = _dir() / f"form-{_key(corpus.fingerprint, 'form')}.json"
-    if path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            pass
-    form = find_form(corpus.split[0])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(form) + "\n")
-    return form
+    return _cached(path, lambda p: json.loads(p.read_text()), lambda: find_form(corpus.split[0]),
+                   lambda form: json.dumps(form) + "\n", (OSError, ValueError))
