@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from core.tokens import gpt2_byte_chars
+
 EOS = "<|endoftext|>"
 TOKENIZER_KINDS = ("char", "bpe")
 
@@ -69,17 +71,6 @@ def decode(tok: Tokenizer, ids: Sequence[int]) -> str:
     return tok.decode(list(ids), skip_special_tokens=False)
 
 
-def _byte_level_bytes() -> dict[str, int]:
-    """GPT-2's byte-level alphabet: printable bytes stand for themselves, the others for the
-    characters from U+0100 on, in byte order. Maps each of its characters back to its byte."""
-    printable = {*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
-                 *range(ord("\u00ae"), ord("\u00ff") + 1)}
-    shifted = (b for b in range(256) if b not in printable)
-    out = {chr(b): b for b in printable}
-    out.update({chr(256 + i): b for i, b in enumerate(shifted)})
-    return out
-
-
 def char_counts(tok: Tokenizer) -> np.ndarray:
     """Characters each token id spells, so that `char_counts(tok)[ids].sum()` is the length of
     the text `ids` encode: a special token spells none; a byte spells one if it starts a UTF-8
@@ -87,7 +78,7 @@ def char_counts(tok: Tokenizer) -> np.ndarray:
     byte-level BPE's."""
     spec = json.loads(tok.to_str())
     byte_level = (spec.get("pre_tokenizer") or {}).get("type") == "ByteLevel"
-    to_byte = _byte_level_bytes() if byte_level else {}
+    to_byte = {c: b for b, c in enumerate(gpt2_byte_chars())} if byte_level else {}
     special = {t["content"] for t in spec.get("added_tokens", []) if t.get("special")}
     counts = np.zeros(tok.get_vocab_size(), dtype=np.int64)
     for token, i in tok.get_vocab().items():
