@@ -196,6 +196,7 @@ def compare(args, model, peers: list[Peer]) -> None:
     tallies = {s: Tally() for s in scenarios}
     walls, cpu = dict.fromkeys(scenarios, 0.0), dict.fromkeys(scenarios, 0.0)
     hf_done = {b: [0.0, 0.0] for b in hf_batches}
+    share = DISTINCT // (args.rounds * len(scenarios))   # prompts per scenario and round
     for r in range(args.rounds):
         for b in hf_batches:
             tokens, wall = hf.run(b, per_round)
@@ -203,7 +204,6 @@ def compare(args, model, peers: list[Peer]) -> None:
             hf_done[b][1] += wall
         for i, s in enumerate(scenarios if r % 2 == 0 else scenarios[::-1]):
             # each scenario's round starts on prompts no server has seen in this run
-            share = DISTINCT // (args.rounds * len(scenarios))
             tally, wall, used = measure(*s, per_round, prompts, args.new_tokens, first=(r * len(scenarios) + i) * share)
             tallies[s].add(tally)
             walls[s] += wall
@@ -222,7 +222,7 @@ def compare(args, model, peers: list[Peer]) -> None:
         twin = {"shelley-fp32": "llama-f32", "shelley-int8": "llama-q8_0"}.get(peer.name)
         ref = next((rate[t] for t in scenarios if t[0].name == twin and t[1] == "http" and t[2] == n), None)
         if api == "http+controls":   # against the same server without the controls
-            twin, ref = peer.name, rate[(peer, "http", n)]
+            ref = rate[(peer, "http", n)]
         versus = f"{row['tok_s'] / ref:.2f}x" if ref else ""
         suffix = {"grpc": " gRPC", "http+controls": " +controls"}.get(api, "")
         cells = [f"{peer.label}{suffix}, {n} stream{'s' * (n > 1)}", f"{row['tok_s']:,.0f}",

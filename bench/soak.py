@@ -60,10 +60,10 @@ async def soak_clients(target: str, seconds: float, clients: int, prompt: str, s
 def soak(args, art: Path, prompt: str) -> int:
     extra = ["--max-batch", "32", *args.server_args.split()]
     proc, target, metrics_port = start_server(art, extra)
-    rss, stop = [], time.perf_counter() + args.soak
+    rss, start = [], time.perf_counter()
     try:
         async def run() -> Tally:
-            task = asyncio.ensure_future(soak_clients(target, args.soak, 48, prompt))
+            task = asyncio.ensure_future(soak_clients(target, args.seconds, 48, prompt))
             while not task.done():
                 rss.append((time.perf_counter(), rss_mb(proc.pid)))
                 await asyncio.sleep(1.0)
@@ -77,10 +77,10 @@ def soak(args, art: Path, prompt: str) -> int:
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
-    warm = [m for t, m in rss if t > stop - args.soak + min(30.0, args.soak / 4)]
+    warm = [m for t, m in rss if t > start + min(30.0, args.seconds / 4)]   # after warm-up
     growth = warm[-1] / warm[0] - 1 if len(warm) > 1 else float("nan")
     unexpected = {c: k for c, k in tally.codes.items() if c not in SOAK_EXPECTED}
-    print(f"\nsoak: 48 clients, {args.soak:.0f} s, --max-batch 32; load {os.getloadavg()[0]:.1f}")
+    print(f"\nsoak: 48 clients, {args.seconds:.0f} s, --max-batch 32; load {os.getloadavg()[0]:.1f}")
     print("| status | calls |\n| --- | ---: |")
     for c, k in sorted(tally.codes.items()):
         print(f"| {c} | {k} |")
@@ -99,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="trained", choices=("trained", "random"), help="bench/models.py")
     p.add_argument("--server-args", default="", help="extra flags for python -m serving")
     args = p.parse_args(argv)
-    args.soak = args.seconds
     from bench.models import bench_model
     model = bench_model(args.model)
     return soak(args, model.onnx, model.prompts(64, 1)[0])

@@ -60,7 +60,7 @@ class Workers:
         taken = itertools.count()                     # next() on it is atomic under the GIL
 
         def drain() -> None:
-            for i in iter(lambda: next(taken), None):
+            for i in taken:
                 if i >= len(items):
                     return
                 results[i] = fn(items[i])
