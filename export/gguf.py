@@ -141,15 +141,12 @@ def export_gguf(run_dir: str | Path, out: str | Path, gguf_type: str = "f32", fo
     (`main` passes the run's own); returns the files written."""
     from export.gguf_vocab import gguf_vocab
     from training.chat_form import ollama_template
-    from training.checkpoint import load_run
+    from export.hf import load_gpt2_run
 
     if gguf_type not in GGUF_TYPES:
         raise UserError(f"unknown --gguf-type {gguf_type!r}; choose one of {', '.join(GGUF_TYPES)}")
     run_dir, out = Path(run_dir), Path(out)
-    model, mc, tok = load_run(run_dir)
-    if mc.model != "gpt" or not mc.bias:
-        raise UserError(f"{run_dir} holds a {mc.model!r} model{'' if mc.bias else ' without biases'}; "
-                        f"llama.cpp's gpt2 architecture needs a gpt with biases")
+    model, mc, tok = load_gpt2_run(run_dir, "llama.cpp's gpt2 architecture")
     if mc.vocab_size != tok.get_vocab_size():
         raise UserError(f"{run_dir}: the model has {mc.vocab_size} token ids but its tokenizer "
                         f"{tok.get_vocab_size()}; retrain the run")

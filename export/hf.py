@@ -84,16 +84,23 @@ def save_gpt2(model, out: Path, eos: int) -> None:
         atomic_write(out / name, json.dumps(content, indent=2) + "\n")
 
 
-def export_hf(run_dir: str | Path, out: str | Path, force: bool = False, chat_template: str | None = None,
-              chat_stop: list[str] | None = None) -> list[Path]:
-    """Write the transformers directory for a run's ckpt.pt; returns the files written."""
+def load_gpt2_run(run_dir: Path, export: str):
+    """A run's (model, ModelConfig, tokenizer), refused in one line unless GPT-2's layout can
+    hold it (a gpt with biases): `export` names the format that needs it."""
     from training.checkpoint import load_run
 
-    run_dir, out = Path(run_dir), Path(out)
     model, mc, tok = load_run(run_dir)
     if mc.model != "gpt" or not mc.bias:
         raise UserError(f"{run_dir} holds a {mc.model!r} model{'' if mc.bias else ' without biases'}; "
-                        f"the transformers export is GPT-2 and needs a gpt with biases")
+                        f"{export} needs a gpt with biases")
+    return model, mc, tok
+
+
+def export_hf(run_dir: str | Path, out: str | Path, force: bool = False, chat_template: str | None = None,
+              chat_stop: list[str] | None = None) -> list[Path]:
+    """Write the transformers directory for a run's ckpt.pt; returns the files written."""
+    run_dir, out = Path(run_dir), Path(out)
+    model, mc, tok = load_gpt2_run(run_dir, "the transformers export (GPT-2)")
     chat = resolve_chat(run_dir, chat_template, chat_stop)
     prepare_out_dir(out, force, HF_FILES)
     save_gpt2(model, out, eos_id(tok))
