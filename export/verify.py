@@ -108,11 +108,12 @@ def argmax(logits: np.ndarray) -> int:
     return int(logits.argmax())
 
 
-def ort_greedy(rt: Runtime, ids: list[int], steps: int) -> list[int]:
-    """Greedy on slot 0, sliding as the server does (core/window.py)."""
+def ort_greedy(rt: Runtime, ids: list[int], steps: int, choose=argmax) -> list[int]:
+    """Greedy on slot 0 (`choose` picks from each step's logits), sliding as the server does
+    (core/window.py)."""
     return list(generate_ids(lambda tokens: rt.prefill(0, [tokens])[0],
                              lambda token, position: rt.decode(np.array([token]), np.array([position]))[0],
-                             argmax, ids, rt.context, steps))
+                             choose, ids, rt.context, steps))
 
 
 def check_greedy(rt: Runtime, model, vocab: int, steps: int = 200) -> Check:

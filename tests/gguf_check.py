@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import numpy as np  # noqa: E402
-from llama_cpp import LlamaServer, llama_server_binary  # noqa: E402
+from llama_cpp import LlamaServer, llama_server_binary, run_logged  # noqa: E402
 
 from core.errors import run_main  # noqa: E402
 
@@ -98,23 +98,19 @@ class Row:
     ok: bool = True
 
 
-def sh(cmd: list[str], log: Path) -> None:
-    with log.open("a") as out:
-        if subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-            raise RuntimeError(f"{' '.join(cmd[:4])} ... failed:\n{tail}")
-
-
 def train_and_export(kind: str, work: Path) -> tuple[Path, Path, dict[str, Path]]:
     """(run dir, ONNX artifact dir, GGUF type -> model.gguf) for one tokenizer."""
     run, art, log = work / f"run-{kind}", work / f"art-{kind}", work / f"{kind}.log"
     py = [sys.executable, "-m"]
-    sh(py + ["training.train", *TRAIN_ARGS, *TOKENIZERS[kind], "--out", str(run)], log)
-    sh(py + ["export", "--run", str(run), "--out", str(art), "--force"], log)
+
+    def sh(cmd: list[str]) -> None:
+        run_logged(py + cmd, log, f"python -m {cmd[0]}", cwd=ROOT)
+    sh(["training.train", *TRAIN_ARGS, *TOKENIZERS[kind], "--out", str(run)])
+    sh(["export", "--run", str(run), "--out", str(art), "--force"])
     ggufs = {}
     for t in GGUF_TYPES:
         out = work / f"gguf-{kind}-{t}"
-        sh(py + ["export", "--format", "gguf", "--run", str(run), "--out", str(out), "--gguf-type", t, "--force"], log)
+        sh(["export", "--format", "gguf", "--run", str(run), "--out", str(out), "--gguf-type", t, "--force"])
         ggufs[t] = out / "model.gguf"
     return run, art, ggufs
 
@@ -140,14 +136,18 @@ class Continuation:
         return bool(self.margins[k] > NEAR_TIE)
 
 
-def ort_greedy_paths(art: Path, prompts: list[list[int]], eos: int, steps: int = STEPS) -> list[Continuation]:
-    """ONNX Runtime's greedy tokens for each prompt, end-of-text masked (llama.cpp's ignore_eos)."""
+def ort_runtime(art: Path):
+    """The serving runtime on one slot, one thread: every ONNX Runtime reference here."""
     from core.artifact import load_artifact
-    from core.logprobs import log_softmax
-    from core.window import generate_ids
     from serving.runtime import Runtime
+    return Runtime(load_artifact(art), device="cpu", threads=1, precision="fp32", slots=1)
 
-    rt = Runtime(load_artifact(art), device="cpu", threads=1, precision="fp32", slots=1)
+
+def ort_greedy_paths(rt, prompts: list[list[int]], eos: int, steps: int = STEPS) -> list[Continuation]:
+    """ONNX Runtime's greedy tokens for each prompt, end-of-text masked (llama.cpp's ignore_eos)."""
+    from core.logprobs import log_softmax
+    from export.verify import ort_greedy
+
     paths = []
     for prompt in prompts:
         seen: list[np.ndarray] = []
@@ -162,9 +162,7 @@ def ort_greedy_paths(art: Path, prompts: list[list[int]], eos: int, steps: int =
             margins.append(float(first - second))
             return int(lp.argmax())
 
-        tokens = list(generate_ids(lambda ids: rt.prefill(0, [ids])[0],
-                                   lambda token, pos: rt.decode(np.array([token]), np.array([pos]))[0],
-                                   choose, prompt, rt.context, steps))
+        tokens = ort_greedy(rt, prompt, steps, choose)
         paths.append(Continuation(prompt, tokens, np.stack(seen), np.array(margins)))
     return paths
 
@@ -242,7 +240,7 @@ def ollama_render(modelfile: Path, messages: list[dict]) -> str | None:
     return proc.stdout
 
 
-def check_chat(srv: LlamaServer, run: Path, modelfile: Path, art: Path, tok) -> tuple[bool, str, bool]:
+def check_chat(srv: LlamaServer, run: Path, modelfile: Path, rt, tok) -> tuple[bool, str, bool]:
     """The chat template in llama.cpp's Jinja engine and in Go's text/template against shelley's
     own rendering, and a chat reply against ONNX Runtime's greedy reply cut at the stop."""
     from core.chat import read_chat
@@ -267,7 +265,7 @@ def check_chat(srv: LlamaServer, run: Path, modelfile: Path, art: Path, tok) -> 
     else:
         ok &= go == ours
         detail.append("go ==" if go == ours else f"go {go!r} != ours {ours!r}")
-    path = ort_greedy_paths(art, [encode(tok, ours)], eos_id(tok), CHAT_STEPS)[0]
+    path = ort_greedy_paths(rt, [encode(tok, ours)], eos_id(tok), CHAT_STEPS)[0]
     text = decode(tok, path.tokens)
     cut = min((text.index(s) for s in chat.stop if s in text), default=None)
     want, finish = (text, "length") if cut is None else (text[:cut], "stop")
@@ -285,7 +283,8 @@ def check_kind(kind: str, binary: Path, work: Path, floor: float) -> list[Row]:
 
     run, art, ggufs = train_and_export(kind, work)
     tok = load_tokenizer(run)
-    paths = ort_greedy_paths(art, [encode(tok, p) for p in PROMPTS], eos_id(tok))
+    rt = ort_runtime(art)
+    paths = ort_greedy_paths(rt, [encode(tok, p) for p in PROMPTS], eos_id(tok))
     rows = []
     for t, gguf in ggufs.items():
         row = Row(kind, t)
@@ -293,7 +292,7 @@ def check_kind(kind: str, binary: Path, work: Path, floor: float) -> list[Row]:
             if t == "f32":
                 tokenized, row.tokenize = check_tokenize(srv, tok, held_text())
                 decisive = compare(srv, row, paths)
-                chatted, row.chat, row.stopped = check_chat(srv, run, gguf.parent / "Modelfile", art, tok)
+                chatted, row.chat, row.stopped = check_chat(srv, run, gguf.parent / "Modelfile", rt, tok)
                 row.ok = tokenized and decisive and chatted and row.dlogprob <= F32_LOGPROB_TOL
             else:
                 compare(srv, row, paths)

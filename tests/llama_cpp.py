@@ -81,13 +81,15 @@ def toolchain() -> tuple[str, str]:
     return cmake, cxx
 
 
-def run_logged(cmd: list[str], log: Path) -> None:
+def run_logged(cmd: list[str], log: Path, what: str = "building llama-server", cwd: Path | None = None) -> None:
+    """Run cmd with its output appended to `log`; on failure, one error naming `what`, the log
+    and its last 15 lines."""
     with log.open("a") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
-        if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+        if subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-            raise UserError(f"building llama-server failed ({cmd[1:3]}); the full log is {log}:\n{tail}")
+            raise UserError(f"{what} failed ({cmd[1:3]}); the full log is {log}:\n{tail}")
 
 
 def build(dest: Path, log: Path, cmake: str, cxx: str) -> float:
