@@ -47,11 +47,9 @@ class BenchModel:
         them in RAM by default) must not turn a bench of distinct prompts into cache hits."""
         from tokenizers import Tokenizer
 
-        from training.data import load_corpus, split_train_val
-        from training.tokenizer import encode_documents
+        from training.corpus_cache import Corpus, cached_ids
         tok = Tokenizer.from_file(str(self.run / "tokenizer.json"))
-        _, val = split_train_val(encode_documents(tok, load_corpus("shakespeare")), 256)
-        ids = val.tolist()
+        ids = cached_ids(Corpus("shakespeare"), tok)[1].tolist()   # the validation split training encoded
         room = len(ids) - tokens
         if count > room + 1:
             raise ValueError(f"only {room + 1} distinct {tokens}-token prompts in the validation text, not {count}")
