@@ -42,6 +42,16 @@ def servers(tiny_run, tmp_path_factory):
     off.close()
 
 
+def holds_what_prefill_writes(live: LiveServer, slot: int, ids: list[int], spare: int) -> None:
+    """Slot `slot`'s first len(ids) positions, every layer's keys and values, equal what
+    prefilling `ids` writes (into the `spare` slot of the server's stopped engine)."""
+    rt = live.server.engine.rt
+    rt.prefill(spare, [ids])
+    for layer in range(live.server.artifact.config.n_layer):
+        for buf in rt.cache.host(layer):
+            np.testing.assert_allclose(buf[slot, :, :len(ids)], buf[spare, :, :len(ids)], atol=1e-5)
+
+
 PROMPT = "ROMEO:\nBut soft, what light"     # 26 tokens of the tiny model's 32
 
 
@@ -89,12 +99,7 @@ def test_the_ids_a_free_slot_keeps_are_what_its_cache_holds(servers):
     ids = engine.table.cached[slot].tolist()
     other = 1 - slot
     engine.stop()                                               # the runtime is ours from here
-    engine.rt.prefill(other, [ids])
-    for layer in range(on.server.artifact.config.n_layer):
-        k, v = engine.rt.cache.host(layer)
-        n = len(ids)
-        np.testing.assert_allclose(k[slot, :, :n], k[other, :, :n], atol=1e-5)
-        np.testing.assert_allclose(v[slot, :, :n], v[other, :, :n], atol=1e-5)
+    holds_what_prefill_writes(on, slot, ids, other)
 
 
 def test_a_free_slots_cache_survives_decode_steps_of_rows_above_it(tiny_run, tmp_path_factory):
@@ -118,10 +123,6 @@ def test_a_free_slots_cache_survives_decode_steps_of_rows_above_it(tiny_run, tmp
         second.cancel()
         assert live.wait_for(lambda: t.running == 0)
         engine.stop()                                           # the runtime is ours from here
-        engine.rt.prefill(1, [ids])
-        for layer in range(live.server.artifact.config.n_layer):
-            k, v = engine.rt.cache.host(layer)
-            np.testing.assert_allclose(k[0, :, :len(ids)], k[1, :, :len(ids)], atol=1e-5)
-            np.testing.assert_allclose(v[0, :, :len(ids)], v[1, :, :len(ids)], atol=1e-5)
+        holds_what_prefill_writes(live, 0, ids, 1)
     finally:
         live.close()
