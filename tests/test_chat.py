@@ -20,6 +20,7 @@ from tests.serving_live import LiveServer
 from training.chat_form import chat_template, find_form
 
 ROMEO = DATA / "romeo.txt"          # the first scenes of Romeo and Juliet, as the default corpus writes them
+FORM = find_form([ROMEO.read_text()])
 TINY_STYLE = "".join(f"{who}:\n{line}\n\n" for who, line in [
     ("First Citizen", "Before we proceed any further, hear me speak."), ("ALL", "Speak, speak."),
     ("First Citizen", "You are all resolved rather to die than to famish?"), ("ALL", "Resolved. resolved."),
@@ -47,7 +48,7 @@ def test_an_artifact_without_a_template_says_to_re_export():
 
 
 def test_the_template_writes_the_play():
-    chat = Chat(chat_template(find_form([ROMEO.read_text()])))
+    chat = Chat(chat_template(FORM))
     user, assistant = chat.form["user"], chat.form["assistant"]
     assert chat.render(check_messages(CONVERSATION)) == (
         f"[A public place.]\n\n{user}.\nGood morrow, cousin.\nIs the day so young?\n\n"
@@ -68,7 +69,7 @@ def test_the_template_writes_the_play():
 @pytest.fixture(scope="module")
 def template_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("chat") / "romeo.jinja"
-    path.write_text(chat_template(find_form([ROMEO.read_text()])).template)
+    path.write_text(chat_template(FORM).template)
     return path
 
 
@@ -101,7 +102,7 @@ def test_transformers_renders_the_identical_string(tiny_run, template_file, tmp_
                         "--chat-template", str(template_file)]) == 0
     assert json.loads((hf / "tokenizer_config.json").read_text())["chat_template"] == template_file.read_text()
     tok = transformers.AutoTokenizer.from_pretrained(hf)
-    ours = Chat(chat_template(find_form([ROMEO.read_text()])))
+    ours = Chat(chat_template(FORM))
     prose = chat_template({"style": "prose"})
     cases = [(CONVERSATION, {}, True), (CONVERSATION[1:2], {"assistant_name": "Juliet"}, True),
              (CONVERSATION, {"user_name": "Tybalt"}, False)]
@@ -123,7 +124,6 @@ def live(chat_art):
 
 
 HI = [{"role": "user", "content": "Good morrow."}]
-FORM = find_form([ROMEO.read_text()])
 PLAY_HI = f"{FORM['user']}.\nGood morrow.\n\n{FORM['assistant']}.\n"      # what HI renders to
 
 
