@@ -6,11 +6,25 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import time
 from pathlib import Path
 
 from core.files import atomic_write
 
 METRICS, SUMMARY, PLOT = "metrics.jsonl", "summary.json", "loss.png"
+_IMPORTED = time.monotonic()
+
+
+def process_age() -> float:
+    """Seconds since this process started, interpreter start-up and imports included (from
+    Linux's /proc; elsewhere, since this module was imported)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))   # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

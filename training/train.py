@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -46,18 +45,6 @@ from training.optim import build_optimizers, lr_factor, set_lr
 from training.tokenizer import bits_per_char, char_counts, decode, encode
 from training.workers import Workers, cpu_workers, uses_workers
 
-_IMPORTED = time.monotonic()
-
-
-def process_age() -> float:
-    """Seconds since this process started, interpreter start-up and imports included (from
-    Linux's /proc; elsewhere, since this module was imported)."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))   # field 22: starttime
-    except (OSError, ValueError, IndexError):
-        return time.monotonic() - _IMPORTED
 
 
 def prepare_run(flags: dict, resume: bool, dd: Distributed):
@@ -229,7 +216,7 @@ def evaluate_and_save(run: Run, progress: Progress, meter: Meter, log: Callable[
     started = time.perf_counter()
     progress.elapsed_s += started - meter.started
     loss = val_loss(run)
-    wall_s = process_age()                                   # when this loss was known
+    wall_s = run_files.process_age()                                   # when this loss was known
     improved = loss < progress.best_val_loss
     if improved:
         progress.best_val_loss, progress.stale_evals = loss, 0
@@ -304,7 +291,7 @@ def summarize(run: Run, progress: Progress) -> dict:
             "precision": "bf16 autocast" if run.autocast is not contextlib.nullcontext else "fp32",
             "best_val_loss": round(progress.best_val_loss, 5),
             "best_val_bpc": round(bits_per_char(progress.best_val_loss, run.val_chars_per_token), 5),
-            "iters": progress.iter, "wall_s": round(process_age(), 2), "train_s": round(progress.elapsed_s, 2),
+            "iters": progress.iter, "wall_s": round(run_files.process_age(), 2), "train_s": round(progress.elapsed_s, 2),
             "tokens_per_s": round(tokens_per_s, 1),
             "model_tflops": round(tokens_per_s * flops_per_token(run.raw) / 1e12, 4),   # / peak = MFU
             "model_config": run.mc.to_dict(), "train_config": run.tc.to_dict()}
@@ -327,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"training {mc.model} {count_params(run.raw) / 1e6:.2f}M params on {dd.device} x{dd.world}{threads} "
                   f"({'bf16 autocast' if run.autocast is not contextlib.nullcontext else 'fp32'}, "
                   f"{tc.optimizer}) | vocab {mc.vocab_size} | {len(data.train):,} train / {len(data.val):,} val "
-                  f"tokens | {run.tokens_per_iter:,} tokens/iter | start-up {process_age():.1f} s", file=sys.stderr)
+                  f"tokens | {run.tokens_per_iter:,} tokens/iter | start-up {run_files.process_age():.1f} s", file=sys.stderr)
         train(run, progress, resumed=ckpt is not None)
         if dd.main:
             out = Path(tc.out)
