@@ -85,7 +85,7 @@ gguf-test: proto ## build llama.cpp's llama-server once (cached), run GGUF expor
 clean: ## remove runs, artifacts, generated stubs and caches (keeps .venv)
 	rm -rf runs artifacts reports .pytest_cache serving/_gen
 
-# --- deploy: images and Kubernetes manifests (see README.md, "Deploy") ---
+# --- deploy: images and Kubernetes manifests (see docs/deploy.md) ---
 REGISTRY ?= registry.example.com/shelley
 TAG ?= 0.1.0
 OVERLAY ?= cpu

@@ -3,7 +3,7 @@
     chat = read_chat("runs/default")          # or an artifact dir: the same file, the same reader
     chat.template                             # Jinja2 source, Hugging Face's chat_template convention
     chat.stop                                 # the default stop strings (where the corpus ends a speech)
-    chat.form                                 # what training found in the corpus (for people; never read back)
+    chat.form                                 # what training found: the server reads its speakers, gguf its Ollama template
     write_chat(out_dir, chat)                 # training writes it; export copies or overrides it
 
 A base model has no chat format of its own, so the template renders a conversation the way

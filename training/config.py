@@ -21,7 +21,7 @@ PRESETS: dict[str, dict] = {
     # ~1.1M parameters, byte-level BPE (2,000 tokens, ~2.6 characters each); ~20-30 s on 2 CPU
     # cores. The default without a GPU. It reaches the final loss of nanoGPT's CPU recipe
     # (4x128, context 64, batch 12, 2000 AdamW steps) after ~50 steps, in ~1/6 of that
-    # recipe's time from the command (bench/train_speed.py --time-to-loss; README's figures).
+    # recipe's time from the command (bench/train_speed.py --time-to-loss; docs/benchmarks.md).
     "cpu-small": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, tokenizer="bpe",
                       vocab_size=2000, batch_size=48, max_iters=200, optimizer="muon", muon_lr=0.03,
                       muon_momentum=0.85, lr=1.2e-2, min_lr=1.2e-3, warmup_iters=5, eval_interval=25,
