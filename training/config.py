@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
-from core.model_config import MODEL_KINDS, ModelConfig
+from core.model_config import MLPS, MODEL_KINDS, NORMS, ModelConfig
 
 PRESETS: dict[str, dict] = {
     # ~1.1M parameters, byte-level BPE (2,000 tokens, ~2.6 characters each); ~20-30 s on 2 CPU
@@ -37,7 +37,8 @@ PRESETS: dict[str, dict] = {
 }
 # ModelConfig's fields that are flags; vocab_size comes from the tokenizer, and bias stays on
 # (GPT-2's layout, which export and the benchmarks rely on).
-MODEL_FIELDS = ("model", "n_layer", "n_head", "n_embd", "block_size", "dropout")
+MODEL_FIELDS = ("model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "n_kv_head",
+                "tie_embeddings", "rope_theta", "norm_eps", "norm", "mlp", "qk_norm")
 
 
 def _opt(default, help: str, choices: tuple | None = None):
@@ -80,14 +81,25 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-MODEL_HELP = {"model": "gpt or bigram", "n_layer": "transformer blocks", "n_head": "attention heads",
-              "n_embd": "width", "block_size": "context length in tokens", "dropout": "dropout rate"}
+MODEL_HELP = {"model": "gpt (GPT-2's block), qwen3 (the modern block: rotary, RMSNorm, SwiGLU, "
+                       "grouped KV heads, QK-norm; training/qwen3.py) or bigram",
+              "n_layer": "transformer blocks", "n_head": "attention heads",
+              "n_embd": "width", "block_size": "context length in tokens", "dropout": "dropout rate",
+              "n_kv_head": "qwen3: key/value heads, a divisor of --n-head; 0 = n_head",
+              "tie_embeddings": "qwen3: the output layer reuses the token embedding (--no-tie-embeddings: untied)",
+              "rope_theta": "qwen3: rotary base", "norm_eps": "qwen3: the norms' epsilon",
+              "norm": "qwen3 ladder: rms, or layer (GPT-2's LayerNorm, no bias)",
+              "mlp": "qwen3 ladder: swiglu, or relu2 / gelu (a plain 4x MLP)",
+              "qk_norm": "qwen3 ladder: RMSNorm each head's q and k (--no-qk-norm: off)"}
+MODEL_CHOICES = {"model": MODEL_KINDS, "norm": NORMS, "mlp": MLPS}
 
 
 def _add_flag(p: argparse.ArgumentParser, f: dataclasses.Field, help: str, choices=None) -> None:
     flag = "--" + f.name.replace("_", "-")
     # default=None everywhere: a flag the user did not give must not override the preset.
-    if f.type == "bool":
+    if f.type == "bool" and f.default is True:     # a switch that is on: --x / --no-x
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"{help} (default on)")
+    elif f.type == "bool":
         p.add_argument(flag, action="store_true", default=None, help=help)
     else:
         kind = {"int": int, "float": float, "str": str}[f.type]
@@ -98,11 +110,11 @@ def _add_flag(p: argparse.ArgumentParser, f: dataclasses.Field, help: str, choic
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.train", description=(
-        "Train a GPT (or the bigram baseline) on a corpus. A preset fills every setting; "
+        "Train a GPT, the modern qwen3 block or the bigram baseline on a corpus. A preset fills every setting; "
         "flags override it."))
     for f in dataclasses.fields(ModelConfig):
         if f.name in MODEL_FIELDS:
-            _add_flag(p, f, MODEL_HELP[f.name], MODEL_KINDS if f.name == "model" else None)
+            _add_flag(p, f, MODEL_HELP[f.name], MODEL_CHOICES.get(f.name))
     for f in dataclasses.fields(TrainConfig):
         _add_flag(p, f, f.metadata["help"], f.metadata["choices"])
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -1,4 +1,5 @@
-"""The models: a decoder-only GPT (GPT-2's architecture) and the bigram baseline.
+"""The models: a decoder-only GPT (GPT-2's architecture) and the bigram baseline; build_model
+also builds the modern block (training/qwen3.py).
 
     model = build_model(ModelConfig(vocab_size=V))
     logits, loss, present = model(idx, targets)               # training
@@ -14,30 +15,15 @@ with 1 and left padding with 0, so prompts of different lengths can share a batc
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from core.model_config import ModelConfig
-
-KVCache = tuple[tuple[torch.Tensor, torch.Tensor], ...]
-
-
-def build_attention_mask(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:
-    """Boolean (B, 1, T, S) mask, True where a query may attend a key.
-
-    Queries are the last `q_len` of the S = past + T positions. A query sees earlier real
-    tokens and always itself: a padding query would otherwise see nothing, and the NaN
-    from an all-masked softmax row would leak into every later layer's keys and values.
-    """
-    total = attention_mask.size(1)
-    k_pos = torch.arange(total, device=attention_mask.device)
-    q_pos = k_pos[total - q_len:]
-    causal = k_pos[None, :] <= q_pos[:, None]                         # (T, S)
-    allowed = causal[None] & attention_mask[:, None, :].bool()         # (B, T, S)
-    allowed = allowed | (k_pos[None, :] == q_pos[:, None])[None]
-    return allowed[:, None]                                            # (B, 1, T, S)
+from training.attention import EagerAttention, KVCache, causal_mask
+from training.qwen3 import Qwen3
 
 
 class CausalSelfAttention(nn.Module):
@@ -46,25 +32,16 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.head_dim = config.n_head, config.head_dim
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # one matmul, not 3*H
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, past=None, mask=None):
+    def forward(self, x, attend):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)      # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)                             # (B, nh, P+T, hs)
-            v = torch.cat([past[1], v], dim=2)
-        # Without a mask: plain causal attention when nothing is cached, and a single new
-        # token may see the whole cache. Both hit SDPA's fused kernels.
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=mask is None and past is None and T > 1)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.proj(y)), (k, v)
+        q = q.view(B, T, self.n_head, self.head_dim)                          # (B, T, nh, hs)
+        k = k.view(B, T, self.n_head, self.head_dim)
+        v = v.view(B, T, self.n_head, self.head_dim)
+        y, present = attend(q, k, v)      # the cache and softmax: training/attention.py
+        return self.resid_dropout(self.proj(y.reshape(B, T, C))), present
 
 
 class MLP(nn.Module):
@@ -87,8 +64,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, past=None, mask=None):
-        a, present = self.attn(self.ln_1(x), past, mask)
+    def forward(self, x, attend):
+        a, present = self.attn(self.ln_1(x), attend)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, present
@@ -121,21 +98,19 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx, targets=None, past_kv: KVCache | None = None,
-                position_ids=None, attention_mask=None):
+                position_ids=None, attention_mask=None, attend=None):
+        """`attend` replaces the eager attention step (export/onnx_graph.py passes ONNX Runtime's)."""
         B, T = idx.shape
         past_len = 0 if past_kv is None else past_kv[0][0].size(2)
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + T, device=idx.device)[None]
-        mask = None
-        if attention_mask is not None:
-            mask = build_attention_mask(attention_mask, T)
-        elif past_len > 0 and T > 1:
-            mask = build_attention_mask(torch.ones(B, past_len + T, dtype=torch.long,
-                                                   device=idx.device), T)
+        if attend is None:
+            attend = EagerAttention(past_kv, causal_mask(idx, past_len, attention_mask),
+                                    dropout=self.config.dropout if self.training else 0.0)
         x = self.drop(self.wte(idx) + self.wpe(position_ids))                # (B, T, C)
         present = []
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, None if past_kv is None else past_kv[i], mask)
+            x, kv = block(x, partial(attend, i))
             present.append(kv)
         logits = self.lm_head(self.ln_f(x))                                  # (B, T, V)
         loss = None
@@ -165,6 +140,8 @@ class Bigram(nn.Module):
 
 
 def build_model(config: ModelConfig) -> nn.Module:
+    if config.model == "qwen3":
+        return Qwen3(config)
     return GPT(config) if config.model == "gpt" else Bigram(config)
 
 
@@ -179,5 +156,5 @@ def flops_per_token(model: nn.Module) -> int:
     context * width. Divide achieved FLOP/s by the hardware's peak for MFU."""
     c = model.config
     matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
-    attention = 12 * c.n_layer * c.block_size * c.n_embd if isinstance(model, GPT) else 0
+    attention = 0 if isinstance(model, Bigram) else 12 * c.n_layer * c.block_size * c.n_embd
     return 6 * matmul + attention
