@@ -8,10 +8,17 @@ Fix the page (or the code) in the same commit.
 from __future__ import annotations
 
 import argparse
+import re
+import subprocess
 
 import pytest
 
-from tests.docs_drift import ROOT, Checker, doc_files, github_slugs
+from tests.docs_drift import ROOT, Checker, _blocks, doc_files, github_slugs
+
+BENCHMARKS = ROOT / "docs" / "benchmarks.md"
+PROVENANCE = re.compile(r"^Provenance: script `(?P<script>[^`]+)` · command `(?P<command>[^`]+)` · "
+                        r"date (?P<date>\d{4}-\d\d-\d\d) · machine (?P<machine>[^`·]+?) · "
+                        r"commit `(?P<commit>[0-9a-f]{7,40})`$")
 
 
 def test_the_docs_name_only_what_exists():
@@ -82,3 +89,77 @@ def test_each_kind_of_drift_is_named_with_its_line():
 ])
 def test_anchors_are_githubs(heading, slug):
     assert slug in github_slugs(heading + "\n")
+
+
+def provenance_problems(name: str, text: str) -> tuple[list[str], set[str]]:
+    """Every table under a heading of a benchmarks page needs a `Provenance:` line in its
+    section (a `###` inherits its `##`'s), before it, whose script exists and whose command runs that script (the drift
+    test checks the command's flags); tables above the first `##` (the index) are exempt.
+    Returns the problems and the commits named."""
+    problems, commits = [], set()
+    for kind, start, lines in _blocks(text):
+        if kind != "prose":
+            continue
+        prov, section = None, start == 1 and None
+        for n, line in enumerate(lines, start):
+            if re.match(r"^#{2,6} ", line):   # a ### keeps its ##'s provenance unless it has its own
+                prov, section = (None if line.startswith("## ") else prov), line
+            elif line.startswith("Provenance:"):
+                prov = PROVENANCE.match(line)
+                if not prov:
+                    problems.append(f"{name}:{n}: a provenance line reads `Provenance: script `bench/x.py` · "
+                                    "command `python -m bench.x ...` · date YYYY-MM-DD · machine ... · commit `abc1234``")
+                    continue
+                script, command = prov["script"], prov["command"]
+                commits.add(prov["commit"])
+                if not (ROOT / script).is_file():
+                    problems.append(f"{name}:{n}: no script {script}")
+                module = script.removesuffix(".py").replace("/", ".")
+                if f"-m {module}" not in command and script not in command:
+                    problems.append(f"{name}:{n}: the command `{command}` does not run {script}")
+            elif section and line.startswith("|") and n - start + 1 < len(lines) and \
+                    re.match(r"^\|[\s:|-]+\|\s*$", lines[n - start + 1]) and prov is None:
+                problems.append(f"{name}:{n}: a table under `{section}` without a provenance line above it")
+    return problems, commits
+
+
+def test_every_benchmark_table_says_where_it_came_from():
+    problems, commits = provenance_problems("docs/benchmarks.md", BENCHMARKS.read_text())
+    assert not problems, "\n".join(problems)
+    assert commits
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: the commits cannot be looked up")
+    out = subprocess.run(["git", "cat-file", "--batch-check"], cwd=ROOT, input="".join(f"{c}^{{commit}}\n" for c in commits),
+                         capture_output=True, text=True, check=True).stdout
+    missing = [line.split()[0] for line in out.splitlines() if line.endswith("missing")]
+    assert not missing, f"docs/benchmarks.md names commits this repository does not have: {missing}"
+
+
+def test_a_benchmark_table_without_provenance_fails():
+    page = """# Benchmarks
+
+| index | exempt |
+| --- | --- |
+
+## Speed
+
+| a | b |
+| --- | ---: |
+| x | 1.0× |
+
+## Fine
+
+Provenance: script `bench/load.py` · command `python -m bench.load --streams 1` · date 2026-12-07 · machine 2 cores · commit `ec76f3e`
+
+| a | b |
+| --- | ---: |
+
+## Wrong script
+
+Provenance: script `bench/gone.py` · command `python -m bench.load` · date 2026-12-07 · machine 2 cores · commit `ec76f3e`
+"""
+    assert provenance_problems("b.md", page)[0] == [
+        "b.md:8: a table under `## Speed` without a provenance line above it",
+        "b.md:21: no script bench/gone.py",
+        "b.md:21: the command `python -m bench.load` does not run bench/gone.py",
+    ]
