@@ -145,7 +145,7 @@ async def grpc_streams(target: str, n: int, seconds: float, prompts: list[str], 
     """The same scenario over gRPC Generate: n clients, back-to-back greedy requests."""
     import grpc
 
-    from serving.proto import pb, pb_grpc
+    from serving.grpc.proto import pb, pb_grpc
 
     tally = Tally()
     turns = itertools.count(first)

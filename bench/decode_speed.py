@@ -3,7 +3,7 @@
     .venv/bin/python bench/decode_speed.py [--threads 1 2] [--batches 1 16 32 64]
         [--engines a d e a8 e8] [--new-tokens 200] [--pasts 16 64 128 240] [--run RUN]
 
-(a) ours: serving.runtime.Runtime (prompts prefilled into slots 0..B-1, then Runtime.decode
+(a) ours: serving.engine.runtime.Runtime (prompts prefilled into slots 0..B-1, then Runtime.decode
 steps); (d) Hugging Face GPT2LMHeadModel.generate; (e) CTranslate2 float32; (a8) (a) on the
 model.int8.onnx that `python -m export --quantize int8` writes; (e8) CTranslate2 int8. The
 old graph's recompute baselines are gone: the fixed-buffer graph has no empty-past call.
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from bench.machine import describe_cpu  # noqa: E402
 from core.artifact import Artifact, load_artifact  # noqa: E402
 from core.errors import UserError, run_main  # noqa: E402
-from serving.runtime import Runtime, session_options  # noqa: E402
+from serving.engine.runtime import Runtime, session_options  # noqa: E402
 from training.model import GPT, count_params  # noqa: E402
 
 ENGINES = {"a": "(a) ours fp32", "d": "(d) HF generate fp32", "e": "(e) CTranslate2 float32",

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.models import bench_model
     from core.artifact import load_artifact
-    from serving.runtime import Runtime
+    from serving.engine.runtime import Runtime
 
     art = load_artifact(bench_model("random").onnx)
     ns = [int(x) for x in args.n.split(",")]

@@ -6,7 +6,7 @@ n streams, each a 64-token prompt and 128 greedy new tokens, again and again, th
 
 - graph: prefill, then Runtime.decode (what the engine calls: the batch cut into one
   single-threaded slice per core)
-- engine: serving.engine.Engine in this process, its events dropped (slots, sampling,
+- engine: serving.engine.core.Engine in this process, its events dropped (slots, sampling,
   stop checks, per-request text, metrics off)
 - server: `python -m serving` over gRPC and over HTTP/SSE, n streaming clients in this
   process (as bench/load.py runs them, on the same cores)
@@ -32,9 +32,9 @@ from bench.clients import grpc_streams, openai_streams  # noqa: E402
 from bench.load import free_port, start_server  # noqa: E402
 from bench.models import bench_model  # noqa: E402
 from core.artifact import Artifact, load_artifact  # noqa: E402
-from serving.engine import Engine, EngineConfig  # noqa: E402
-from serving.runtime import Runtime  # noqa: E402
-from serving.sampling import SamplingParams  # noqa: E402
+from serving.engine.core import Engine, EngineConfig  # noqa: E402
+from serving.engine.runtime import Runtime  # noqa: E402
+from serving.engine.sampling import SamplingParams  # noqa: E402
 
 PROMPT_TOKENS, NEW_TOKENS = 64, 128
 

@@ -32,7 +32,7 @@ async def soak_clients(target: str, seconds: float, clients: int, prompt: str, s
     (15%), one with a 50 ms deadline (15%), an invalid request (10%)."""
     import grpc
 
-    from serving.proto import pb, pb_grpc
+    from serving.grpc.proto import pb, pb_grpc
 
     tally, rng = Tally(), random.Random(seed)
     async with grpc.aio.insecure_channel(target) as ch:

@@ -5,7 +5,7 @@
     run_main(main)                                                        # an entry point's wrapper
 
 The server's front doors turn the request errors into status codes, each protocol in one
-table (serving/grpc_api.py, serving/http.py). No grpc, no torch here.
+table (serving/grpc/api.py, serving/http/app.py). No grpc, no torch here.
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from core.artifact import CONFIG_NAME, MODEL_FILES, Artifact, read_config
 from core.errors import UserError
 from core.files import atomic_write
 from core.logprobs import log_softmax
-from serving.runtime import Runtime
+from serving.engine.runtime import Runtime
 
 MAX_BPC_RATIO = 1.01        # int8 bits per character at most 1% above fp32
 MIN_TOP1_AGREEMENT = 0.90   # and the same top token at 9 positions in 10 at least

@@ -2,7 +2,7 @@
 
     python -m export.verify artifacts/default --run runs/default
 
-Checks, through serving/runtime.py (the code that serves): the manifest's hashes; max
+Checks, through serving/engine/runtime.py (the code that serves): the manifest's hashes; max
 |Δlogits| for prefill at three prompt lengths and for 50 decode steps (fp32 ≤ 1e-4);
 identical greedy tokens for 200 steps (sliding the window past the context like
 training.generate); prompts of different lengths prefilled together into adjacent slots,
@@ -23,7 +23,7 @@ from core.artifact import CONFIG_NAME, MANIFEST_NAME, check_manifest, load_artif
 from core.errors import UserError, run_main
 from core.files import read_json
 from core.window import generate_ids
-from serving.runtime import Runtime
+from serving.engine.runtime import Runtime
 from training.generate import generate
 
 FP32_TOL, FP16_TOL = 1e-4, 5e-2

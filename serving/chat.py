@@ -25,7 +25,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from core.chat import ChatTemplate
 from core.errors import InvalidRequest, UserError
-from serving.limits import check_text
+from serving.engine.limits import check_text
 
 ROLES = ("system", "user", "assistant")
 MAX_NAME_CHARS = 64

@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build_request(args: argparse.Namespace):
-    from serving.proto import pb
+    from serving.grpc.proto import pb
     req = pb.GenerateRequest(prompt=args.prompt, top_k=args.top_k, stop=args.stop)
     for field in ("max_tokens", "temperature", "top_p", "seed", "logprobs"):
         if getattr(args, field) is not None:
@@ -77,7 +77,7 @@ def print_logprobs(entries) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from serving.proto import pb, pb_grpc
+    from serving.grpc.proto import pb, pb_grpc
     with open_channel(args) as channel:
         stub = pb_grpc.TextGenerationStub(channel)
         md = metadata(args)

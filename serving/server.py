@@ -1,5 +1,5 @@
-"""The server: one engine behind two front doors (gRPC: serving/grpc_api.py; HTTP:
-serving/http.py), with health, reflection, API keys, TLS, metrics and the drain.
+"""The server: one engine behind two front doors (gRPC: serving/grpc/api.py; HTTP:
+serving/http/app.py), with health, reflection, API keys, TLS, metrics and the drain.
 
     server = Server(config, artifact)
     port = await server.start()     # gRPC and HTTP listening; health NOT_SERVING
@@ -36,14 +36,14 @@ from core.errors import EngineFailed, ShuttingDown
 from serving import auth
 from serving.chat import Chat
 from serving.config import ServeConfig
-from serving.engine import Engine, EngineConfig, Event, Finish, Request
-from serving.grpc_api import DecodeGuard, TextGeneration
-from serving.http import HttpFront
+from serving.engine.core import Engine, EngineConfig, Event, Finish, Request
+from serving.grpc.api import DecodeGuard, TextGeneration
+from serving.http.app import HttpFront
 from serving.logs import Access
 from serving.metrics import Metrics
-from serving.proto import SERVICE_NAME, pb_grpc
-from serving.runtime import Runtime
-from serving.sampling import SamplingParams
+from serving.grpc.proto import SERVICE_NAME, pb_grpc
+from serving.engine.runtime import Runtime
+from serving.engine.sampling import SamplingParams
 
 log = logging.getLogger("shelley.server")
 MIN_PACE = 0.002   # s: below this interval pacing costs a lone stream more than its messages do

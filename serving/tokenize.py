@@ -17,7 +17,7 @@ from typing import Any
 
 from core.errors import InvalidRequest
 from serving.chat import check_kwargs, check_messages
-from serving.limits import check_text
+from serving.engine.limits import check_text
 
 
 def token_view(server, prompt: str | None = None, messages: list[dict] | None = None, kwargs: dict | None = None,

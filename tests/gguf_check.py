@@ -139,7 +139,7 @@ class Continuation:
 def ort_runtime(art: Path):
     """The serving runtime on one slot, one thread: every ONNX Runtime reference here."""
     from core.artifact import load_artifact
-    from serving.runtime import Runtime
+    from serving.engine.runtime import Runtime
     return Runtime(load_artifact(art), device="cpu", threads=1, precision="fp32", slots=1)
 
 

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from core.artifact import load_artifact
 from serving.config import ServeConfig
-from serving.proto import SERVICE_NAME, pb, pb_grpc
+from serving.grpc.proto import SERVICE_NAME, pb, pb_grpc
 from serving.server import Server
 
 

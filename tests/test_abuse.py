@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serving.http import MAX_BODY_BYTES
-from serving.proto import pb
+from serving.http.app import MAX_BODY_BYTES
+from serving.grpc.proto import pb
 from tests.serving_fixtures import cached_artifact
 from tests.serving_live import LiveServer
 

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from core.errors import UserError
 from serving.auth import key_ok
-from serving.proto import pb, pb_grpc
+from serving.grpc.proto import pb, pb_grpc
 from tests.serving_fixtures import cached_artifact
 from tests.serving_live import LiveServer
 

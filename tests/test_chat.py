@@ -14,7 +14,7 @@ from core.chat import read_chat
 from core.errors import InvalidRequest, UserError
 from export.__main__ import main as export_main
 from serving.chat import Chat, check_messages
-from serving.proto import pb
+from serving.grpc.proto import pb
 from tests.serving_fixtures import cached_artifact, play_artifact
 from tests.serving_live import LiveServer
 from training.chat_form import chat_template, find_form

@@ -16,10 +16,10 @@ import pytest
 
 from core.logprobs import token_logprobs
 from core.tokens import TextStream
-from serving.engine import Finish, Request, check_stop
-from serving.proto import pb, pb_grpc
-from serving.sampling import SamplingParams, make_rng, sample_batch
-from serving.slots import SlotTable
+from serving.engine.core import Finish, Request, check_stop
+from serving.grpc.proto import pb, pb_grpc
+from serving.engine.sampling import SamplingParams, make_rng, sample_batch
+from serving.engine.slots import SlotTable
 from tests.serving_fixtures import cached_artifact
 from tests.serving_live import LiveServer
 
@@ -172,7 +172,8 @@ def test_the_server_process_exits_non_zero_when_its_engine_dies(art):
     """The real `python -m serving` with a runtime whose third decode step raises."""
     code = textwrap.dedent(f"""
         import sys
-        from serving import runtime, __main__ as main
+        from serving.engine import runtime
+        from serving import __main__ as main
         real, calls = runtime.Runtime.decode, [0]
         def faulty(self, *a):
             calls[0] += 1

@@ -12,7 +12,7 @@ import grpc
 import httpx
 import pytest
 
-from serving.proto import pb
+from serving.grpc.proto import pb
 from tests.serving_fixtures import cached_artifact
 from tests.serving_live import LiveServer
 
@@ -369,8 +369,8 @@ def test_the_playground_ships_as_package_data():
 
     root = Path(__file__).resolve().parents[1]
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["serving"]
-    files = [p.relative_to(root / "serving").as_posix() for p in (root / "serving" / "playground").iterdir()]
-    assert {"playground/index.html", "playground/playground.js", "playground/playground.css"} <= set(files)
+    files = [p.relative_to(root / "serving").as_posix() for p in (root / "serving" / "http" / "playground").iterdir()]
+    assert {"http/playground/index.html", "http/playground/playground.js", "http/playground/playground.css"} <= set(files)
     assert all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in files)
 
 

@@ -9,9 +9,9 @@ import pytest
 
 from core.logprobs import token_logprobs
 from core.tokens import TokenTable
-from serving.engine import Event, TokenLogprob
-from serving.logprobs import openai_logprobs
-from serving.proto import pb
+from serving.engine.core import Event, TokenLogprob
+from serving.http.logprobs import openai_logprobs
+from serving.grpc.proto import pb
 from tests.serving_fixtures import cached_artifact
 from tests.serving_live import LiveServer
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from core.artifact import load_artifact
-from serving.penalties import Penalties
-from serving.proto import pb
-from serving.runtime import Runtime
-from serving.sampling import SamplingParams
+from serving.engine.penalties import Penalties
+from serving.grpc.proto import pb
+from serving.engine.runtime import Runtime
+from serving.engine.sampling import SamplingParams
 from tests.serving_fixtures import cached_artifact
 from tests.serving_live import LiveServer
 

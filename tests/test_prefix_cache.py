@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from serving.proto import pb
-from serving.slots import SlotTable
+from serving.grpc.proto import pb
+from serving.engine.slots import SlotTable
 from tests.serving_fixtures import cached_artifact
 from tests.serving_live import LiveServer
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from core.errors import UserError
-from serving.proto import pb
+from serving.grpc.proto import pb
 from tests.serving_fixtures import cached_artifact
 from tests.serving_live import LiveServer
 
@@ -83,8 +83,8 @@ def test_stop_sequence_ends_generation_without_sending_it(live):
 def test_stream_deltas_never_split_utf8(live):
     """Characters outside the char vocab are spelled as byte tokens; deltas stay whole."""
     from core.tokens import TokenTable
-    from serving.engine import Request, check_stop
-    from serving.sampling import SamplingParams
+    from serving.engine.core import Request, check_stop
+    from serving.engine.sampling import SamplingParams
 
     tok = live.server.artifact.tokenizer
     word = "é€😀 ok"
@@ -222,7 +222,7 @@ def test_corrupt_or_incomplete_artifact_is_refused(model, tmp_path):
 
 def test_serving_never_imports_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import serving.server, serving.client, serving.__main__, serving.engine, serving.runtime\n"
+            "import serving.server, serving.client, serving.__main__, serving.engine.core, serving.engine.runtime\n"
             "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules if sys.modules[m])\n"
             "assert not [m for m in sys.modules if m.startswith('training')], 'imports training'\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
@@ -235,9 +235,9 @@ def test_a_running_rows_cache_never_moves(live):
     values stay where they were written: bit for bit, in its own slot."""
     import threading as th
 
-    from serving.engine import Engine, EngineConfig
-    from serving.runtime import Runtime
-    from serving.sampling import SamplingParams
+    from serving.engine.core import Engine, EngineConfig
+    from serving.engine.runtime import Runtime
+    from serving.engine.sampling import SamplingParams
 
     rt = Runtime(live.server.artifact, "cpu", threads=1, slots=4)
     snapshots, done = [], th.Event()

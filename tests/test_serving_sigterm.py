@@ -14,7 +14,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from serving.proto import pb, pb_grpc
+from serving.grpc.proto import pb, pb_grpc
 from tests.serving_fixtures import cached_artifact
 
 

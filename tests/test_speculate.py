@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from serving.proto import pb
-from serving.speculate import Acceptance, NgramDrafter
+from serving.grpc.proto import pb
+from serving.engine.speculate import Acceptance, NgramDrafter
 from tests.serving_fixtures import cached_artifact
 from tests.serving_live import LiveServer
 

@@ -6,7 +6,7 @@
 
 When a request runs alone, a decode step's cost is reading the weights, not arithmetic, so
 feeding it several tokens in one call costs little more than one. The engine feeds the
-pending token plus a draft in one extension call (serving/runtime.py `Runtime.extend`),
+pending token plus a draft in one extension call (serving/engine/runtime.py `Runtime.extend`),
 then lets the request's own sampler pick each position's token from the model's logits,
 with the same random draw it would use without a draft, keeping drafted tokens only while
 they equal what was picked. So the output is the one decoding one token a step gives, token

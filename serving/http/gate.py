@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 from core.errors import InvalidRequest
 from serving.auth import key_ok
 from serving.logs import Access, request_id
-from serving.openai_api import error_body
+from serving.http.completions import error_body
 
 MAX_BODY_BYTES = 1 << 20          # as gRPC's message limit
 DISCARD_BYTES, DISCARD_SECONDS = 64 << 20, 10.0   # how much of an oversized upload is read and dropped

@@ -11,7 +11,7 @@ is not valid UTF-8 alone is written `bytes:\\xNN`, as OpenAI does.
 from __future__ import annotations
 
 from core.tokens import TokenTable
-from serving.requests import TokenLogprob
+from serving.engine.requests import TokenLogprob
 
 
 def openai_logprobs(entries: list[TokenLogprob], tokens: TokenTable, offset: int) -> dict:

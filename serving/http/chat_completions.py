@@ -7,7 +7,7 @@
 
 The request: `messages` (roles system, user, assistant; optional `name`, the speaker; content
 a string or a list of text parts), `max_completion_tokens` or `max_tokens`, the sampling
-controls completions has (serving/openai_api.py `controls`), `logprobs` (true/false) with
+controls completions has (serving/http/completions.py `controls`), `logprobs` (true/false) with
 `top_logprobs` (0..5), `stream` + `stream_options.include_usage`, and the extension
 `chat_template_kwargs` (vLLM's name: `user_name`, `assistant_name` set the default
 speakers). A reply ends at the template's default stop (where the corpus ends a speech),
@@ -21,10 +21,10 @@ from typing import Any
 from core.errors import InvalidRequest
 from core.tokens import TokenTable
 from serving.chat import check_kwargs, check_messages
-from serving.limits import MAX_STOP
-from serving.openai_api import CompletionShape, Gathered, Meta, check_body, controls, field_of
-from serving.requests import Event, TokenLogprob
-from serving.sampling import SamplingParams
+from serving.engine.limits import MAX_STOP
+from serving.http.completions import CompletionShape, Gathered, Meta, check_body, controls, field_of
+from serving.engine.requests import Event, TokenLogprob
+from serving.engine.sampling import SamplingParams
 
 DEFAULT_MAX_TOKENS = 256   # a speech rarely runs longer; the template's stop usually ends it first
 

@@ -6,7 +6,7 @@
 
 Ownership: the fields under "the engine thread's" belong to the engine from the moment the
 request is in its inbox; the front end writes only `cancelled` (through `cancel()`, which
-cancels all of a request's n choices). serving/engine.py re-exports these names.
+cancels all of a request's n choices). serving/engine/core.py re-exports these names.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 
 from core.tokens import TextStream
-from serving.sampling import SamplingParams, make_rng, split_stop
-from serving.speculate import Acceptance, NgramDrafter
+from serving.engine.sampling import SamplingParams, make_rng, split_stop
+from serving.engine.speculate import Acceptance, NgramDrafter
 
 
 class Finish(str, enum.Enum):
@@ -63,7 +63,7 @@ class Request:
     t_submit: float = field(default_factory=time.perf_counter)
     t_last: float = 0.0
     prompt_lp: list[TokenLogprob] | None = None   # computed at its prefill, sent with its first event
-    drafts: NgramDrafter | None = None   # speculative decoding (serving/speculate.py), made when first alone
+    drafts: NgramDrafter | None = None   # speculative decoding (serving/engine/speculate.py), made when first alone
     acceptance: Acceptance | None = None
     # ---- the front end's: set once, read by the engine at its next step ----
     cancelled: bool = False

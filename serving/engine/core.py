@@ -13,17 +13,17 @@ Everything else (the slot table, the requests' progress, the outbox) belongs to 
 thread. The one field the front end writes afterwards is `Request.cancelled`, a flag the
 engine reads at its next step.
 
-A request owns one slot of the KV cache (serving/slots.py) from admission to finish.
+A request owns one slot of the KV cache (serving/engine/slots.py) from admission to finish.
 Joining is prefilling its prompt into its slot (newcomers in adjacent slots share one
 call); leaving frees the slot; no other row's cache is ever touched. A request for n
 choices is n requests admitted together: the prompt is prefilled into the first one's slot
 and copied into the others' (`Runtime.copy_prefix`; on CUDA each is prefilled). Each step
 decodes one token for rows [0, rows) in one ONNX Runtime call and samples them together
-(serving/sampling.py), after penalties, logit_bias and min_tokens (serving/penalties.py).
+(serving/engine/sampling.py), after penalties, logit_bias and min_tokens (serving/engine/penalties.py).
 A row whose cache is full re-prefills its newest tokens into its own slot and goes on
 (core/window.py, the rule every runtime slides by). A row running alone may verify tokens
-drafted from its own text in one call (`_speculate`, serving/speculate.py). `check_stop`
-(serving/requests.py, with the request and event types) is the one place a request's end
+drafted from its own text in one call (`_speculate`, serving/engine/speculate.py). `check_stop`
+(serving/engine/requests.py, with the request and event types) is the one place a request's end
 is decided. If the loop dies, every request ends with an error at once and `on_crash`
 tells the server, which stops serving.
 """
@@ -43,13 +43,13 @@ from core.artifact import Artifact
 from core.errors import InvalidRequest, QueueFull
 from core.logprobs import token_logprobs
 from core.window import refill
-from serving.limits import check_params, check_text
-from serving.penalties import Penalties
-from serving.requests import Event, Finish, Request, TokenLogprob, check_stop  # noqa: F401 (re-exported)
-from serving.runtime import Runtime
-from serving.sampling import SamplingParams, sample_batch
-from serving.slots import SlotState, SlotTable
-from serving.speculate import Acceptance, NgramDrafter
+from serving.engine.limits import check_params, check_text
+from serving.engine.penalties import Penalties
+from serving.engine.requests import Event, Finish, Request, TokenLogprob, check_stop  # noqa: F401 (re-exported)
+from serving.engine.runtime import Runtime
+from serving.engine.sampling import SamplingParams, sample_batch
+from serving.engine.slots import SlotState, SlotTable
+from serving.engine.speculate import Acceptance, NgramDrafter
 
 log = logging.getLogger("shelley.engine")
 PREFILL_BATCH = 8   # newcomers per step, so running rows wait for one short prefill at most
@@ -122,7 +122,7 @@ class Engine:
         return ids
 
     def validate(self, p: SamplingParams) -> None:
-        """Every limit of a request's parameters (serving/limits.py), for both front doors."""
+        """Every limit of a request's parameters (serving/engine/limits.py), for both front doors."""
         check_params(p, self.config.max_new_tokens, self.vocab, len(self.table.owner))
 
     def start(self) -> None:
@@ -306,7 +306,7 @@ class Engine:
         self._sample(slots, logits[slots])
 
     def _speculate(self, s: int, r: Request) -> bool:
-        """A lone row's step with a draft (serving/speculate.py): feed the pending token and
+        """A lone row's step with a draft (serving/engine/speculate.py): feed the pending token and
         up to `speculate` drafted ones in one call, then sample each position as a plain step
         would (same sampler, same random draw), keeping drafted tokens while they equal the
         sampled ones. False when there is no draft (a plain step follows)."""

@@ -6,10 +6,10 @@
     error_body("max_tokens must be ...", "invalid_request_error", param="max_tokens")
 
 Types are checked here (`max_tokens must be an integer`); limits by the engine's `validate`
-(serving/limits.py), so gRPC and HTTP refuse the same requests with the same messages.
+(serving/engine/limits.py), so gRPC and HTTP refuse the same requests with the same messages.
 Unknown fields are ignored; known ones this server cannot honour (`best_of`, `suffix`) are
 refused rather than silently dropped. Extensions, as in vLLM: `top_k`, `ignore_eos`,
-`repetition_penalty`, `min_tokens`. Chat's shapes are in serving/openai_chat.py.
+`repetition_penalty`, `min_tokens`. Chat's shapes are in serving/http/chat_completions.py.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from typing import Any
 
 from core.errors import InvalidRequest
 from core.tokens import TokenTable
-from serving.logprobs import openai_logprobs
-from serving.requests import Event, TokenLogprob
-from serving.sampling import SamplingParams
+from serving.http.logprobs import openai_logprobs
+from serving.engine.requests import Event, TokenLogprob
+from serving.engine.sampling import SamplingParams
 
 DEFAULT_MAX_TOKENS = 16    # OpenAI's default for completions (gRPC's is 64)
 # Known OpenAI fields this server does not implement: accepted only at their neutral value.

@@ -23,11 +23,11 @@ from google.protobuf.message import DecodeError
 
 from core.errors import EngineFailed, InvalidRequest, QueueFull, ShuttingDown
 from core.tokens import TokenTable
-from serving.requests import TokenLogprob
+from serving.engine.requests import TokenLogprob
 from serving.chat import check_kwargs, check_messages
 from serving.logs import Access, request_id
-from serving.proto import pb, pb_grpc
-from serving.sampling import SamplingParams
+from serving.grpc.proto import pb, pb_grpc
+from serving.engine.sampling import SamplingParams
 from serving.tokenize import text_of, token_view
 
 log = logging.getLogger("shelley.grpc")

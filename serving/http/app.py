@@ -11,11 +11,11 @@ same engine.
     POST /tokenize {"prompt": ...} or {"messages": ...}      POST /detokenize {"tokens": [...]}
     GET  /v1/models        GET /health (200 SERVING, else 503)        GET / (the playground)
 
-One gate middleware (serving/http_gate.py) sees every API request: its request id
+One gate middleware (serving/http/gate.py) sees every API request: its request id
 (`x-request-id` in and out), the API key, the metrics and the access line. Exceptions become
 statuses in one table (`STATUS`) and errors take OpenAI's shape in one place
 (`error_response`), `param` taken from the exception. Completions and chat share one answer
-path (`_answer`, `_sse`); their shapes (serving/openai_api.py, serving/openai_chat.py) say
+path (`_answer`, `_sse`); their shapes (serving/http/completions.py, serving/http/chat_completions.py) say
 what each chunk looks like. A client that disconnects cancels its request: its rows are
 freed at the next step.
 """
@@ -38,11 +38,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from core.errors import EngineFailed, InvalidRequest, QueueFull, ShuttingDown, UserError
-from serving import openai_api as oa
+from serving.http import completions as oa
 from serving.auth import uvicorn_ssl
-from serving.http_gate import MAX_BODY_BYTES, BodyTooLarge, DiscardingResponse, Gate, json_body  # noqa: F401
+from serving.http.gate import MAX_BODY_BYTES, BodyTooLarge, DiscardingResponse, Gate, json_body  # noqa: F401
 from serving.logs import Access
-from serving.openai_chat import ChatShape, parse_chat
+from serving.http.chat_completions import ChatShape, parse_chat
 from serving.tokenize import detokenize, tokenize
 
 log = logging.getLogger("shelley.http")

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from serving.sampling import SamplingParams
+from serving.engine.sampling import SamplingParams
 
 BAN = -100.0
 

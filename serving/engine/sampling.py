@@ -29,7 +29,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None   # None = off; k = the chosen token's logprob + k alternatives
-    # ---- the controls every peer has (serving/penalties.py applies them, vectorised) ----
+    # ---- the controls every peer has (serving/engine/penalties.py applies them, vectorised) ----
     presence_penalty: float = 0.0     # OpenAI's: minus this from every token generated so far (-2..2)
     frequency_penalty: float = 0.0    # OpenAI's: minus this times its count so far (-2..2)
     repetition_penalty: float = 1.0   # HF's / llama.cpp's / vLLM's: prompt and generated tokens' logits

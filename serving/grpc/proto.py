@@ -10,7 +10,7 @@ from pathlib import Path
 
 from core.errors import UserError
 
-_GEN = Path(__file__).resolve().parent / "_gen"
+_GEN = Path(__file__).resolve().parent.parent / "_gen"
 if not (_GEN / "shelley" / "v1" / "shelley_pb2_grpc.py").is_file():
     raise UserError(f"gRPC stubs missing in {_GEN}; run `make proto` first")
 if str(_GEN) not in sys.path:

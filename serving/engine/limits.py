@@ -3,7 +3,7 @@
     check_params(params, max_new_tokens=1024, vocab=V, slots=32)   # InvalidRequest(message, param=...)
     check_text(prompt, "prompt")                                    # a lone surrogate is refused
 
-Front ends check types (serving/openai_api.py, the protobuf itself); the limits live here,
+Front ends check types (serving/http/completions.py, the protobuf itself); the limits live here,
 so gRPC and HTTP refuse the same requests with the same messages, and nothing reaches the
 engine that it cannot serve. Each message names the field and its limit; `param` carries
 the field.
@@ -11,7 +11,7 @@ the field.
 from __future__ import annotations
 
 from core.errors import InvalidRequest
-from serving.sampling import MAX_LOGPROBS, SamplingParams
+from serving.engine.sampling import MAX_LOGPROBS, SamplingParams
 
 MAX_STOP, MAX_STOP_CHARS = 8, 64
 MAX_INT32 = 2**31 - 1    # top_k's limit: gRPC's int32, and numpy's arrays hold it
