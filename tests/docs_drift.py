@@ -7,7 +7,7 @@ Long pages drift: a flag is renamed, a target dropped, a page moved, and the sen
 named it stays. This reads every Markdown page the way a reader would use it: the commands
 in fenced code blocks and in inline code (`make T VAR=...`, `python -m M --flag`,
 `python bench/x.py --flag`, `torchrun ... -m M --flag`), the bare `--flag`s of prose and flag
-tables, and the relative links (with their #anchors). Each is checked against the thing
+tables, the relative links (with their #anchors) and the repository paths prose names. Each is checked against the thing
 itself: the Makefile's targets and variables, an importable module, and the argparse parser
 that module's `main(argv)` builds (captured as it is about to parse, so nothing runs and
 no subprocess starts). A problem names the page, the line and the missing thing.
@@ -37,6 +37,8 @@ LINK = re.compile(r"(?<!!)\[[^\]\n]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 SPAN = re.compile(r"(`+)(.+?)\1", re.S)
 FENCE = re.compile(r"^\s*(```+|~~~+)\s*([\w+-]*)")
 SHELLS = {"", "bash", "sh", "shell", "console", "make"}
+# A path into this repository, as prose names one ("serving/engine/core.py", "k8s/base/").
+REPO_PATH = re.compile(r"(?<![\w/.$-])((?:core|training|export|serving|bench|tests|k8s|proto|docs)/[\w/.-]*[\w/])")
 
 
 def doc_files() -> list[Path]:
@@ -198,12 +200,23 @@ class Checker:
                 self.flags_of(module, [])
         for name, text, path in pages:
             problems += self._check_bare_flags(name, text) + self._check_links(name, text, path)
+            problems += self._check_paths(name, text)
         return problems
 
     def check_text(self, name: str, text: str, path: Path | None = None) -> list[str]:
         path = path or self.root / name
         return self._check_commands(name, text) + self._check_bare_flags(name, text) + \
-            self._check_links(name, text, path)
+            self._check_links(name, text, path) + self._check_paths(name, text)
+
+    def _check_paths(self, name: str, text: str) -> list[str]:
+        """Files and folders of this repository named anywhere on the page (a module moved,
+        a script renamed)."""
+        problems = []
+        for n, line in enumerate(text.splitlines(), 1):
+            for path in REPO_PATH.findall(line):
+                if not (self.root / path).exists():
+                    problems.append(f"{name}:{n}: names {path}, which does not exist")
+        return problems
 
     def _source(self, module: str) -> str:
         """The source of one of this project's modules (a package's __main__), else ""."""

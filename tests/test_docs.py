@@ -1,5 +1,6 @@
 """The README and docs/ name only what exists: make targets and variables, `python -m`
-modules, their flags, relative links and their #anchors (tests/docs_drift.py reads them).
+modules, their flags, relative links and their #anchors, repository paths
+(tests/docs_drift.py reads them); every benchmark table says where it came from.
 
 A failure names the page and line, what it names and what is missing, e.g.
     docs/serving.md:17: `--max-batch`: no command the docs name takes --max-batch
@@ -60,6 +61,7 @@ curl --whatever localhost:8000        # not ours: not checked
 
 See [training](training.md), [nothing](nothing.md), [a heading](#a-page), [no heading](#nope)
 and [another page's](serving.md#no-such-heading). `[in code](nowhere.md)` is not a link.
+The engine is serving/engine/core.py, once serving/engine.py.
 """
 
 
@@ -70,6 +72,7 @@ def test_each_kind_of_drift_is_named_with_its_line():
         " python -m serving has no flag --http-portt",
         "docs/bad.md:9: `python -m no_such_module --x`: no module no_such_module",
         "docs/bad.md:10: `.venv/bin/python bench/no_such.py`: no file bench/no_such.py",
+        "docs/bad.md:10: names bench/no_such.py, which does not exist",
         "docs/bad.md:11: `torchrun --standalone --nproc_per_node=2 -m training.train --presett gpu`:"
         " python -m training.train has no flag --presett",
         "docs/bad.md:3: `make trian`: the Makefile has no target trian",
@@ -79,6 +82,7 @@ def test_each_kind_of_drift_is_named_with_its_line():
         "docs/bad.md:15: link (nothing.md): no file docs/nothing.md",
         "docs/bad.md:15: link (#nope): docs/bad.md has no heading #nope",
         "docs/bad.md:16: link (serving.md#no-such-heading): docs/serving.md has no heading #no-such-heading",
+        "docs/bad.md:17: names serving/engine.py, which does not exist",
     ])
 
 
