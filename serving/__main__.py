@@ -2,6 +2,8 @@
 
 Flags and SHELLEY_* env vars: serving/config.py. Exit 0 after a drain, 2 on a user error,
 1 when the engine failed (health already NOT_SERVING; a supervisor restarts the process).
+The artifact (its hashes, and the file `--precision` picks) is checked before any port
+opens; a failure while loading closes the ports before the one-line error.
 """
 from __future__ import annotations
 
@@ -17,13 +19,18 @@ async def serve(cfg) -> int:
     from serving.server import Server
 
     artifact = load_artifact(cfg.model)     # hashes first: never serve a torn copy
+    artifact.onnx_path(cfg.precision)       # the precision's file too, before any port opens
     server = Server(cfg, artifact)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
-    await server.load()
+    try:
+        await server.start()
+        await server.load()
+    except BaseException:   # close what is open first: the error is then the only thing said
+        await server.drain()
+        raise
     signalled, failed = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(server.failed.wait())
     await asyncio.wait([signalled, failed], return_when=asyncio.FIRST_COMPLETED)
     signalled.cancel(), failed.cancel()

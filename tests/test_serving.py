@@ -220,6 +220,16 @@ def test_corrupt_or_incomplete_artifact_is_refused(model, tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "tokenizer.json is missing" in r.stderr
 
 
+def test_missing_precision_is_refused_before_listening(model):
+    """`--precision int8` for an artifact exported without it: the one line and exit 2,
+    before any port opens (no log of listening, no teardown traceback from grpc)."""
+    r = subprocess.run([sys.executable, "-m", "serving", "--model", str(model[1]), "--precision", "int8",
+                        "--port", "0", "--http-port", "0", "--metrics-port", "-1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and "has no int8 model" in r.stderr, r.stderr
+
+
 def test_serving_never_imports_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
             "import serving.server, serving.client, serving.__main__, serving.engine.core, serving.engine.runtime\n"
