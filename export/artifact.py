@@ -1,6 +1,7 @@
 """Write a model artifact dir's metadata: model_config.json, then manifest.json (last).
 
-    write_model_config(art, name, config, params, eos_id, opset, files)
+    card = artifact_config(name, config, params, eos_id, opset, files)   # in memory
+    write_model_config(art, card)              # model_config.json, once, when every file is made
     write_manifest(art, training_summary)      # hashes every other file of the dir
 
 The layout, names and checks are core/artifact.py's (torch-free, shared with the server;
@@ -16,12 +17,14 @@ from core.files import atomic_write
 from core.model_config import ModelConfig
 
 
-def write_model_config(art: Path, name: str, config: ModelConfig, params: int, eos_id: int,
-                       opset: int, files: dict[str, str]) -> contract.ArtifactConfig:
-    card = contract.ArtifactConfig(name=name, params=params, eos_token_id=eos_id, opset=opset,
+def artifact_config(name: str, config: ModelConfig, params: int, eos_id: int, opset: int,
+                    files: dict[str, str]) -> contract.ArtifactConfig:
+    return contract.ArtifactConfig(name=name, params=params, eos_token_id=eos_id, opset=opset,
                                    files=files, model=config)
+
+
+def write_model_config(art: Path, card: contract.ArtifactConfig) -> None:
     atomic_write(Path(art) / contract.CONFIG_NAME, card.to_json())
-    return card
 
 
 def versions() -> dict:

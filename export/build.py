@@ -10,7 +10,7 @@ before it is kept; the int8 file only if its quality holds (export/quantize.py).
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import shutil
 import sys
@@ -21,7 +21,8 @@ from core.artifact import CONFIG_NAME, MANIFEST_NAME, MODEL_FILES, TOKENIZER_NAM
 from core.chat import CHAT_NAME, write_chat
 from core.errors import UserError
 from core.files import prepare_out_dir
-from export.artifact import write_manifest, write_model_config
+from core.run_dir import CKPT, read_summary
+from export.artifact import artifact_config, write_manifest, write_model_config
 from export.chat import resolve_chat
 from export.onnx_graph import MAX_OPSET, MIN_OPSET
 
@@ -40,26 +41,15 @@ class ExportConfig:
 
 def load_gpt(run_dir: Path):
     """(model, config, tokenizer); refuses anything but a GPT before building it."""
-    from training.checkpoint import CKPT_NAME, load_checkpoint, load_run
+    from training.checkpoint import load_checkpoint, run_from_checkpoint
     if not run_dir.is_dir():
         raise UserError(f"run dir {run_dir} does not exist; train first (make train) or fix --run")
-    kind = load_checkpoint(run_dir / CKPT_NAME)["model_config"].get("model", "gpt")
+    ckpt = load_checkpoint(run_dir / CKPT)   # once: the kind is checked on what gets built
+    kind = ckpt["model_config"].get("model", "gpt")
     if kind != "gpt":
-        raise UserError(f"{run_dir / CKPT_NAME} holds a {kind!r} model; export supports gpt "
+        raise UserError(f"{run_dir / CKPT} holds a {kind!r} model; export supports gpt "
                         f"only (it has the KV cache the server needs); train with --model gpt")
-    return load_run(run_dir)
-
-
-def read_summary(path: Path) -> dict:
-    """The run's summary.json for the manifest; {} (and a warning) if missing or unreadable."""
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        print(f"warning: {path} is unreadable ({e}); manifest.json gets no training summary",
-              file=sys.stderr)
-        return {}
+    return run_from_checkpoint(run_dir, ckpt)
 
 
 def export_run(cfg: ExportConfig) -> dict:
@@ -102,9 +92,12 @@ def export_run(cfg: ExportConfig) -> dict:
         tmp.unlink(missing_ok=True)
     shutil.copyfile(run / TOKENIZER_NAME, out / TOKENIZER_NAME)
     write_chat(out, chat)
-    write_model_config(out, run.resolve().name, config, count_params(model), eos, cfg.opset, files)
-    quality = quantize_int8(out, run, files) if cfg.quantize == "int8" else None
-    manifest = write_manifest(out, read_summary(run / "summary.json"))
+    card = artifact_config(run.resolve().name, config, count_params(model), eos, cfg.opset, files)
+    quality = quantize_int8(out, run, card) if cfg.quantize == "int8" else None
+    if quality is not None and quality.ok:
+        card = dataclasses.replace(card, files={**files, "int8": MODEL_FILES["int8"]})
+    write_model_config(out, card)
+    manifest = write_manifest(out, read_summary(run))
     if quality is not None:
         if not quality.ok:
             raise UserError(f"int8 quality too low, so no model.int8.onnx ({describe(quality)}); "

@@ -13,12 +13,12 @@ corpus cannot be read. `--chat-template` replaces the Jinja2 source (checked to 
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 from core.chat import ChatTemplate, read_chat
 from core.errors import UserError
+from core.run_dir import read_summary
 
 
 def add_chat_flags(p) -> None:
@@ -34,7 +34,7 @@ def _from_corpus(run: Path) -> ChatTemplate:
 
     corpus = None
     try:
-        corpus = json.loads((run / "summary.json").read_text())["train_config"]["corpus"]
+        corpus = read_summary(run)["train_config"]["corpus"]
         form = cached_form(Corpus(corpus))     # what training finds, from the same cache
     except (OSError, ValueError, KeyError, TypeError, UserError) as e:
         print(f"warning: {run} has no chat template and its corpus ({corpus}) cannot be read ({e}); "

@@ -1,7 +1,7 @@
 """int8 for CPUs: ONNX Runtime's dynamic quantization of the MatMul weights, kept only if
 its quality holds on held-out text.
 
-    quantize_int8(art_dir, run_dir, files)     # writes model.int8.onnx (+ model_config.json)
+    q = quantize_int8(art_dir, run_dir, card)  # model.int8.onnx, kept only if q.ok; the caller lists it
     q = int8_quality(art_dir, run_dir)         # Quality(bpc_fp32, bpc_int8, top1_agreement)
 
 Weights become int8 per output channel; activations are quantized per call (dynamic), so
@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.artifact import CONFIG_NAME, MODEL_FILES, Artifact, read_config
+from core.artifact import MODEL_FILES, Artifact, ArtifactConfig, read_config
 from core.errors import UserError
-from core.files import atomic_write
 from core.logprobs import log_softmax
 from serving.engine.runtime import Runtime
 
@@ -75,8 +74,10 @@ def score(rt: Runtime, windows: np.ndarray) -> tuple[float, np.ndarray]:
     return float(np.mean(losses)), np.stack(top1)
 
 
-def int8_quality(art: Path, run: Path) -> Quality:
-    config = read_config(art)
+def int8_quality(art: Path, run: Path, config: ArtifactConfig | None = None) -> Quality:
+    """The int8 file against fp32 on held-out text. `config` lists both files (default: the
+    artifact's model_config.json)."""
+    config = config or read_config(art)
     windows, chars_per_token = held_text(run, config.context_length)
     bare = Artifact(path=art, config=config, manifest={}, tokenizer=None)
     loss32, top32 = score(Runtime(bare, device="cpu", threads=1, precision="fp32", slots=1), windows)
@@ -85,38 +86,31 @@ def int8_quality(art: Path, run: Path) -> Quality:
     return Quality(loss32 * bpc, loss8 * bpc, float((top32 == top8).mean()), top8.size)
 
 
-def quantize_int8(art: Path, run: Path, files: dict[str, str]) -> Quality:
-    """Write model.int8.onnx next to model.onnx and list it in `files` and model_config.json,
-    if its quality holds; otherwise remove it again. Returns the measured quality."""
+def quantize_int8(art: Path, run: Path, card: ArtifactConfig) -> Quality:
+    """Write model.int8.onnx next to the fp32 file `card` (the artifact's config, not yet
+    written) lists, and keep it if its quality holds; otherwise remove it again. Returns the
+    measured quality: the caller lists the file (`quality.ok`) in the config it writes."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from export.onnx_graph import check_runnable
-    config = read_config(art)
     dst, tmp = art / MODEL_FILES["int8"], art / ".model.int8.onnx.tmp"
     logging.disable(logging.WARNING)   # it advises "pre-processing" for every model
     try:
         # ONNX's shape inference does not know the com.microsoft ops, so outputs downstream
         # of them have no type: they are all float here.
-        quantize_dynamic(art / files["fp32"], tmp, op_types_to_quantize=["MatMul"],
+        quantize_dynamic(art / card.files["fp32"], tmp, op_types_to_quantize=["MatMul"],
                          per_channel=True, weight_type=QuantType.QUInt8,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         logging.disable(logging.NOTSET)
-        check_runnable(tmp, config.opset)
+        check_runnable(tmp, card.opset)
         os.replace(tmp, dst)
     finally:
         logging.disable(logging.NOTSET)
         tmp.unlink(missing_ok=True)
-
-    def write_config(files: dict) -> None:
-        atomic_write(art / CONFIG_NAME, dataclasses.replace(config, files=files).to_json())
-    write_config({**files, "int8": dst.name})
-    quality = int8_quality(art, run)
-    if quality.ok:
-        files["int8"] = dst.name
-    else:
+    quality = int8_quality(art, run, dataclasses.replace(card, files={**card.files, "int8": dst.name}))
+    if not quality.ok:
         dst.unlink()
-        write_config(files)
     return quality
 
 

@@ -29,9 +29,10 @@ from core.artifact import TOKENIZER_NAME
 from core.errors import UserError
 from core.files import atomic_write
 from core.model_config import ModelConfig
+from core.run_dir import CKPT as CKPT_NAME
+from core.run_dir import LAST as LAST_NAME
 from training.model import build_model
 
-CKPT_NAME, LAST_NAME = "ckpt.pt", "last.pt"
 FORMAT_VERSION = 2   # 2: "optimizer" is a list (Muon + AdamW); 1 held one AdamW state_dict
 
 
@@ -126,7 +127,13 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu", name: str = CKPT_N
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run dir {run_dir} does not exist; train first (make train) or fix --run")
-    ckpt = load_checkpoint(run_dir / name)
+    return run_from_checkpoint(run_dir, load_checkpoint(run_dir / name), device, name)
+
+
+def run_from_checkpoint(run_dir: str | os.PathLike, ckpt: dict, device: str = "cpu", name: str = CKPT_NAME):
+    """load_run's result from a checkpoint already loaded (so a caller that looks inside it
+    first does not read the file twice)."""
+    run_dir = Path(run_dir)
     config = model_config_of(ckpt, run_dir / name)
     model = build_model(config)
     try:

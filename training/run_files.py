@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from core.files import atomic_write
+from core.run_dir import METRICS, PLOT, write_summary  # noqa: F401  (the trainer's writer, re-exported)
 
-METRICS, SUMMARY, PLOT = "metrics.jsonl", "summary.json", "loss.png"
 _IMPORTED = time.monotonic()
 
 
@@ -53,9 +53,6 @@ def append_metrics(run_dir: Path, row: dict, upto_iter: int | None = None) -> li
     atomic_write(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
-
-def write_summary(run_dir: Path, summary: dict) -> None:
-    atomic_write(Path(run_dir) / SUMMARY, json.dumps(summary, indent=2) + "\n")
 
 
 def plot_losses(run_dir: Path, rows: list[dict], title: str) -> None:

@@ -11,7 +11,6 @@ stops at the context length, so every position keeps its place in every picture.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 
 from core.errors import UserError
 from core.model_config import ModelConfig
+from core.run_dir import read_summary
 from training.explain import figures as fig
 from training.explain import introspect as ins
 from training.explain import page, sections
@@ -117,8 +117,7 @@ def text_table(a: Analysis, k: int) -> str:
 
 
 def _header(a: Analysis, cfg: ExplainConfig, config: ModelConfig, params: int) -> str:
-    summary_path = Path(cfg.run) / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = read_summary(cfg.run)
     prompt = page.esc(a.text(a.ids))
     new = page.esc(a.text([s.chosen for s in a.steps]))
     cards = [("parameters", f"{params:,}"), ("layers", config.n_layer), ("heads", config.n_head),
