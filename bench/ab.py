@@ -29,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from bench.clients import Tally, grpc_streams, openai_streams  # noqa: E402
-from bench.load import free_port, start_server  # noqa: E402
+from bench.load import start_server  # noqa: E402
+from core.net import free_port  # noqa: E402
 from bench.models import bench_model  # noqa: E402
 
 

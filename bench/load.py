@@ -40,19 +40,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script too
 from bench.clients import Tally, grpc_streams, openai_streams  # noqa: E402
+from core.net import free_port  # noqa: E402
 
 SLOTS, THREADS = 64, 2
 DISTINCT = 40_000       # prompts per run: no server sees one twice (bench/models.py prompts)
 # --controls: what every request of the "+controls" scenarios sets (penalties, 20 biased tokens)
 CONTROLS = dict(presence_penalty=0.5, frequency_penalty=0.5, repetition_penalty=1.1,
                 logit_bias={str(i): -1.0 for i in range(10, 30)})
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(art: Path, extra: list[str], http_port: int = -1,

@@ -29,7 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from bench.clients import grpc_streams, openai_streams  # noqa: E402
-from bench.load import free_port, start_server  # noqa: E402
+from bench.load import start_server  # noqa: E402
+from core.net import free_port  # noqa: E402
 from bench.models import bench_model  # noqa: E402
 from core.artifact import Artifact, load_artifact  # noqa: E402
 from serving.engine.core import Engine, EngineConfig  # noqa: E402

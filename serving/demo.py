@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,14 +18,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from core.artifact import MANIFEST_NAME
 from core.errors import UserError, run_main
+from core.net import free_port
+from core.run_dir import is_run
 from serving import client
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def step(title: str, cmd: list[str]) -> None:
@@ -63,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-args", default="", help="extra training flags, e.g. '--max-iters 200'")
     args = p.parse_args(argv)
     py = sys.executable
-    if not (Path(args.run) / "ckpt.pt").is_file():
+    if not is_run(args.run):
         step("train", [py, "-m", "training.train", "--preset", args.preset, "--corpus", args.corpus,
                        "--out", args.run, *args.train_args.split()])
-    if not (Path(args.art) / "manifest.json").is_file():
+    if not (Path(args.art) / MANIFEST_NAME).is_file():
         step("export", [py, "-m", "export", "--run", args.run, "--out", args.art])
     port, metrics_port, http_port = free_port(), free_port(), free_port()
     target = f"127.0.0.1:{port}"

@@ -30,7 +30,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: core/ is the project's
+from core.net import free_port  # noqa: E402
 WORK = ROOT / "reports" / "image-test"  # git- and docker-ignored
 UID = 10001
 SERVE_TAG, TRAIN_TAG = "localhost/shelley-serve:image-test", "localhost/shelley-train:image-test"
@@ -203,12 +204,6 @@ def train_in_image(pipeline: Path, log: Path) -> Path:
     print(f"  trained {summary['iters']} iterations in {summary['wall_s']:.1f} s (val loss "
           f"{summary['best_val_loss']:.2f}); {art.relative_to(ROOT)}: {', '.join(files)}")
     return art
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def descendants(pid: int) -> list[int]:

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -38,6 +37,7 @@ if str(ROOT) not in sys.path:
 
 from core.errors import UserError  # noqa: E402
 from core.files import atomic_write, cache_dir, fetch_sdist  # noqa: E402
+from core.net import free_port  # noqa: E402
 
 VERSION = "0.3.36"
 REQUIREMENT = f"llama-cpp-python=={VERSION}"
@@ -132,12 +132,6 @@ def llama_server_binary(verbose: bool = True) -> Path:
                 {"requirement": REQUIREMENT, "sdist_sha256": SDIST_SHA256, "cmake": CMAKE_OPTIONS,
                  "cpu_flags": cpu_flags(), "build_s": round(seconds, 1)}, indent=2) + "\n")
     return binary
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LlamaServer:

@@ -19,15 +19,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from core.errors import UserError
 from serving.auth import key_ok
 from serving.grpc.proto import pb, pb_grpc
-from tests.serving_fixtures import cached_artifact
 from tests.serving_live import LiveServer
 
 KEY, FILE_KEY = "sk-test-one", "sk-test-two"
-
-
-@pytest.fixture(scope="module")
-def art(tiny_run, tmp_path_factory):
-    return cached_artifact(tiny_run, tmp_path_factory)
 
 
 def test_key_ok_is_bearer_any_key():
@@ -120,7 +114,7 @@ def test_openai_client_and_cli_with_a_key(keyed, capsys):
 
 def test_keys_never_reach_the_logs_or_help(art, tmp_path):
     """A real process with --log-format json: every line is JSON, no line holds a key."""
-    from tests.test_deploy import free_port
+    from core.net import free_port
 
     http_port = free_port()
     env = {**os.environ, "SHELLEY_API_KEY": KEY}

@@ -15,7 +15,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "k8s"))
 import render  # noqa: E402  (k8s/render.py, a script, imported for its functions)
+
+from core.net import free_port  # noqa: E402
 
 K8S_VERSION = "1.30"
 OVERLAYS = ["cpu", "gpu"]
@@ -537,12 +538,6 @@ def test_serve_venv_has_no_torch(serve_venv):
     probe = "import importlib.util as u; print(u.find_spec('torch') is None, u.find_spec('onnxruntime') is not None)"
     out = subprocess.run([str(serve_venv), "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
