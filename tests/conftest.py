@@ -48,6 +48,24 @@ def tiny_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def art(tiny_run, tmp_path_factory) -> Path:
+    """tiny_run's artifact dir (`python -m export`), exported once for every test that serves
+    it. Read-only; a module that needs another export (test_export's) defines its own."""
+    from tests.serving_fixtures import cached_artifact
+    return cached_artifact(tiny_run, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def live(art):
+    """A real server over `art`, gRPC and HTTP on free loopback ports (tests/serving_live.py),
+    one per test module. A module that needs other settings defines its own `live`."""
+    from tests.serving_live import LiveServer
+    server = LiveServer(art, max_new_tokens=20000)
+    yield server
+    server.close()
+
+
 def untrained_run(path: Path, tok, **model) -> Path:
     """A run dir holding an untrained model for tokenizer `tok`: ckpt.pt and tokenizer.json,
     enough for the exports. `model` sets ModelConfig's fields (vocab_size is the tokenizer's)."""

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from serving.http.app import MAX_BODY_BYTES
 from serving.grpc.proto import pb
-from tests.serving_fixtures import cached_artifact
 from tests.serving_live import LiveServer
 
 MAX_NEW = 24
@@ -25,8 +24,8 @@ JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def live(tiny_run, tmp_path_factory):
-    s = LiveServer(cached_artifact(tiny_run, tmp_path_factory), max_new_tokens=MAX_NEW, max_batch=8)
+def live(art):
+    s = LiveServer(art, max_new_tokens=MAX_NEW, max_batch=8)
     yield s
     for route in ("POST /v1/completions", "POST /v1/chat/completions", "POST /tokenize", "POST /detokenize"):
         assert s.metric("shelley_requests_total", rpc=route, code="500") == 0

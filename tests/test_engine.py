@@ -20,7 +20,6 @@ from serving.engine.core import Finish, Request, check_stop
 from serving.grpc.proto import pb, pb_grpc
 from serving.engine.sampling import SamplingParams, make_rng, sample_batch
 from serving.engine.slots import SlotTable
-from tests.serving_fixtures import cached_artifact
 from tests.serving_live import LiveServer
 
 
@@ -113,11 +112,6 @@ def test_check_stop_is_the_one_decision():
     r = _request(_params(max_tokens=1), table=[b"\xc3"])                # half a UTF-8 character
     r.generated = 1
     assert check_stop(r, 0, eos) == (Finish.LENGTH, "\ufffd")           # shown as the tokenizer would
-
-
-@pytest.fixture(scope="module")
-def art(tiny_run, tmp_path_factory):
-    return cached_artifact(tiny_run, tmp_path_factory)
 
 
 def test_a_crashed_engine_fails_requests_at_once_and_stops_serving(art):

@@ -13,23 +13,10 @@ import httpx
 import pytest
 
 from serving.grpc.proto import pb
-from tests.serving_fixtures import cached_artifact
 from tests.serving_live import LiveServer
 
 MAX_NEW = 20000
 PROMPT = "ROMEO:\nBut, soft!"
-
-
-@pytest.fixture(scope="module")
-def art(tiny_run, tmp_path_factory):
-    return cached_artifact(tiny_run, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def live(art):
-    s = LiveServer(art, max_new_tokens=MAX_NEW, max_batch=32)
-    yield s
-    s.close()
 
 
 def sse(response: httpx.Response) -> list:

@@ -12,8 +12,6 @@ from core.tokens import TokenTable
 from serving.engine.core import Event, TokenLogprob
 from serving.http.logprobs import openai_logprobs
 from serving.grpc.proto import pb
-from tests.serving_fixtures import cached_artifact
-from tests.serving_live import LiveServer
 
 PROMPT = "ROMEO:\nBut, soft!"
 
@@ -45,11 +43,6 @@ def test_token_logprobs_k0_gives_only_the_chosen_token():
     lp, top_ids, top_lp = token_logprobs(logits, np.array([2, 1]), 0)
     np.testing.assert_allclose(lp, reference(logits)[[0, 1], [2, 1]], rtol=1e-6)
     assert top_ids.shape == top_lp.shape == (2, 0)
-
-
-@pytest.fixture(scope="module")
-def art(tiny_run, tmp_path_factory):
-    return cached_artifact(tiny_run, tmp_path_factory)
 
 
 def test_token_texts_spell_lone_bytes_as_openai_does(art):
@@ -111,13 +104,6 @@ def test_events_merge_logprobs_when_the_client_falls_behind():
     assert (got[0].finish_reason, got[0].prompt_tokens, got[0].completion_tokens) == ("stop", 3, 4)
     assert (access.prompt_tokens, access.completion_tokens, access.finish_reason) == (3, 4, "stop")
     assert req.cancelled                      # leaving always cancels (a no-op once finished)
-
-
-@pytest.fixture(scope="module")
-def live(art):
-    s = LiveServer(art, max_new_tokens=20000)
-    yield s
-    s.close()
 
 
 def test_grpc_logprobs_one_per_token_before_temperature(live):

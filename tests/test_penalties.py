@@ -91,8 +91,8 @@ def test_copying_a_slots_prefix_equals_prefilling_it(tiny_run, tmp_path_factory)
 # ---- on the trained tiny model, through a real server ------------------------------------------
 
 @pytest.fixture(scope="module")
-def live(tiny_run, tmp_path_factory):
-    s = LiveServer(cached_artifact(tiny_run, tmp_path_factory), max_new_tokens=400, max_batch=16)
+def live(art):
+    s = LiveServer(art, max_new_tokens=400, max_batch=16)
     yield s
     s.close()
 

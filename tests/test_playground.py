@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.serving_fixtures import cached_artifact, play_artifact
+from tests.serving_fixtures import play_artifact
 from tests.serving_live import LiveServer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -22,18 +22,6 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is absent (apt-get install chromium)")]
-
-
-@pytest.fixture(scope="module")
-def art(tiny_run, tmp_path_factory):
-    return cached_artifact(tiny_run, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def live(art):
-    s = LiveServer(art, max_new_tokens=20000)
-    yield s
-    s.close()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import pytest
 
 from core.errors import UserError
 from serving.grpc.proto import pb
-from tests.serving_fixtures import cached_artifact
 from tests.serving_live import LiveServer
 
 MAX_NEW = 20000
@@ -21,15 +20,8 @@ PROMPT = "ROMEO:\nBut, soft!"
 
 
 @pytest.fixture(scope="module")
-def model(tiny_run, tmp_path_factory):
-    return tiny_run, cached_artifact(tiny_run, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def live(model):
-    s = LiveServer(model[1], max_new_tokens=MAX_NEW, max_batch=32)
-    yield s
-    s.close()
+def model(tiny_run, art):
+    return tiny_run, art
 
 
 @pytest.mark.parametrize("prompt", [PROMPT, "From fairest creatures we desire increase,"[:32]])
