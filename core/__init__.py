@@ -7,6 +7,8 @@
     from core.window import window_keep            # how generation slides past the context
     from core.tokens import TokenTable             # token id -> bytes / text, built once
     from core.logprobs import log_softmax          # one log-softmax for export and serving
+    from core.run_dir import CKPT, read_summary     # a training run dir's file names and summary
+    from core.net import free_port                 # a free loopback port (demo, benches, tests)
 
 Torch-free, no gRPC, no ONNX Runtime (numpy and `tokenizers` at most), so the serving image
 imports it as readily as the training image. Every stage imports core; core imports no stage.

@@ -5,6 +5,7 @@
     table.text(42)                     # "e"; a lone UTF-8 byte reads "bytes:\\xe2" (OpenAI's form)
     stream = table.stream()            # incremental text for one request
     stream.step(42) -> "e"; stream.flush() -> ""
+    EOS                                # "<|endoftext|>", the one special token (training adds it)
 
 Byte-level BPE spells bytes in GPT-2's printable alphabet; the char tokenizer's byte
 fallback tokens are `<0xNN>`; special tokens read as their names. A stream never ends a
@@ -13,6 +14,8 @@ delta inside a UTF-8 sequence, at O(1) a token (decoding a window of ids each st
 from __future__ import annotations
 
 import codecs
+
+EOS = "<|endoftext|>"   # the end-of-text token's text: every tokenizer's one special token
 
 
 def gpt2_byte_chars() -> list[str]:

@@ -22,6 +22,7 @@ from core.chat import CHAT_NAME, write_chat
 from core.errors import UserError
 from core.files import prepare_out_dir
 from core.run_dir import CKPT, read_summary
+from core.tokens import EOS
 from export.artifact import artifact_config, write_manifest, write_model_config
 from export.chat import resolve_chat
 from export.onnx_graph import MAX_OPSET, MIN_OPSET
@@ -70,7 +71,7 @@ def export_run(cfg: ExportConfig) -> dict:
     chat = resolve_chat(run, cfg.chat_template, cfg.chat_stop)
     eos = eos_id(tok)
     if eos is None:
-        raise UserError(f"{run / TOKENIZER_NAME} has no <|endoftext|> token; retrain with this version")
+        raise UserError(f"{run / TOKENIZER_NAME} has no {EOS} token; retrain with this version")
     # The manifest goes first, so a half-rewritten dir is never taken for a valid one.
     out = prepare_out_dir(out, cfg.force, (MANIFEST_NAME, *MODEL_FILES.values(), TOKENIZER_NAME, CONFIG_NAME,
                                            CHAT_NAME))

@@ -4,11 +4,13 @@
     python -m serving.client "ROMEO:"                   # stream a completion
 
 Modules: config (flags/env), server (lifecycle: load, health, drain; the one `phase`),
-engine (continuous batching on its own thread), slots (the batch's slot table), sampling
-(batched sampling, stop strings), runtime (the ONNX Runtime session and the in-place KV
-cache; export uses it too), grpc_api (the gRPC front door and its status table), http (the
-HTTP front door, its status table and the playground/ page), openai_api (OpenAI's request
-and response shapes), logprobs (OpenAI's logprobs object), auth (API keys, TLS), logs
-(request ids, access lines, JSON), metrics, proto (the generated stubs), client, demo,
-healthcheck. What the stages share (the artifact contract, errors, the token table) is in core/.
+engine/ (core: continuous batching on its own thread; slots: the slot table and prefix
+cache; speculate; requests and check_stop; limits; sampling; penalties; runtime: the ONNX
+Runtime session and in-place KV cache, which export uses too), grpc/ (api: the gRPC front
+door and its status table; proto: the generated stubs), http/ (app: the HTTP front door and
+its status table; gate: keys and body limits; completions and chat_completions: OpenAI's
+shapes; logprobs: OpenAI's logprobs object; playground/), chat (the chat template's
+renderer), tokenize, auth (API keys, TLS), logs (request ids, access lines, JSON), metrics,
+client, demo, healthcheck. What the stages share (the artifact contract, errors, the token
+table, the run dir's names) is in core/.
 """

@@ -25,12 +25,12 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from core.chat import ChatTemplate
 from core.errors import InvalidRequest, UserError
+from core.tokens import EOS
 from serving.engine.limits import check_text
 
 ROLES = ("system", "user", "assistant")
 MAX_NAME_CHARS = 64
 MAX_KWARGS, MAX_KWARG_CHARS = 8, 256
-EOS_TOKEN = "<|endoftext|>"
 
 
 def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
@@ -73,7 +73,7 @@ class Chat:
         try:
             return self._template.render(**(kwargs or {}), messages=messages,
                                          add_generation_prompt=add_generation_prompt,
-                                         bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN)
+                                         bos_token=EOS, eos_token=EOS, pad_token=EOS)
         except jinja2.TemplateError as e:   # raise_exception(...) in the template, or a sandbox refusal
             raise InvalidRequest(f"the chat template refused these messages: {e}", param="messages") from None
 

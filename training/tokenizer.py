@@ -18,9 +18,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from core.tokens import gpt2_byte_chars
+from core.tokens import EOS, gpt2_byte_chars
 
-EOS = "<|endoftext|>"
 TOKENIZER_KINDS = ("char", "bpe")
 
 

@@ -8,8 +8,8 @@
     engine.stop()                                               # every request still here ends
 
 Threads: `submit` runs on the caller's thread (the server's event loop); it validates,
-encodes and hands the request over through the inbox queue, and touches nothing else.
-Everything else (the slot table, the requests' progress, the outbox) belongs to the engine
+encodes and hands the request over through the inbox queue, and sets the waiting gauge
+(a metric, thread-safe); it touches no engine state. Everything else (the slot table, the requests' progress, the outbox) belongs to the engine
 thread. The one field the front end writes afterwards is `Request.cancelled`, a flag the
 engine reads at its next step.
 

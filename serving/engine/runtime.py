@@ -13,8 +13,9 @@ slots of those buffers, by pointer, as both `past_key_values.*` and `present.*`,
 graph's GroupQueryAttention writes the new tokens' columns in place: nothing is copied
 between steps, whoever joins or leaves. A prefill binds afresh; decode steps reuse one
 binding per row count (`DecodeBinding`), writing their small inputs into its buffers.
-`lengths[b]` counts the tokens already in slot b's cache (0 for a free slot, whose row is
-computed and ignored). The graph contract is
+`lengths[b]` counts the tokens already in slot b's cache; a free slot's row is fed at the
+length of the cache it keeps for the prefix cache (serving/engine/slots.py), so its new key
+and value land just past what it keeps, and its logits are ignored. The graph contract is
 docs/DESIGN.md's "ONNX graph"; the names come from core/artifact.py.
 
 The CUDA provider is used only when a GPU is really usable (then the buffers live on the

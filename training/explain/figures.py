@@ -19,6 +19,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from core.tokens import EOS  # noqa: E402
+
 ACCENT, MUTED, PROMPT_INK, NEW_INK = "#e8590c", "#8ca0b3", "#1f2d3d", "#c2410c"
 HEAT = "viridis"      # perceptually uniform, readable in grey, distinct from the accent
 plt.rcParams.update({
@@ -31,7 +33,7 @@ VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "\\r"}
 
 def token_label(text: str) -> str:
     """A token's text with whitespace made visible, short enough for a tick label."""
-    if text == "<|endoftext|>":
+    if text == EOS:
         return "‹eos›"
     # control characters (byte-fallback tokens) have no glyph: spell them as hex
     shown = "".join(VISIBLE.get(ch) or (f"\\x{ord(ch):02x}" if ord(ch) < 32 or ord(ch) == 127 else ch)
