@@ -81,9 +81,9 @@ def to_hf(model: GPT):
     """The same weights in transformers' GPT2LMHeadModel, written by `python -m export --format hf`'s code."""
     from transformers import GPT2LMHeadModel
 
-    from export.hf import save_gpt2
+    from export.hf import save_model
     with tempfile.TemporaryDirectory(prefix="decode-bench-hf-") as d:
-        save_gpt2(model, Path(d), eos=0)
+        save_model(model, Path(d), eos=0)
         return GPT2LMHeadModel.from_pretrained(d).eval()
 
 

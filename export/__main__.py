@@ -5,6 +5,7 @@
     python -m export --format hf --run runs/default --out hf/default   # transformers' format: export/hf.py
     python -m export --format gguf --run runs/default --out gguf/default [--gguf-type f32|f16|q8_0]
                                                       # llama.cpp and Ollama: export/gguf.py
+    (hf and gguf take --chat-template FILE and --chat-stop STR too)
 
 The work is in export/build.py; check the result against PyTorch with
 `python -m export.verify ART --run RUN`.
@@ -34,9 +35,9 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
     p.add_argument("--force", action="store_true", help="overwrite an existing artifact dir")
     add_chat_flags(p)
     p.add_argument("--format", choices=FORMATS, default="onnx",
-                   help="hf: the run in transformers' GPT-2 format instead (takes --run, --out, --force, "
-                        "--chat-template, --chat-stop); gguf: one GGUF file and an Ollama Modelfile "
-                        "(also takes --gguf-type f32|f16|q8_0)")
+                   help="hf: the run in transformers' format (GPT-2 or Qwen3) instead; gguf: one GGUF file "
+                        "and an Ollama Modelfile. Both take --run, --out, --force, --chat-template and "
+                        "--chat-stop; gguf also --gguf-type f32|f16|q8_0")
     args = vars(p.parse_args(argv))
     args.pop("format")
     return ExportConfig(**args)

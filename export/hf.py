@@ -1,14 +1,17 @@
-"""Export a training run in Hugging Face transformers' format (GPT-2).
+"""Export a training run in Hugging Face transformers' format (GPT-2 or Qwen3).
 
     python -m export --format hf --run runs/default --out hf/default
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    model = AutoModelForCausalLM.from_pretrained("hf/default")     # GPT2LMHeadModel
+    model = AutoModelForCausalLM.from_pretrained("hf/default")     # GPT2LMHeadModel or Qwen3ForCausalLM
     tok = AutoTokenizer.from_pretrained("hf/default")              # PreTrainedTokenizerFast
 
-Our GPT has GPT-2's layout, so the weights only need renaming, and transposing where GPT-2
-keeps a `Conv1D` (weight stored (in, out), the transpose of `nn.Linear`). The output
-embedding is tied to the input one, so it is not stored. Writes `config.json`,
+A stock class loads the directory unchanged, so the run's layout (export/layout.py) picks it.
+GPT-2's block (`--model gpt`): the weights only need renaming, and transposing where GPT-2
+keeps a `Conv1D` (weight stored (in, out), the transpose of `nn.Linear`). The modern block
+(`--model qwen3`, training/qwen3.py) already uses Qwen3's names, so its weights go in as they
+are under `model.`; its config carries the grouped KV heads, head size, rotary base and norm
+epsilon. A tied output embedding is not stored (`tie_word_embeddings`). Writes `config.json`,
 `generation_config.json`, `model.safetensors`, `tokenizer.json` (the run's own file),
 `tokenizer_config.json` (with the run's `chat_template`, so `apply_chat_template` renders
 what the server renders) and `special_tokens_map.json`. Needs torch and safetensors, not
@@ -24,10 +27,10 @@ from pathlib import Path
 import torch
 
 from core.artifact import TOKENIZER_NAME
-from core.errors import UserError
 from core.files import atomic_write, prepare_out_dir
 from core.model_config import ModelConfig
 from export.chat import add_chat_flags, resolve_chat
+from export.layout import layout_of, load_layout_run
 from training.tokenizer import EOS, eos_id
 
 HF_FILES = ("config.json", "generation_config.json", "model.safetensors", TOKENIZER_NAME,
@@ -62,6 +65,32 @@ def gpt2_config(mc: ModelConfig, eos: int) -> dict:
             "bos_token_id": eos, "eos_token_id": eos}
 
 
+def qwen3_state_dict(state: dict[str, torch.Tensor], mc: ModelConfig) -> dict[str, torch.Tensor]:
+    """Our qwen3's state_dict under Qwen3ForCausalLM's names: the same names under `model.`,
+    and `lm_head` beside it when untied. Only the weights Qwen3 has (nothing derived)."""
+    names = [n for n in state if n.split(".")[0] in ("embed_tokens", "layers", "norm")]
+    sd = {f"model.{n}": state[n] for n in names}
+    if not mc.tie_embeddings:
+        sd["lm_head.weight"] = state["lm_head.weight"]
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sd.items()}
+
+
+def qwen3_config(mc: ModelConfig, eos: int) -> dict:
+    """config.json: Qwen3 with our shape. Rotary's base is written both ways transformers has
+    read it (`rope_parameters` from 5.0, `rope_theta` before); no sliding window."""
+    return {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+            "vocab_size": mc.vocab_size, "max_position_embeddings": mc.block_size,
+            "hidden_size": mc.n_embd, "intermediate_size": mc.ffn_hidden,
+            "num_hidden_layers": mc.n_layer, "num_attention_heads": mc.n_head,
+            "num_key_value_heads": mc.kv_heads, "head_dim": mc.head_dim, "hidden_act": "silu",
+            "rms_norm_eps": mc.norm_eps, "rope_theta": mc.rope_theta,
+            "rope_parameters": {"rope_type": "default", "rope_theta": mc.rope_theta},
+            "attention_bias": False, "attention_dropout": 0.0, "use_sliding_window": False,
+            "sliding_window": None, "max_window_layers": mc.n_layer, "initializer_range": 0.02,
+            "tie_word_embeddings": mc.tie_embeddings, "use_cache": True, "dtype": "float32",
+            "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}
+
+
 def tokenizer_config(mc: ModelConfig, chat_template: str) -> dict:
     """What AutoTokenizer needs to load tokenizer.json as a fast tokenizer, unchanged, and
     the chat template. No clean-up of spaces: decode must give back exactly the text the ids spell."""
@@ -70,40 +99,33 @@ def tokenizer_config(mc: ModelConfig, chat_template: str) -> dict:
             "chat_template": chat_template}
 
 
-def save_gpt2(model, out: Path, eos: int) -> None:
-    """config.json, generation_config.json and model.safetensors: the model without its
-    tokenizer (what GPT2LMHeadModel.from_pretrained reads; the benches use this alone)."""
+def save_model(model, out: Path, eos: int) -> None:
+    """config.json, generation_config.json and model.safetensors in the layout of the model's
+    config (export/layout.py): the model without its tokenizer (what AutoModelForCausalLM's
+    from_pretrained reads; the benches use this alone)."""
     from safetensors.torch import save_file
 
     mc = model.config
+    if layout_of(mc) == "qwen3":
+        weights, config = qwen3_state_dict(model.state_dict(), mc), qwen3_config(mc, eos)
+    else:
+        weights, config = gpt2_state_dict(model.state_dict(), mc.n_layer), gpt2_config(mc, eos)
     tmp = out / ".model.safetensors.tmp"
-    save_file(gpt2_state_dict(model.state_dict(), mc.n_layer), str(tmp), metadata={"format": "pt"})
+    save_file(weights, str(tmp), metadata={"format": "pt"})
     tmp.replace(out / "model.safetensors")
     generation = {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}
-    for name, content in (("config.json", gpt2_config(mc, eos)), ("generation_config.json", generation)):
+    for name, content in (("config.json", config), ("generation_config.json", generation)):
         atomic_write(out / name, json.dumps(content, indent=2) + "\n")
-
-
-def load_gpt2_run(run_dir: Path, export: str):
-    """A run's (model, ModelConfig, tokenizer), refused in one line unless GPT-2's layout can
-    hold it (a gpt with biases): `export` names the format that needs it."""
-    from training.checkpoint import load_run
-
-    model, mc, tok = load_run(run_dir)
-    if mc.model != "gpt" or not mc.bias:
-        raise UserError(f"{run_dir} holds a {mc.model!r} model{'' if mc.bias else ' without biases'}; "
-                        f"{export} needs a gpt with biases")
-    return model, mc, tok
 
 
 def export_hf(run_dir: str | Path, out: str | Path, force: bool = False, chat_template: str | None = None,
               chat_stop: list[str] | None = None) -> list[Path]:
     """Write the transformers directory for a run's ckpt.pt; returns the files written."""
     run_dir, out = Path(run_dir), Path(out)
-    model, mc, tok = load_gpt2_run(run_dir, "the transformers export (GPT-2)")
+    model, mc, tok, _ = load_layout_run(run_dir, "the transformers export")
     chat = resolve_chat(run_dir, chat_template, chat_stop)
     prepare_out_dir(out, force, HF_FILES)
-    save_gpt2(model, out, eos_id(tok))
+    save_model(model, out, eos_id(tok))
     atomic_write(out / "tokenizer_config.json", json.dumps(tokenizer_config(mc, chat.template), indent=2) + "\n")
     atomic_write(out / "special_tokens_map.json", json.dumps(SPECIAL_TOKENS, indent=2) + "\n")
     shutil.copyfile(run_dir / TOKENIZER_NAME, out / TOKENIZER_NAME)

@@ -1,4 +1,4 @@
-"""`python -m export --format gguf`: the file read back with the gguf package, the Modelfile
+"""`python -m export --format gguf` (GPT-2's block and the modern one): the file read back with the gguf package, the Modelfile
 read back as Ollama's parser reads it, and the bad input. Running the file in llama.cpp is
 `make gguf-test` (tests/gguf_check.py): it needs a compiled llama-server, so not here."""
 from __future__ import annotations
@@ -16,6 +16,7 @@ from conftest import SONNETS, untrained_run
 from core.errors import UserError
 from export.__main__ import main as export_main
 from core.chat import read_chat, write_chat
+from export.chat import resolve_chat
 from export.gguf import GGUF_NAME, MODELFILE_NAME, export_gguf, gguf_tensor_names, modelfile_value
 from training.chat_form import chat_template, find_form, ollama_template
 from training.checkpoint import load_run
@@ -118,7 +119,7 @@ def test_metadata_and_tensors(char_gguf, tiny_run):
             meta["gpt2.attention.head_count"], meta["gpt2.feed_forward_length"]) == \
         (mc.block_size, mc.n_embd, mc.n_layer, mc.n_head, 4 * mc.n_embd)
     assert meta["gpt2.attention.layer_norm_epsilon"] == pytest.approx(1e-5)
-    names = gguf_tensor_names(mc.n_layer)
+    names = gguf_tensor_names(mc)
     assert set(tensors) == set(names.values()) and "output.weight" not in tensors   # tied: not stored
     state = model.state_dict()
     for ours, theirs in names.items():
@@ -142,14 +143,33 @@ def test_char_vocabulary_is_sentencepiece_with_byte_fallback(char_gguf, tiny_run
     assert meta["tokenizer.ggml.add_bos_token"] is False and meta["tokenizer.ggml.add_space_prefix"] is False
 
 
-def test_a_run_without_a_chat_template_is_plain_completion(plain_run, tmp_path):
+def test_a_run_without_a_chat_template_gets_what_the_other_formats_get(plain_run, tmp_path):
+    """No chat_template.json and no corpus to find one in: the prose form, as export/chat.py
+    gives every format."""
     assert export_main(["--format", "gguf", "--run", str(plain_run), "--out", str(tmp_path)]) == 0
     meta, _ = fields(tmp_path / GGUF_NAME)
-    assert "tokenizer.chat_template" not in meta
+    assert meta["tokenizer.chat_template"] == resolve_chat(plain_run).template
     mf = check_modelfile((tmp_path / MODELFILE_NAME).read_text())
-    assert mf["from"] == [f"./{GGUF_NAME}"] and mf["template"] == ["{{ .Prompt }}"]
-    assert mf["num_ctx"] == ["16"] and mf["stop"] == [EOS]
+    assert mf["from"] == [f"./{GGUF_NAME}"] and ".Messages" in mf["template"][0]
+    assert mf["num_ctx"] == ["16"] and mf["stop"] == ["\n\n", EOS]
     assert 0 < float(mf["temperature"][0]) <= 1
+
+
+def test_chat_template_and_stop_flags_as_for_the_other_formats(plain_run, tmp_path):
+    """--chat-template replaces the Jinja source in the file; it has no Go twin, so the
+    Modelfile is plain completion and stops at end-of-text (--chat-stop has nothing to stop)."""
+    src = tmp_path / "mine.jinja"
+    src.write_text("{% for m in messages %}{{ m.content }}\n{% endfor %}")
+    assert export_main(["--format", "gguf", "--run", str(plain_run), "--out", str(tmp_path / "out"),
+                        "--chat-template", str(src), "--chat-stop", "END"]) == 0
+    meta, _ = fields(tmp_path / "out" / GGUF_NAME)
+    assert meta["tokenizer.chat_template"] == src.read_text()
+    mf = check_modelfile((tmp_path / "out" / MODELFILE_NAME).read_text())
+    assert mf["template"] == ["{{ .Prompt }}"] and mf["stop"] == [EOS]
+    (tmp_path / "bad.jinja").write_text("{% for %}")
+    with pytest.raises(UserError, match="not valid Jinja2"):
+        export_main(["--format", "gguf", "--run", str(plain_run), "--out", str(tmp_path / "out2"),
+                     "--chat-template", str(tmp_path / "bad.jinja")])
 
 
 def test_the_runs_chat_template_goes_into_the_file_and_the_modelfile(char_gguf, tiny_run):
@@ -170,7 +190,7 @@ def test_a_play_script_template_in_the_modelfile(plain_run, tmp_path):
         (run / f.name).write_bytes(f.read_bytes())
     form = find_form([(ROOT / "tests" / "data" / "romeo.txt").read_text()])
     write_chat(run, chat_template(form))
-    export_gguf(run, tmp_path / "out", chat=read_chat(run))
+    export_gguf(run, tmp_path / "out")
     meta, _ = fields(tmp_path / "out" / GGUF_NAME)
     assert meta["tokenizer.chat_template"] == chat_template(form).template
     template = check_modelfile((tmp_path / "out" / MODELFILE_NAME).read_text())["template"][0]
@@ -232,8 +252,42 @@ def test_bad_runs_and_dirs(tiny_run, char_gguf, tmp_path):
     with pytest.raises(UserError, match="cannot write to output dir .*; choose another --out"):
         export_gguf(tiny_run, tmp_path / "file" / "sub")
     bigram = untrained_run(tmp_path / "bigram", build_tokenizer("char", ["abc"]), model="bigram")
-    with pytest.raises(UserError, match="gpt2 architecture needs a gpt"):
+    with pytest.raises(UserError, match="a 'bigram' model; the GGUF export .* takes GPT-2's block"):
         export_gguf(bigram, tmp_path / "out")
+    rung = untrained_run(tmp_path / "rung", build_tokenizer("char", ["abc"]), model="qwen3", norm="layer")
+    with pytest.raises(UserError, match="qwen3 ladder rung"):
+        export_gguf(rung, tmp_path / "out")
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_qwen3_is_llama_cpps_qwen3_architecture(tmp_path, tied):
+    """The modern block: llama.cpp's qwen3 keys, q and k unpermuted (both rotate halves), the
+    output layer stored only when untied; q8_0 leaves the head-sized QK-norms in f32."""
+    run = untrained_run(tmp_path / "run", build_tokenizer("char", [SONNETS.read_text()]), model="qwen3",
+                        block_size=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, tie_embeddings=tied,
+                        rope_theta=500.0)
+    export_gguf(run, tmp_path / "out", gguf_type="q8_0")
+    model, mc, _ = load_run(run)
+    meta, tensors = fields(tmp_path / "out" / GGUF_NAME)
+    assert meta["general.architecture"] == "qwen3"
+    assert {k.removeprefix("qwen3."): v for k, v in meta.items() if k.startswith("qwen3.")} == pytest.approx({
+        "context_length": 16, "embedding_length": 32, "block_count": 2, "feed_forward_length": mc.ffn_hidden,
+        "attention.head_count": 4, "attention.head_count_kv": 2, "attention.key_length": 8,
+        "attention.value_length": 8, "rope.dimension_count": 8, "rope.freq_base": 500.0,
+        "attention.layer_norm_rms_epsilon": mc.norm_eps})
+    names = gguf_tensor_names(mc)
+    assert set(tensors) == set(names.values()) and ("output.weight" in tensors) != tied
+    state = model.state_dict()
+    assert set(names) == set(state)                    # every weight goes in, none is derived
+    for ours, theirs in names.items():
+        t, w = tensors[theirs], state[ours].numpy()
+        if t.tensor_type == gguf.GGMLQuantizationType.F32:
+            assert w.ndim == 1 and np.array_equal(np.asarray(t.data), w), theirs
+        else:
+            back = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(w.shape)
+            assert np.abs(back - w).max() <= np.abs(w).max() / 127 + 1e-6, theirs
+    assert list(tensors["blk.0.attn_k.weight"].shape) == [32, 2 * 8]           # GGUF: (in, out)
+    assert tensors["blk.0.attn_q_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
 
 
 def test_char_corpus_with_the_sentencepiece_space_is_refused(tmp_path):

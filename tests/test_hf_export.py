@@ -1,4 +1,5 @@
-"""`python -m export --format hf`: transformers loads the directory and computes what we do."""
+"""`python -m export --format hf`: transformers loads the directory and computes what we do,
+for GPT-2's block (GPT2LMHeadModel) and the modern one (Qwen3ForCausalLM)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SONNETS, untrained_run
+from conftest import SONNETS, TINY_TRAIN_ARGS, untrained_run
 
 from core.errors import UserError
 from export.__main__ import main as export_main
@@ -75,5 +76,42 @@ def test_refuses_bigram_and_existing_dir(tiny_run, hf_dir, tmp_path):
     with pytest.raises(UserError, match="already exists"):
         export_main(["--format", "hf", "--run", str(tiny_run), "--out", str(hf_dir)])
     run = untrained_run(tmp_path / "bigram", build_tokenizer("char", ["abc"]), model="bigram")
-    with pytest.raises(UserError, match="GPT-2"):
+    with pytest.raises(UserError, match="a 'bigram' model; the transformers export takes GPT-2's block"):
         export_main(["--format", "hf", "--run", str(run), "--out", str(tmp_path / "out")])
+    rung = untrained_run(tmp_path / "rung", build_tokenizer("char", ["abc"]), model="qwen3", mlp="relu2")
+    with pytest.raises(UserError, match="a qwen3 ladder rung .*mlp relu2"):
+        export_main(["--format", "hf", "--run", str(rung), "--out", str(tmp_path / "out")])
+
+
+# --- the modern block ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def qwen3_run(tmp_path_factory) -> Path:
+    """The tiny run's recipe on the modern block: one KV head for two query heads, untied head."""
+    from training.train import main
+
+    out = tmp_path_factory.mktemp("runs") / "qwen3"
+    assert main(TINY_TRAIN_ARGS + ["--model", "qwen3", "--n-kv-head", "1", "--no-tie-embeddings",
+                                   "--rope-theta", "500", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def qwen3_hf(qwen3_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("hf") / "qwen3"
+    assert export_main(["--format", "hf", "--run", str(qwen3_run), "--out", str(out)]) == 0
+    return out
+
+
+def test_qwen3_config_and_logits_match_pytorch(qwen3_hf, qwen3_run):
+    ours, mc, tok = load_run(qwen3_run)
+    config = json.loads((qwen3_hf / "config.json").read_text())
+    assert (config["model_type"], config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"],
+            config["intermediate_size"], config["rope_theta"], config["tie_word_embeddings"]) == \
+        ("qwen3", 2, 1, 16, mc.ffn_hidden, 500.0, False)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(qwen3_hf).eval()
+    assert type(hf).__name__ == "Qwen3ForCausalLM"
+    assert hf.config.rms_norm_eps == mc.norm_eps and hf.config.max_position_embeddings == mc.block_size
+    ids = torch.tensor([encode(tok, "Shall I compare thee to a summer")])
+    with torch.no_grad():
+        assert torch.allclose(hf(ids).logits, ours(ids)[0], atol=1e-5, rtol=0)
