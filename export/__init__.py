@@ -7,5 +7,7 @@ onnx_graph.py builds the in-place KV-cache graph and checks each graph it writes
 writes the artifact dir (with artifact.py filling core/artifact.py's contract), quantize.py
 makes and checks the int8 file, verify.py compares the serving runtime with PyTorch,
 hf.py writes transformers' format, gguf.py (with gguf_vocab.py, the tokenizer) llama.cpp's
-and Ollama's, and chat.py applies `--chat-template` / `--chat-stop` to the run's template. Imports: core, training and the serving runtime.
+and Ollama's, both in the layout layout.py finds for the run (GPT-2's or Qwen3's), and
+chat.py applies `--chat-template` / `--chat-stop` to the run's template for every format.
+Imports: core, training and the serving runtime.
 """
