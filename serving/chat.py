@@ -66,16 +66,18 @@ class Chat:
         self.form = chat.form if chat else {}
         self._template = compile_template(self.source) if chat else None
 
-    def render(self, messages: list[dict], kwargs: dict | None = None, add_generation_prompt: bool = True) -> str:
+    def render(self, messages: list[dict], kwargs: dict | None = None, add_generation_prompt: bool = True,
+               param: str = "messages") -> str:
+        """`param`: the request field the messages came from (/v1/responses' is "input")."""
         if self._template is None:
             raise InvalidRequest("this model has no chat template: its artifact predates chat; re-run "
-                                 "`python -m export` (or pass --chat-template FILE)", param="messages")
+                                 "`python -m export` (or pass --chat-template FILE)", param=param)
         try:
             return self._template.render(**(kwargs or {}), messages=messages,
                                          add_generation_prompt=add_generation_prompt,
                                          bos_token=EOS, eos_token=EOS, pad_token=EOS)
         except jinja2.TemplateError as e:   # raise_exception(...) in the template, or a sandbox refusal
-            raise InvalidRequest(f"the chat template refused these messages: {e}", param="messages") from None
+            raise InvalidRequest(f"the chat template refused these messages: {e}", param=param) from None
 
 
 def _text(value: Any, param: str) -> str:

@@ -8,6 +8,7 @@ same engine.
 
     POST /v1/completions        {"prompt": "ROMEO:", "max_tokens": 50, "stream": true, "logprobs": 3}
     POST /v1/chat/completions   {"messages": [{"role": "user", "content": "Good morrow."}], "n": 2}
+    POST /v1/responses          {"input": "Good morrow.", "instructions": "...", "stream": true}
     POST /tokenize {"prompt": ...} or {"messages": ...}      POST /detokenize {"tokens": [...]}
     GET  /v1/models        GET /health (200 SERVING, else 503)        GET / (the playground)
 
@@ -15,7 +16,8 @@ One gate middleware (serving/http/gate.py) sees every API request: its request i
 (`x-request-id` in and out), the API key, the metrics and the access line. Exceptions become
 statuses in one table (`STATUS`) and errors take OpenAI's shape in one place
 (`error_response`), `param` taken from the exception. Completions and chat share one answer
-path (`_answer`, `_sse`); their shapes (serving/http/completions.py, serving/http/chat_completions.py) say
+path (`_answer`, `_sse`), and responses (serving/http/responses.py) its whole answer too, its
+stream of typed events in `_typed_sse`; their shapes (serving/http/completions.py, serving/http/chat_completions.py) say
 what each chunk looks like. A client that disconnects cancels its request: its rows are
 freed at the next step.
 """
@@ -43,6 +45,8 @@ from serving.auth import uvicorn_ssl
 from serving.http.gate import MAX_BODY_BYTES, BodyTooLarge, DiscardingResponse, Gate, json_body  # noqa: F401
 from serving.logs import Access
 from serving.http.chat_completions import ChatShape, parse_chat
+from serving.http.responses import ResponseShape, parse_response
+from serving.engine.sampling import SamplingParams
 from serving.tokenize import detokenize, tokenize
 
 log = logging.getLogger("shelley.http")
@@ -92,6 +96,7 @@ class HttpFront:
         routes = [Route("/", self.playground), Route("/health", self.health),
                   Route("/v1/models", self.models), Route("/v1/completions", self.completions, methods=["POST"]),
                   Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                  Route("/v1/responses", self.responses, methods=["POST"]),
                   Route("/tokenize", self.tokenize, methods=["POST"]),
                   Route("/detokenize", self.detokenize, methods=["POST"]),
                   Mount("/playground", StaticFiles(directory=PLAYGROUND), name="playground")]
@@ -167,6 +172,21 @@ class HttpFront:
         return await self._answer(request, req, ChatShape(meta, c, self.server.artifact.tokens),
                                   c.stream, c.include_usage)
 
+    async def responses(self, request: HttpRequest) -> Response:
+        access: Access = request.state.access
+        try:
+            r = parse_response(await json_body(request), self.server.card.max_new_tokens)
+            prompt = self.server.chat.render(r.messages, r.kwargs, param="input")
+            req = self.server.submit(prompt, SamplingParams(**r.fields), param="input")
+        except Exception as e:
+            return error_response(e)
+        meta = oa.Meta("resp_" + access.request_id.removeprefix("cmpl-"), self.server.card.name, int(time.time()))
+        shape = ResponseShape(meta, r, self.server.artifact.tokens, req.prompt_tokens)
+        if r.stream:
+            return StreamingResponse(self._typed_sse(request, req, shape), media_type="text/event-stream",
+                                     headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        return await self._answer(request, req, shape, False, False)
+
     async def tokenize(self, request: HttpRequest) -> Response:
         try:
             return JSONResponse(tokenize(self.server, await json_body(request)))
@@ -215,12 +235,36 @@ class HttpFront:
             request.state.client_gone = left > 0   # Starlette cancelled us: the client left
 
 
+    async def _typed_sse(self, request: HttpRequest, req, shape):
+        """A Responses stream: typed events (`event: TYPE` + `data: {...}`), no [DONE]."""
+        left = 1
+        try:
+            for ev in shape.opening():
+                yield _typed(ev)
+            async for ev in self.server.events(req, request.state.access):
+                left -= bool(ev.finish_reason)
+                for out in shape.chunk(ev):
+                    yield _typed(out)
+            for ev in shape.closing():
+                yield _typed(ev)
+        except EngineFailed as e:
+            left = 0
+            _, kind, code = _error_of(e)
+            yield _typed(shape.event("error", code=code or kind, message=str(e), param=None))
+        finally:
+            request.state.client_gone = left > 0
+
+
 async def _http_exception(request: HttpRequest, e: HTTPException) -> Response:
     return error_response(e)
 
 
 def _sse(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _typed(obj: dict) -> str:
+    return f"event: {obj['type']}\n{_sse(obj)}"
 
 
 async def _cancel_on_disconnect(request: HttpRequest, req) -> None:
