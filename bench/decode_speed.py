@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from bench.machine import describe_cpu  # noqa: E402
 from core.artifact import Artifact, load_artifact  # noqa: E402
 from core.errors import UserError, run_main  # noqa: E402
+from core.run_dir import CKPT, TOKENIZER  # noqa: E402
 from serving.engine.runtime import Runtime, session_options  # noqa: E402
 from training.model import GPT, count_params  # noqa: E402
 
@@ -62,10 +63,10 @@ def random_run(out: Path, seed: int = 0) -> Path:
     rnd = random.Random(seed)
     (out / "corpus.txt").write_text("".join(rnd.choice(alphabet) for _ in range(40_000)))
     tok = build_char_tokenizer(alphabet)
-    tok.save(str(out / "tokenizer.json"))
+    tok.save(str(out / TOKENIZER))
     torch.manual_seed(seed)
     mc = ModelConfig(vocab_size=tok.get_vocab_size(), block_size=256, n_layer=4, n_head=4, n_embd=256)
-    save_checkpoint(out / "ckpt.pt", {"model_config": mc.to_dict(), "model": build_model(mc).state_dict(),
+    save_checkpoint(out / CKPT, {"model_config": mc.to_dict(), "model": build_model(mc).state_dict(),
                                       "train_config": {"corpus": str(out / "corpus.txt")}})
     return out
 

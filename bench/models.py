@@ -25,6 +25,7 @@ from pathlib import Path
 
 from core.artifact import FORMAT_VERSION
 from core.files import cache_dir
+from core.run_dir import CKPT, TOKENIZER
 
 SHAPE = ["--n-layer", "4", "--n-head", "4", "--n-embd", "256", "--block-size", "256", "--dropout", "0"]
 TOKENIZER = ["--corpus", "shakespeare", "--tokenizer", "bpe", "--vocab-size", "2000"]
@@ -48,7 +49,7 @@ class BenchModel:
         from tokenizers import Tokenizer
 
         from training.corpus_cache import Corpus, cached_ids
-        tok = Tokenizer.from_file(str(self.run / "tokenizer.json"))
+        tok = Tokenizer.from_file(str(self.run / TOKENIZER))
         ids = cached_ids(Corpus("shakespeare"), tok)[1].tolist()   # the validation split training encoded
         room = len(ids) - tokens
         if count > room + 1:
@@ -77,9 +78,9 @@ def random_run(out: Path) -> None:
     cfg = ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=4, n_head=4, n_embd=256, block_size=256)
     torch.manual_seed(0)
     out.mkdir(parents=True)
-    save_checkpoint(out / "ckpt.pt", {"model_config": cfg.to_dict(), "train_config": {"corpus": "shakespeare"},
+    save_checkpoint(out / CKPT, {"model_config": cfg.to_dict(), "train_config": {"corpus": "shakespeare"},
                                       "model": GPT(cfg).state_dict(), "iter": 0, "best_val_loss": 0.0})
-    tok.save(str(out / "tokenizer.json"))
+    tok.save(str(out / TOKENIZER))
 
 
 def bench_model(kind: str = "trained") -> BenchModel:

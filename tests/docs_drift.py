@@ -7,7 +7,8 @@ Long pages drift: a flag is renamed, a target dropped, a page moved, and the sen
 named it stays. This reads every Markdown page the way a reader would use it: the commands
 in fenced code blocks and in inline code (`make T VAR=...`, `python -m M --flag`,
 `python bench/x.py --flag`, `torchrun ... -m M --flag`), the bare `--flag`s of prose and flag
-tables, the relative links (with their #anchors) and the repository paths prose names. Each is checked against the thing
+tables, the relative links (with their #anchors), the repository paths and the `SHELLEY_*`
+variables prose names. Each is checked against the thing
 itself: the Makefile's targets and variables, an importable module, and the argparse parser
 that module's `main(argv)` builds (captured as it is about to parse, so nothing runs and
 no subprocess starts). A problem names the page, the line and the missing thing.
@@ -84,9 +85,7 @@ def github_slugs(text: str) -> set[str]:
     """The #anchors GitHub gives a page's headings (lower case, punctuation dropped, spaces
     to hyphens, repeats numbered)."""
     slugs, counts = set(), {}
-    for kind, _, lines in _blocks(text):
-        if kind != "prose":
-            continue
+    for _, lines in _prose(text):
         for line in lines:
             m = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
             if not m:
@@ -113,6 +112,19 @@ def _blocks(text: str):
         else:
             buf.append(line)
     yield kind, start, buf
+
+
+def _prose(text: str):
+    """(first line number, lines) of each run of prose between fenced code blocks."""
+    return ((start, lines) for kind, start, lines in _blocks(text) if kind == "prose")
+
+
+def _spans(text: str):
+    """(line number, text) of every inline code span in prose (a span may wrap a line)."""
+    for start, lines in _prose(text):
+        body = "\n".join(lines)
+        for m in SPAN.finditer(body):
+            yield start + body.count("\n", 0, m.start()), m.group(2)
 
 
 def _split_commands(line: str) -> list[list[str]]:
@@ -145,6 +157,7 @@ class Checker:
         self.make_vars |= set(re.findall(r"\$\(([A-Z][A-Z0-9_]*)\)", make))
         self.make_modules = sorted(set(re.findall(r"-m\s+([a-z_][\w.]*)", make)))
         self.known_flags: set[str] = set()
+        self._env: set[str] | None = None
 
     # -- what a module's command line takes --------------------------------------------
     def flags_of(self, module: str, argv: list[str]) -> set[str] | str:
@@ -200,13 +213,27 @@ class Checker:
                 self.flags_of(module, [])
         for name, text, path in pages:
             problems += self._check_bare_flags(name, text) + self._check_links(name, text, path)
-            problems += self._check_paths(name, text)
+            problems += self._check_paths(name, text) + self._check_env(name, text)
         return problems
 
     def check_text(self, name: str, text: str, path: Path | None = None) -> list[str]:
         path = path or self.root / name
         return self._check_commands(name, text) + self._check_bare_flags(name, text) + \
-            self._check_links(name, text, path) + self._check_paths(name, text)
+            self._check_links(name, text, path) + self._check_paths(name, text) + self._check_env(name, text)
+
+    def _check_env(self, name: str, text: str) -> list[str]:
+        """`SHELLEY_*` variables: a server flag's (serving/config.py derives them) or one the
+        code, manifests or images read by name."""
+        if self._env is None:
+            from serving.config import ServeConfig, env_name
+            self._env = {env_name(f) for f in ServeConfig.__dataclass_fields__}
+            for pattern in ("core/**/*.py", "training/**/*.py", "export/**/*.py", "serving/**/*.py",
+                            "bench/*.py", "k8s/**/*.yaml", "Dockerfile.*", "Makefile"):
+                for f in self.root.glob(pattern):
+                    self._env |= set(re.findall(r"SHELLEY_[A-Z0-9_]+", f.read_text()))
+        return [f"{name}:{n}: names {var}, which nothing reads"
+                for n, line in enumerate(text.splitlines(), 1)
+                for var in re.findall(r"SHELLEY_[A-Z0-9_]*[A-Z0-9]", line) if var not in self._env]
 
     def _check_paths(self, name: str, text: str) -> list[str]:
         """Files and folders of this repository named anywhere on the page (a module moved,
@@ -234,16 +261,13 @@ class Checker:
 
     def _commands(self, text: str):
         """(line number, the command's text, its tokens) for every command the page names."""
+        for line, span in _spans(text):
+            span = " ".join(span.split())
+            if re.match(r"^(make|torchrun|\S*python3?|\$\(PY\))\s", span):
+                for cmd in _split_commands(span):
+                    yield line, span, cmd
         for kind, start, lines in _blocks(text):
-            if kind == "prose":
-                body = "\n".join(lines)
-                for m in SPAN.finditer(body):
-                    span = " ".join(m.group(2).split())
-                    if re.match(r"^(make|torchrun|\S*python3?|\$\(PY\))\s", span):
-                        line = start + body.count("\n", 0, m.start())
-                        for cmd in _split_commands(span):
-                            yield line, span, cmd
-            elif kind.removeprefix("code:") in SHELLS:
+            if kind.removeprefix("code:") in SHELLS:
                 i = 0
                 while i < len(lines):
                     first, joined = i, lines[i]
@@ -303,26 +327,15 @@ class Checker:
     def _check_bare_flags(self, name: str, text: str) -> list[str]:
         """`--flag` spans in prose and tables: some command the docs name must take it."""
         problems = []
-        for kind, start, lines in _blocks(text):
-            if kind != "prose":
-                continue
-            body = "\n".join(lines)
-            for m in SPAN.finditer(body):
-                span = m.group(2)
-                if not span.lstrip().startswith("--"):
-                    continue
-                line = start + body.count("\n", 0, m.start())
-                for f in BARE_FLAG.findall(span):
-                    if f not in self.known_flags and f not in EXTERNAL_FLAGS:
-                        problems.append(f"{name}:{line}: `{shorten(span)}`: no command the docs name "
-                                        f"takes {f}")
+        for line, span in _spans(text):
+            if span.lstrip().startswith("--"):
+                problems += [f"{name}:{line}: `{shorten(span)}`: no command the docs name takes {f}"
+                             for f in BARE_FLAG.findall(span) if f not in self.known_flags | set(EXTERNAL_FLAGS)]
         return problems
 
     def _check_links(self, name: str, text: str, path: Path) -> list[str]:
         problems = []
-        for kind, start, lines in _blocks(text):
-            if kind != "prose":
-                continue
+        for start, lines in _prose(text):
             for n, line in enumerate(lines, start):
                 for target in LINK.findall(re.sub(r"`[^`]*`", "", line)):
                     if re.match(r"^[a-z][a-z0-9+.-]*:", target):

@@ -1,6 +1,6 @@
 """The README and docs/ name only what exists: make targets and variables, `python -m`
-modules, their flags, relative links and their #anchors, repository paths
-(tests/docs_drift.py reads them); every benchmark table says where it came from.
+modules, their flags, relative links and their #anchors, repository paths, SHELLEY_*
+variables (tests/docs_drift.py reads them); every benchmark table says where it came from.
 
 A failure names the page and line, what it names and what is missing, e.g.
     docs/serving.md:17: `--max-batch`: no command the docs name takes --max-batch
@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from tests.docs_drift import ROOT, Checker, _blocks, doc_files, github_slugs
+from tests.docs_drift import ROOT, Checker, _prose, doc_files, github_slugs
 
 BENCHMARKS = ROOT / "docs" / "benchmarks.md"
 PROVENANCE = re.compile(r"^Provenance: script `(?P<script>[^`]+)` · command `(?P<command>[^`]+)` · "
@@ -61,7 +61,7 @@ curl --whatever localhost:8000        # not ours: not checked
 
 See [training](training.md), [nothing](nothing.md), [a heading](#a-page), [no heading](#nope)
 and [another page's](serving.md#no-such-heading). `[in code](nowhere.md)` is not a link.
-The engine is serving/engine/core.py, once serving/engine.py.
+The engine is serving/engine/core.py, once serving/engine.py; SHELLEY_MAX_BATCH, not SHELLEY_MAX_ROWS.
 """
 
 
@@ -83,6 +83,7 @@ def test_each_kind_of_drift_is_named_with_its_line():
         "docs/bad.md:15: link (#nope): docs/bad.md has no heading #nope",
         "docs/bad.md:16: link (serving.md#no-such-heading): docs/serving.md has no heading #no-such-heading",
         "docs/bad.md:17: names serving/engine.py, which does not exist",
+        "docs/bad.md:17: names SHELLEY_MAX_ROWS, which nothing reads",
     ])
 
 
@@ -96,15 +97,14 @@ def test_anchors_are_githubs(heading, slug):
 
 
 def provenance_problems(name: str, text: str) -> tuple[list[str], set[str]]:
-    """Every table under a heading of a benchmarks page needs a `Provenance:` line in its
-    section (a `###` inherits its `##`'s), before it, whose script exists and whose command runs that script (the drift
-    test checks the command's flags); tables above the first `##` (the index) are exempt.
+    """Every table under a heading of a benchmarks page needs a `Provenance:` line before it in
+    its section (a `###` inherits its `##`'s), whose script exists and whose command runs that
+    script (the drift test checks the command's flags); tables above the first `##` (the
+    index) are exempt.
     Returns the problems and the commits named."""
     problems, commits = [], set()
-    for kind, start, lines in _blocks(text):
-        if kind != "prose":
-            continue
-        prov, section = None, start == 1 and None
+    for start, lines in _prose(text):
+        prov, section = None, None
         for n, line in enumerate(lines, start):
             if re.match(r"^#{2,6} ", line):   # a ### keeps its ##'s provenance unless it has its own
                 prov, section = (None if line.startswith("## ") else prov), line
