@@ -10,7 +10,9 @@
 the latest evaluation's state, which `--resume` continues from. Both carry the model
 config, so nothing else is needed to rebuild the model. Layout: format_version,
 model_config, train_config, model (state_dict), optimizer (a list: one state_dict per
-optimizer), iter, best_val_loss, stale_evals, elapsed_s, rng (torch, data, python, cuda).
+optimizer), iter, best_val_loss, stale_evals, elapsed_s, budget_used_s, budget_start_s,
+eval_cost_s (training/budget.py), rng (torch, data, python, cuda), init_from (a fine-tune's
+base, training/init_from.py).
 """
 from __future__ import annotations
 
@@ -43,6 +45,9 @@ class Progress:
     best_val_loss: float = math.inf
     stale_evals: int = 0             # evaluations since the val loss last improved
     elapsed_s: float = 0.0           # seconds of training steps (no start-up, no evaluations)
+    budget_used_s: float = 0.0       # the run's clock when this checkpoint was written (training/budget.py)
+    budget_start_s: float = -1.0     # the run's clock at its first step: the lr schedule's time origin
+    eval_cost_s: float = 0.0         # the slowest evaluation (with its checkpoint) so far
 
 
 def rng_state(gen: torch.Generator) -> dict:
@@ -61,11 +66,12 @@ def restore_rng(state: dict, gen: torch.Generator) -> None:
 
 
 def training_state(model, optimizers, mc: ModelConfig, tc, progress: Progress,
-                   gen: torch.Generator) -> dict:
-    """The checkpoint's contents; `model` is the bare module (not compiled, not DDP)."""
+                   gen: torch.Generator, init_from: dict | None = None) -> dict:
+    """The checkpoint's contents; `model` is the bare module (not compiled, not DDP);
+    `init_from`: the base run a fine-tune started from (training/init_from.py)."""
     return {"model_config": mc.to_dict(), "train_config": tc.to_dict(), "model": model.state_dict(),
             "optimizer": [opt.state_dict() for opt in optimizers], **dataclasses.asdict(progress),
-            "rng": rng_state(gen)}
+            "rng": rng_state(gen), **({"init_from": init_from} if init_from else {})}
 
 
 def restore_training_state(ckpt: dict, model, optimizers, gen: torch.Generator) -> Progress:

@@ -55,7 +55,11 @@ class TrainConfig:
     vocab_size: int = _opt(2000, "BPE vocabulary size")
     batch_size: int = _opt(12, "sequences per step (per process)")
     grad_accum: int = _opt(1, "micro-batches per optimizer step")
-    max_iters: int = _opt(2000, "optimizer steps")
+    max_iters: int = _opt(2000, "optimizer steps (not read with --time-budget)")
+    time_budget: float = _opt(0.0, "seconds the whole run may take, start-up and the final evaluation "
+                              "included; the lr decays by time and --max-iters is not read; 0 = off")
+    init_from: str = _opt("", "a run dir whose best weights and tokenizer this new run starts from "
+                          "(fine-tuning on --corpus); the shape is the base's")
     optimizer: str = _opt("adamw", "muon: Muon for the blocks' weight matrices, AdamW for the rest; "
                           "adamw: AdamW for all", ("adamw", "muon"))
     lr: float = _opt(1e-3, "peak AdamW learning rate")

@@ -3,6 +3,7 @@
     dd = Distributed(pick_device("auto"))        # rank/world from torchrun's environment
     bf16 = use_bf16(dd.device, "auto")           # CUDA, or a CPU with native bf16
     loss = dd.mean(loss)                         # averaged over the processes
+    t = dd.first(budget.clock())                 # rank 0's value on every rank
     dd.close()
 
 Kept apart from train.py's loop: none of it changes while a run trains.
@@ -69,6 +70,14 @@ class Distributed:
         t = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return t.item() / self.world
+
+    def first(self, value: float) -> float:
+        """Rank 0's value on every rank: one clock decides when all stop and what lr all use."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.broadcast(t, src=0)
+        return t.item()
 
     def close(self):
         if self.world > 1:

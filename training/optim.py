@@ -2,6 +2,7 @@
 
     optimizers = build_optimizers(model, tc, "cpu", ns_dtype=torch.float32)
     set_lr(optimizers, tc, lr_factor(it, tc))  # every step, before optimizer.step()
+    set_lr(optimizers, tc, lr_factor(it, tc, budget.fraction()))   # --time-budget
 
 `--optimizer adamw`: AdamW for everything (matrices and embeddings decay, biases and
 LayerNorm weights do not). `--optimizer muon`: Muon for the transformer blocks' weight
@@ -100,13 +101,16 @@ def build_optimizers(model: torch.nn.Module, tc: TrainConfig, device_type: str,
     return optimizers
 
 
-def lr_factor(it: int, tc: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to min_lr / lr of the peak at max_iters."""
-    if it < tc.warmup_iters:
-        return (it + 1) / (tc.warmup_iters + 1)
+def lr_factor(it: int, tc: TrainConfig, fraction: float | None = None) -> float:
+    """Linear warmup over warmup_iters steps, then cosine decay to min_lr / lr of the peak:
+    by step up to max_iters, or (--time-budget, training/budget.py) by `fraction`, the share
+    of the budget's training time passed."""
+    warm = (it + 1) / (tc.warmup_iters + 1) if it < tc.warmup_iters else 1.0
+    if fraction is None:
+        fraction = (it - tc.warmup_iters) / max(1, tc.max_iters - tc.warmup_iters)
     floor = tc.min_lr / tc.lr
-    progress = min(1.0, (it - tc.warmup_iters) / max(1, tc.max_iters - tc.warmup_iters))
-    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - floor)
+    decay = floor + 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, fraction)))) * (1.0 - floor)
+    return min(warm, decay)
 
 
 def set_lr(optimizers: list[torch.optim.Optimizer], tc: TrainConfig, factor: float) -> float:

@@ -2,13 +2,17 @@
 
     python -m training.train --preset cpu-small --out runs/default
     python -m training.train --out runs/default --resume           # after a kill
+    python -m training.train --time-budget 300 --out runs/five     # ends within 5 minutes (training/budget.py)
+    python -m training.train --init-from runs/default --corpus frankenstein --out runs/ft   # fine-tune
     torchrun --standalone --nproc_per_node=2 -m training.train ...  # DDP (gloo CPU, NCCL GPU)
 
-`main` resolves the settings, loads the corpus and builds the run; `train` is the loop:
-a `train_step` per iteration and, every `eval_interval` steps, `evaluate_and_save`: the
-validation loss on the same batches each time, a row of metrics.jsonl, `last.pt` (what
---resume continues from) and, when validation improved, `ckpt.pt` (the model later
-stages use). summary.json and loss.png are written at the end. Only rank 0 writes. On one
+`main` resolves the settings and loads the corpus (training/prepare.py) and builds the run;
+`train` is the loop: a `train_step` per iteration and, every `eval_interval` steps and at the
+end, `evaluate_and_save`: the validation loss on the same batches each time, a row of
+metrics.jsonl, `last.pt` (what --resume continues from) and, when validation improved,
+`ckpt.pt` (the model later stages use). The end is --max-iters, or with --time-budget the
+run's clock (training/budget.py, which also drives the lr). loss.png and summary.json are
+written at the end (summary last: a run that has one finished). Only rank 0 writes. On one
 CPU process each batch is split across worker threads (training/workers.py: beside other
 busy processes torch's own threads collapse); DDP, CUDA, dropout and --compile runs use
 torch's threads.
@@ -25,79 +29,22 @@ from pathlib import Path
 
 import torch
 
-from core.artifact import TOKENIZER_NAME
-from core.chat import write_chat
 from core.errors import UserError, run_main
-from core.files import atomic_write, ensure_writable_dir
+from core.files import atomic_write
 from core.model_config import ModelConfig
-from training import run_files
-from training.chat_form import chat_template
-from training.checkpoint import (CKPT_NAME, LAST_NAME, Progress, load_checkpoint, load_tokenizer,
-                                 model_config_of, restore_training_state, serialize_checkpoint,
+from training import init_from, run_files
+from training.budget import Budget
+from training.checkpoint import (CKPT_NAME, LAST_NAME, Progress, restore_training_state, serialize_checkpoint,
                                  training_state)
-from training.config import MODEL_FIELDS, PRESETS, TrainConfig, parse_flags, resolve
-from training.corpus_cache import Corpus, cached_form, cached_ids, cached_tokenizer
-from training.data import get_batch, spread_batches, to_tensors
+from training.config import TrainConfig, parse_flags
+from training.data import get_batch, spread_batches
 from training.device import Distributed, pick_device, use_bf16
 from training.generate import generate
 from training.model import build_model, count_params, flops_per_token
 from training.optim import build_optimizers, lr_factor, set_lr
-from training.tokenizer import bits_per_char, char_counts, decode, encode
+from training.prepare import Data, prepare_data, prepare_run
+from training.tokenizer import bits_per_char, decode, encode
 from training.workers import Workers, cpu_workers, uses_workers
-
-
-
-def prepare_run(flags: dict, resume: bool, dd: Distributed):
-    """(TrainConfig, model fields, resume checkpoint or None) for a new or resumed run."""
-    out = Path(flags.get("out", TrainConfig.out))
-    if resume:
-        path = out / LAST_NAME if (out / LAST_NAME).is_file() else out / CKPT_NAME
-        if not path.is_file():
-            raise UserError(f"nothing to resume in {out} (no {LAST_NAME} or {CKPT_NAME}); drop --resume to start a new run")
-        ckpt = load_checkpoint(path)
-        saved = model_config_of(ckpt, path)
-        changed = [f"{k}={getattr(saved, k)} in the checkpoint but {flags[k]} asked"
-                   for k in MODEL_FIELDS if k in flags and flags[k] != getattr(saved, k)]
-        if changed:
-            raise UserError(f"cannot resume {out} with a different model shape ({'; '.join(changed)}); "
-                            f"drop those flags, or start a new run with another --out")
-        settings = {**ckpt["train_config"], **{k: v for k, v in flags.items() if k not in MODEL_FIELDS}}
-        return TrainConfig(**settings), {k: getattr(saved, k) for k in MODEL_FIELDS}, ckpt
-    preset = flags.get("preset") or ("gpu" if dd.device.type == "cuda" else "cpu-small")
-    if preset not in PRESETS:
-        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    model_fields, tc = resolve(flags, preset)
-    if dd.main:
-        if (out / CKPT_NAME).exists() or (out / LAST_NAME).exists():
-            raise UserError(f"{out} already holds a run; add --resume to continue it, or pick another --out")
-        ensure_writable_dir(out)
-    return tc, model_fields, None
-
-
-@dataclass
-class Data:
-    tok: object                      # tokenizers.Tokenizer
-    train: torch.Tensor              # token ids
-    val: torch.Tensor
-    char_counts: object              # np.ndarray: characters each token id spells (bits per char)
-
-
-def prepare_data(tc: TrainConfig, resuming: bool, block_size: int, dd: Distributed) -> Data:
-    """The tokenizer (built, or the run's own on --resume) and the corpus's ids, from the
-    cache when the corpus and settings were seen before (training/corpus_cache.py)."""
-    corpus = Corpus(tc.corpus)
-    out = Path(tc.out)
-    if not resuming and dd.main:
-        try:
-            tok = cached_tokenizer(corpus, tc.tokenizer, tc.vocab_size)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        atomic_write(out / TOKENIZER_NAME, tok.to_str())
-        write_chat(out, chat_template(cached_form(corpus)))   # how the corpus writes dialogue (chat_form.py)
-    dd.barrier()  # the other ranks read the tokenizer rank 0 just wrote
-    tok = load_tokenizer(out)
-    train_data, val_data = to_tensors(*cached_ids(corpus, tok), block_size)
-    return Data(tok, train_data, val_data, char_counts(tok))
 
 
 @dataclass
@@ -115,6 +62,8 @@ class Run:
     val_batches: list                # the same validation batches at every evaluation
     val_chars_per_token: float       # of those batches' targets, all ranks': nats/token -> bits/char
     workers: Workers | None          # CPU: the threads that split each batch (else torch's own threads)
+    budget: Budget                   # the run's clock, and its --time-budget (training/budget.py)
+    base: dict | None = None         # --init-from: the base run, as summary.json records it
 
     @property
     def params(self) -> list[torch.Tensor]:
@@ -138,9 +87,12 @@ class Meter:
 
 
 def build(tc: TrainConfig, mc: ModelConfig, data: Data, ckpt: dict | None, dd: Distributed,
-          split_by_data: bool | None = None) -> tuple[Run, Progress]:
-    """The Run. On one CPU process the batch is split across worker threads (training/workers.py)
-    unless split_by_data is False (bench/busy_machine.py's "before": torch's own threads)."""
+          split_by_data: bool | None = None, base: init_from.Base | None = None,
+          began_s: float = 0.0) -> tuple[Run, Progress]:
+    """The Run, from the checkpoint to resume, the base to fine-tune, or fresh weights. On one
+    CPU process the batch is split across worker threads (training/workers.py) unless
+    split_by_data is False (bench/busy_machine.py's "before": torch's own threads). began_s:
+    the process's age when the run began (training/budget.py)."""
     device = dd.device
     workers = None
     if split_by_data if split_by_data is not None else uses_workers(device, dd.world, mc.dropout, tc.compile):
@@ -152,7 +104,10 @@ def build(tc: TrainConfig, mc: ModelConfig, data: Data, ckpt: dict | None, dd: D
         torch.backends.cudnn.allow_tf32 = True
     bf16 = use_bf16(device, tc.precision)
     torch.manual_seed(tc.seed)
-    raw = build_model(mc).to(device)
+    raw = build_model(mc)
+    if base is not None and ckpt is None:
+        raw.load_state_dict(base.state)
+    raw = raw.to(device)
     optimizers = build_optimizers(raw, tc, device.type, torch.bfloat16 if bf16 else torch.float32,
                                   map=workers.map if workers else None)
     gen = torch.Generator().manual_seed(tc.seed + dd.rank)
@@ -166,13 +121,22 @@ def build(tc: TrainConfig, mc: ModelConfig, data: Data, ckpt: dict | None, dd: D
     chars = dd.mean(float(data.char_counts[targets].sum()))          # the same on every rank
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     return Run(tc, mc, dd, data, raw, model, optimizers, autocast, gen, val_batches,
-               max(chars, 1.0) / len(targets), workers), progress
+               max(chars, 1.0) / len(targets), workers, Budget(tc.time_budget, progress, began_s),
+               base.record if base is not None else (ckpt or {}).get("init_from")), progress
 
 
-def train_step(run: Run, it: int) -> float:
-    """One optimizer step (grad_accum micro-batches); returns the step's training loss."""
+def lr_now(run: Run, it: int) -> float:
+    """The schedule's factor at step `it`: by step, or by the budget's clock (the same on every rank)."""
+    if not run.budget.limited:
+        return lr_factor(it, run.tc)
+    return lr_factor(it, run.tc, run.dd.first(run.budget.fraction()))
+
+
+def train_step(run: Run, it: int, factor: float | None = None) -> float:
+    """One optimizer step (grad_accum micro-batches) at lr factor `factor` (default: by step);
+    returns the step's training loss."""
     tc, device = run.tc, run.dd.device
-    set_lr(run.optimizers, tc, lr_factor(it, tc))
+    set_lr(run.optimizers, tc, lr_factor(it, tc) if factor is None else factor)
     loss_sum = 0.0
     for micro in range(tc.grad_accum):
         x, y = get_batch(run.data.train, run.mc.block_size, tc.batch_size, run.gen)
@@ -230,10 +194,12 @@ def evaluate_and_save(run: Run, progress: Progress, meter: Meter, log: Callable[
                "elapsed_s": round(progress.elapsed_s, 2), "wall_s": round(wall_s, 2),
                "eval_s": round(meter.eval_s, 2),
                "tokens_per_s": round(meter.iters * run.tokens_per_iter / window_s, 1) if meter.iters else 0.0,
-               "lr": run.tc.lr * lr_factor(progress.iter, run.tc), "sample": sample_text(run)}
+               "lr": run.tc.lr * lr_now(run, progress.iter), "sample": sample_text(run)}
         # metrics first: a kill before last.pt is written repeats this evaluation
         run_files.append_metrics(Path(run.tc.out), row, upto_iter=progress.iter)
-        blob = serialize_checkpoint(training_state(run.raw, run.optimizers, run.mc, run.tc, progress, run.gen))
+        progress.budget_used_s = run.budget.clock()
+        blob = serialize_checkpoint(training_state(run.raw, run.optimizers, run.mc, run.tc, progress, run.gen,
+                                                   init_from=run.base))
         if improved:
             atomic_write(Path(run.tc.out) / CKPT_NAME, blob)
         atomic_write(Path(run.tc.out) / LAST_NAME, blob)
@@ -241,6 +207,7 @@ def evaluate_and_save(run: Run, progress: Progress, meter: Meter, log: Callable[
         log(f"iter {progress.iter}: train {train_loss}  val {loss:.4f}  bpc {row['val_bpc']:.3f}"
             f"{'  (best)' if improved else ''}" + (f"\n  sample: {row['sample'][:200]!r}" if row["sample"] else ""))
     meter.eval_s += time.perf_counter() - started
+    run.budget.evaluated(time.perf_counter() - started)
     meter.restart()
 
 
@@ -256,26 +223,33 @@ def sample_text(run: Run) -> str:
     return decode(run.data.tok, ids)
 
 
-def train(run: Run, progress: Progress, resumed: bool) -> None:
-    """The loop: evaluate every eval_interval steps (and at the end), train in between."""
+def train(run: Run, progress: Progress, resumed: bool) -> str:
+    """The loop: evaluate every eval_interval steps and at the end, train in between. Returns
+    what ended it: "max_iters", "budget" (--time-budget) or "patience"."""
     from tqdm import tqdm
 
-    tc, start = run.tc, progress.iter
-    bar = tqdm(total=tc.max_iters, initial=start, disable=not run.dd.main, dynamic_ncols=True,
-               desc="train", file=sys.stderr, mininterval=0.5)
+    tc, budget, start = run.tc, run.budget, progress.iter
+    bar = tqdm(total=None if budget.limited else tc.max_iters, initial=start, disable=not run.dd.main,
+               dynamic_ncols=True, desc="train", file=sys.stderr, mininterval=0.5)
     meter = Meter()
     while True:
-        if progress.iter % tc.eval_interval == 0 or progress.iter == tc.max_iters:
-            if not (resumed and progress.iter == start):     # a resumed run already evaluated this iter
-                evaluate_and_save(run, progress, meter, bar.write)
-            if progress.iter >= tc.max_iters:
-                break
-            if tc.patience and progress.stale_evals >= tc.patience:
-                if run.dd.main:
-                    bar.write(f"early stop at iter {progress.iter}: no better val loss in "
-                              f"{progress.stale_evals} evaluations")
-                break
-        loss = train_step(run, progress.iter)
+        due = progress.iter % tc.eval_interval == 0
+        if budget.limited:      # room for a step, the evaluation due after it, and the final one
+            stop = "budget" if run.dd.first(0.0 if budget.room(evals=2 if due else 1) else 1.0) else None
+        else:
+            stop = "max_iters" if progress.iter >= tc.max_iters else None
+        if (due or stop) and not (resumed and progress.iter == start):   # a resumed run already evaluated this iter
+            evaluate_and_save(run, progress, meter, bar.write)
+        if not stop and tc.patience and progress.stale_evals >= tc.patience:
+            stop = "patience"
+            if run.dd.main:
+                bar.write(f"early stop at iter {progress.iter}: no better val loss in "
+                          f"{progress.stale_evals} evaluations")
+        if stop:
+            break
+        step_started = time.perf_counter()
+        loss = train_step(run, progress.iter, lr_now(run, progress.iter))
+        budget.stepped(time.perf_counter() - step_started)
         progress.iter += 1
         meter.iters += 1
         meter.loss_sum += loss
@@ -283,9 +257,10 @@ def train(run: Run, progress: Progress, resumed: bool) -> None:
         rate = meter.iters * run.tokens_per_iter / max(1e-9, time.perf_counter() - meter.started)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}", refresh=False)
     bar.close()
+    return stop
 
 
-def summarize(run: Run, progress: Progress) -> dict:
+def summarize(run: Run, progress: Progress, stopped_by: str) -> dict:
     tokens_per_s = run.tokens_per_iter * progress.iter / max(progress.elapsed_s, 1e-9)
     return {"params": count_params(run.raw), "device": str(run.dd.device), "world_size": run.dd.world,
             "precision": "bf16 autocast" if run.autocast is not contextlib.nullcontext else "fp32",
@@ -294,36 +269,47 @@ def summarize(run: Run, progress: Progress) -> dict:
             "iters": progress.iter, "wall_s": round(run_files.process_age(), 2), "train_s": round(progress.elapsed_s, 2),
             "tokens_per_s": round(tokens_per_s, 1),
             "model_tflops": round(tokens_per_s * flops_per_token(run.raw) / 1e12, 4),   # / peak = MFU
+            "stopped_by": stopped_by, "time_budget_s": run.tc.time_budget or None,
+            "run_s": round(run.budget.clock(), 2), "init_from": run.base,
             "model_config": run.mc.to_dict(), "train_config": run.tc.to_dict()}
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The run's clock starts with the process when it is the trainer's own (python -m, torchrun),
+    # else (a test or a bench calling main) now.
+    began_s = 0.0 if Path(sys.argv[0]).resolve() == Path(__file__).resolve() else run_files.process_age()
     flags, resume = parse_flags(argv)
     dd = Distributed(pick_device(flags.get("device", "auto")))
     run = None
     try:
-        tc, model_fields, ckpt = prepare_run(flags, resume, dd)
-        data = prepare_data(tc, ckpt is not None, model_fields["block_size"], dd)
+        tc, model_fields, ckpt, base = prepare_run(flags, resume, dd)
+        data = prepare_data(tc, ckpt is not None, model_fields["block_size"], dd, base)
         try:
             mc = ModelConfig(vocab_size=data.tok.get_vocab_size(), **model_fields)
         except ValueError as e:
             raise UserError(str(e)) from None
-        run, progress = build(tc, mc, data, ckpt, dd)
+        run, progress = build(tc, mc, data, ckpt, dd, base=base, began_s=began_s)
+        if tc.time_budget and dd.main:
+            run_files.preload_plotting()
         if dd.main:
             threads = f", {run.workers.n} worker threads" if run.workers else ""
             print(f"training {mc.model} {count_params(run.raw) / 1e6:.2f}M params on {dd.device} x{dd.world}{threads} "
                   f"({'bf16 autocast' if run.autocast is not contextlib.nullcontext else 'fp32'}, "
                   f"{tc.optimizer}) | vocab {mc.vocab_size} | {len(data.train):,} train / {len(data.val):,} val "
-                  f"tokens | {run.tokens_per_iter:,} tokens/iter | start-up {run_files.process_age():.1f} s", file=sys.stderr)
-        train(run, progress, resumed=ckpt is not None)
+                  f"tokens | {run.tokens_per_iter:,} tokens/iter | start-up {run_files.process_age():.1f} s"
+                  + (f" | budget {tc.time_budget:g} s" if tc.time_budget else "")
+                  + (f" | from {tc.init_from}" if base else ""), file=sys.stderr)
+        stopped_by = train(run, progress, resumed=ckpt is not None)
         if dd.main:
             out = Path(tc.out)
-            summary = summarize(run, progress)
+            params = count_params(run.raw)
+            run_files.plot_losses(out, run_files.read_metrics(out), f"{mc.model} {params / 1e6:.2f}M on {tc.corpus}")
+            summary = summarize(run, progress, stopped_by)     # last: a finished run has a summary
             run_files.write_summary(out, summary)
-            run_files.plot_losses(out, run_files.read_metrics(out), f"{mc.model} {summary['params'] / 1e6:.2f}M on {tc.corpus}")
+            budget = f" of a {tc.time_budget:g} s budget" if tc.time_budget else ""
             print(f"done: best val loss {summary['best_val_loss']:.4f} ({summary['best_val_bpc']:.3f} bits/char), "
-                  f"{summary['tokens_per_s']:,.0f} tokens/s, {summary['wall_s']:.0f} s in all; "
-                  f"model in {out / CKPT_NAME}", file=sys.stderr)
+                  f"{summary['tokens_per_s']:,.0f} tokens/s, {summary['iters']} steps, {summary['run_s']:.1f} s"
+                  f"{budget}; model in {out / CKPT_NAME}", file=sys.stderr)
         dd.barrier()  # let rank 0 finish writing: a peer that exits early can make gloo abort
     finally:
         if run is not None and run.workers:
