@@ -32,7 +32,11 @@ from training.checkpoint import Progress
 from training.run_files import process_age
 
 EVAL_MARGIN = 1.25       # the final evaluation may be slower than the slowest seen (a better sample, a bigger ckpt write)
-FINISH_S = 0.6           # summary.json, loss.png (matplotlib's import ~0.3 s) and the interpreter's exit
+# summary.json, loss.png (matplotlib is imported at the start: training/run_files.py) and the
+# exit. The interpreter's teardown garbage-collects torch's objects: 0.6-2 s after a tiny run on
+# a busy 2-core machine, 0.1-0.5 s once the trainer's main has called gc.freeze() (timed from
+# main's return to the process's end, 2 runs each).
+FINISH_S = 0.8
 STEPS_KEPT = 8           # a step's cost: the slowest of the latest few (the first after an evaluation is slow)
 
 
@@ -41,8 +45,8 @@ class Budget:
     summary.json reports as run_s); `Progress` carries what a checkpoint must keep."""
 
     def __init__(self, total_s: float, progress: Progress, began_s: float = 0.0):
-        """began_s: the process's age when this run began (0: its start; a caller running the
-        trainer's main in its own process, a test or a bench, passes its age then)."""
+        """began_s: the process's age when this run began (0: its start; a test or a bench that
+        runs the trainer's main in its own process passes its age then)."""
         self.total_s = total_s
         self.limited = total_s > 0
         self.progress = progress
@@ -69,7 +73,7 @@ class Budget:
 
     @property
     def reserve_s(self) -> float:
-        """What the end costs: the final evaluation and writing the run's last files."""
+        """What the end costs: the final evaluation, writing the run's last files, the exit."""
         return self.eval_s * EVAL_MARGIN + FINISH_S
 
     @property
