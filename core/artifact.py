@@ -64,12 +64,13 @@ class ArtifactConfig:
     context_length = property(lambda self: self.model.block_size)   # also the KV buffer's length
     n_layer = property(lambda self: self.model.n_layer)
     n_head = property(lambda self: self.model.n_head)
+    kv_heads = property(lambda self: self.model.kv_heads)            # the KV cache's heads
     head_dim = property(lambda self: self.model.head_dim)
     window_keep = property(lambda self: window_keep(self.model.block_size))
     inputs = property(lambda self: graph_names(self.model.n_layer)[0])
     outputs = property(lambda self: graph_names(self.model.n_layer)[1])
 
-    DERIVED = ("architecture", "vocab_size", "context_length", "n_layer", "n_head", "head_dim",
+    DERIVED = ("architecture", "vocab_size", "context_length", "n_layer", "n_head", "kv_heads", "head_dim",
                "window_keep", "inputs", "outputs")
 
     def to_json(self) -> str:

@@ -40,16 +40,16 @@ class ExportConfig:
     chat_stop: list[str] | None = None
 
 
-def load_gpt(run_dir: Path):
-    """(model, config, tokenizer); refuses anything but a GPT before building it."""
+def load_model_run(run_dir: Path):
+    """(model, config, tokenizer); refuses a model without a KV cache (bigram) before building it."""
     from training.checkpoint import load_checkpoint, run_from_checkpoint
     if not run_dir.is_dir():
         raise UserError(f"run dir {run_dir} does not exist; train first (make train) or fix --run")
     ckpt = load_checkpoint(run_dir / CKPT)   # once: the kind is checked on what gets built
     kind = ckpt["model_config"].get("model", "gpt")
-    if kind != "gpt":
-        raise UserError(f"{run_dir / CKPT} holds a {kind!r} model; export supports gpt "
-                        f"only (it has the KV cache the server needs); train with --model gpt")
+    if kind not in ("gpt", "qwen3"):
+        raise UserError(f"{run_dir / CKPT} holds a {kind!r} model; export supports gpt and "
+                        f"qwen3 (they have the KV cache the server needs); train with --model gpt or qwen3")
     return run_from_checkpoint(run_dir, ckpt)
 
 
@@ -66,7 +66,7 @@ def export_run(cfg: ExportConfig) -> dict:
         raise UserError(f"--opset {cfg.opset} is not supported: the exporter writes opsets "
                         f"{MIN_OPSET}..{MAX_OPSET} (ONNX Runtime runs them all); try --opset 17")
     run, out = Path(cfg.run), Path(cfg.out)
-    model, config, tok = load_gpt(run)
+    model, config, tok = load_model_run(run)
     check_exportable(model)
     chat = resolve_chat(run, cfg.chat_template, cfg.chat_stop)
     eos = eos_id(tok)
@@ -81,7 +81,8 @@ def export_run(cfg: ExportConfig) -> dict:
     try:
         torch.manual_seed(0)  # the tracing inputs are random; keep exports reproducible
         export_onnx(model, tmp, cfg.opset)
-        fuse_for_ort(tmp, config.n_head, config.n_embd)
+        if config.model == "gpt":   # qwen3 has no GELU; ORT fuses its RMSNorms when it loads the graph
+            fuse_for_ort(tmp, config.n_head, config.n_embd)
         check_runnable(tmp, cfg.opset)
         os.replace(tmp, out / files["fp32"])
         if cfg.dtype == "fp16":

@@ -6,7 +6,8 @@ Checks, through serving/engine/runtime.py (the code that serves): the manifest's
 |Δlogits| for prefill at three prompt lengths and for 50 decode steps (fp32 ≤ 1e-4);
 identical greedy tokens for 200 steps (sliding the window past the context like
 training.generate); prompts of different lengths prefilled together into adjacent slots,
-then decoded beside a free slot, each against the sequence alone; the fp16 file, when
+then decoded beside a free slot, each against the sequence alone; a prompt's rest fed after
+its cached start in one call (the prefix cache's extension); the fp16 file, when
 present, stays close; the int8 file, when present, keeps its quality on held-out text
 (export/quantize.py). Prints a table and exits 1 when a check fails (2 for bad input).
 """
@@ -146,6 +147,16 @@ def check_slots(rt: Runtime, pt: TorchSteps, vocab: int, pad_id: int) -> Check:
     return Check(f"slots 1-{len(rows)}, lengths {lengths}, + {steps} steps beside a free slot", worst, FP32_TOL)
 
 
+def check_extend(rt: Runtime, pt: TorchSteps, vocab: int) -> Check:
+    """A prompt's rest fed in one call after its cached start (`Runtime.extend`: the prefix
+    cache, a speculative draft): the logits after each new token against the whole prompt's."""
+    n = max(2, pt.block // 2)
+    ids, cached = prompt(n, vocab, seed=5), max(1, n // 3)
+    rt.prefill(0, [ids[:cached]])
+    d = np.abs(rt.extend(0, cached, ids[cached:]) - pt.prefill(ids)[0][cached:]).max()
+    return Check(f"extension, {n - cached} tokens after {cached} cached", float(d), FP32_TOL)
+
+
 def check_fp16(art, pt: TorchSteps, vocab: int) -> Check:
     """The fp16 file on the CPU: two prompts of different lengths against PyTorch fp32."""
     rt = Runtime(art, device="cpu", threads=1, precision="fp16", slots=2)
@@ -165,7 +176,7 @@ def check_int8(art_dir: Path, run: Path) -> list[Check]:
 
 
 def verify(art_dir: Path, run: Path) -> list[Check]:
-    from export.build import load_gpt
+    from export.build import load_model_run
     if not (art_dir / CONFIG_NAME).is_file() or not (art_dir / MANIFEST_NAME).is_file():
         raise UserError(f"{art_dir} is not an artifact dir (no {CONFIG_NAME}/{MANIFEST_NAME}); "
                         f"export first: python -m export --run RUN --out {art_dir}")
@@ -174,7 +185,7 @@ def verify(art_dir: Path, run: Path) -> list[Check]:
     if problems:
         return checks
     art = load_artifact(art_dir)
-    model, config, _ = load_gpt(run)
+    model, config, _ = load_model_run(run)
     if art.config.model != config:
         raise UserError(f"{art_dir} was exported from a different model than {run}; pass its --run")
     rt = Runtime(art, device="cpu", threads=1, precision="fp32", slots=4)
@@ -183,6 +194,7 @@ def verify(art_dir: Path, run: Path) -> list[Check]:
     checks.append(check_decode(rt, pt, vocab))
     checks.append(check_greedy(rt, model, vocab))
     checks.append(check_slots(rt, pt, vocab, pad))
+    checks.append(check_extend(rt, pt, vocab))
     if "fp16" in art.config.files:
         checks.append(check_fp16(art, pt, vocab))
     if "int8" in art.config.files:

@@ -87,3 +87,18 @@ def http(live):
 
     with httpx.Client(base_url=live.base, timeout=60) as c:
         yield c
+
+
+# The modern block's tiny run: heads of 16 (GroupQueryAttention's rotary needs a multiple of
+# 16), one KV head for two query heads, an untied output layer.
+TINY_QWEN3_ARGS = TINY_TRAIN_ARGS + ["--model", "qwen3", "--n-kv-head", "1", "--no-tie-embeddings"]
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_run(tmp_path_factory) -> Path:
+    """`tiny_run`'s corpus and shape with `--model qwen3`: a finished run dir, read-only."""
+    from training.train import main
+
+    out = tmp_path_factory.mktemp("runs") / "tiny-qwen3"
+    assert main(TINY_QWEN3_ARGS + ["--out", str(out)]) == 0
+    return out

@@ -1,14 +1,18 @@
 """Attention over a KV cache: the one step both blocks call, so the layers are written once.
 
-    step = EagerAttention(past_kv, mask, rotate=rotary)       # what GPT and Qwen3 use by default
-    y, (k, v) = step(i, q, k, v)   # layer i; q (B, T, H, D), k, v (B, T, Hkv, D) -> y (B, T, H, D)
+    step = EagerAttention(past_kv, mask, head_dim, rotate=rotary)   # what GPT and Qwen3 use by default
+    y, (k, v) = step(i, q, k, v)   # layer i; q (B, T, H*D), k, v (B, T, Hkv*D) -> y (B, T, H*D)
 
 A block computes its queries, keys and values and hands them to a step; the step owns
 what happens between them and the output: positions (rotary, when the model has it), the
 cache, and the softmax. The eager step here is PyTorch's: it rotates, appends the new keys
 and values to the cache and runs scaled_dot_product_attention. export/onnx_graph.py passes
 its own step, one ONNX Runtime GroupQueryAttention node a layer, into the same forward, so
-the graph is built from the model's own code (issue 28: one forward pass, not two).
+the graph is built from the model's own code (issue 28: one forward pass, not two). The
+step takes and returns the heads side by side, as the projections make them, because that
+is what the ONNX node reads: splitting heads is the eager step's business. GPT-2's one qkv
+matmul hands its output whole (`step(i, qkv)`: q, k and v packed, as many heads each), which
+the node also reads as it is.
 """
 from __future__ import annotations
 
@@ -51,12 +55,15 @@ class EagerAttention:
     """The PyTorch step: rotate q and k (if `rotate`), append k and v to layer i's cache,
     softmax(q k^T / sqrt(D)) v. Grouped KV heads: query head h reads KV head h // (H / Hkv)."""
 
-    def __init__(self, past_kv: KVCache | None, mask: torch.Tensor | None,
+    def __init__(self, past_kv: KVCache | None, mask: torch.Tensor | None, head_dim: int,
                  rotate: Callable[[torch.Tensor], torch.Tensor] | None = None, dropout: float = 0.0):
-        self.past_kv, self.mask, self.rotate, self.dropout = past_kv, mask, rotate, dropout
+        self.past_kv, self.mask, self.head_dim = past_kv, mask, head_dim
+        self.rotate, self.dropout = rotate, dropout
 
-    def __call__(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)    # (B, heads, T, D)
+    def __call__(self, i: int, q: torch.Tensor, k: torch.Tensor | None = None, v: torch.Tensor | None = None):
+        if k is None:                                                          # packed q | k | v
+            q, k, v = q.chunk(3, dim=-1)
+        q, k, v = (t.unflatten(-1, (-1, self.head_dim)).transpose(1, 2) for t in (q, k, v))  # (B, heads, T, D)
         if self.rotate is not None:
             q, k = self.rotate(q), self.rotate(k)
         if self.past_kv is not None:
@@ -66,4 +73,4 @@ class EagerAttention:
             q, k, v, attn_mask=self.mask, dropout_p=self.dropout,
             is_causal=self.mask is None and self.past_kv is None and q.size(2) > 1,
             enable_gqa=k.size(1) != q.size(1))
-        return y.transpose(1, 2), (k, v)                                      # (B, T, H, D)
+        return y.transpose(1, 2).flatten(2), (k, v)                           # (B, T, H*D)

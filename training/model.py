@@ -35,13 +35,8 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, attend):
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, self.head_dim)                          # (B, T, nh, hs)
-        k = k.view(B, T, self.n_head, self.head_dim)
-        v = v.view(B, T, self.n_head, self.head_dim)
-        y, present = attend(q, k, v)      # the cache and softmax: training/attention.py
-        return self.resid_dropout(self.proj(y.reshape(B, T, C))), present
+        y, present = attend(self.qkv(x))    # q|k|v packed (B, T, 3C); the cache and softmax: training/attention.py
+        return self.resid_dropout(self.proj(y)), present
 
 
 class MLP(nn.Module):
@@ -105,7 +100,7 @@ class GPT(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + T, device=idx.device)[None]
         if attend is None:
-            attend = EagerAttention(past_kv, causal_mask(idx, past_len, attention_mask),
+            attend = EagerAttention(past_kv, causal_mask(idx, past_len, attention_mask), self.config.head_dim,
                                     dropout=self.config.dropout if self.training else 0.0)
         x = self.drop(self.wte(idx) + self.wpe(position_ids))                # (B, T, C)
         present = []

@@ -92,14 +92,12 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, attend):
-        B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)             # (B, T, H, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)          # (B, T, Hkv, D)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim)
-        if hasattr(self, "q_norm"):
-            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)     # (B, T, H*D), (B, T, Hkv*D) x2
+        if hasattr(self, "q_norm"):                                    # each head normalised alone
+            q = self.q_norm(q.unflatten(-1, (self.n_head, self.head_dim))).flatten(2)
+            k = self.k_norm(k.unflatten(-1, (self.n_kv_head, self.head_dim))).flatten(2)
         y, present = attend(q, k, v)            # rotary, the cache, softmax: training/attention.py
-        return self.resid_dropout(self.o_proj(y.reshape(B, T, -1))), present
+        return self.resid_dropout(self.o_proj(y)), present             # y (B, T, H*D)
 
 
 class MLP(nn.Module):
@@ -180,7 +178,7 @@ class Qwen3(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + T, device=idx.device)[None]
         if attend is None:
-            attend = EagerAttention(past_kv, causal_mask(idx, past_len, attention_mask),
+            attend = EagerAttention(past_kv, causal_mask(idx, past_len, attention_mask), self.config.head_dim,
                                     self.rotary.rotate(position_ids), self.config.dropout if self.training else 0.0)
         x = self.drop(self.embed_tokens(idx))                                  # (B, T, C)
         present = []

@@ -8,7 +8,7 @@ and the benches share.
     rt.copy_prefix(src=3, dst=5, length=3)     # slot 5's cache holds slot 3's first 3 tokens (CPU)
 
 The KV cache (`KVCache`) is one buffer per layer for keys and one for values,
-[slots, n_head, context, head_dim], allocated once. Every call binds a run of adjacent
+[slots, kv heads, context, head_dim], allocated once. Every call binds a run of adjacent
 slots of those buffers, by pointer, as both `past_key_values.*` and `present.*`, and the
 graph's GroupQueryAttention writes the new tokens' columns in place: nothing is copied
 between steps, whoever joins or leaves. A prefill binds afresh; decode steps reuse one
@@ -75,17 +75,17 @@ def session_options(threads: int, spin: bool = False) -> ort.SessionOptions:
 
 
 class KVCache:
-    """Per layer a key and a value buffer [slots, n_head, context, head_dim], bound by pointer.
+    """Per layer a key and a value buffer [slots, kv heads, context, head_dim], bound by pointer.
 
     On the CPU the buffers are numpy arrays (kept alive here: ORT only gets pointers); on
     CUDA they are OrtValues in GPU memory. A run of adjacent slots is one contiguous block
     of every buffer, so binding slots [first, first + n) is a pointer offset, never a copy.
     """
 
-    def __init__(self, n_layer: int, slots: int, n_head: int, context: int, head_dim: int,
+    def __init__(self, n_layer: int, slots: int, kv_heads: int, context: int, head_dim: int,
                  dtype: type, device: C.OrtDevice, on_cuda: bool):
         self.slots, self.dtype, self.device = slots, np.dtype(dtype), device
-        self.row_shape = (n_head, context, head_dim)
+        self.row_shape = (kv_heads, context, head_dim)
         shape = (slots, *self.row_shape)
         if on_cuda:
             self._values = [C.OrtValue.ortvalue_from_shape_and_type(shape, self.dtype, device)
@@ -172,7 +172,7 @@ class Runtime:
         self.device = "cuda" if self.provider == CUDA else "cpu"
         self._dev = ort.OrtDevice.make(self.device, 0)._get_c_device()
         self._cpu = ort.OrtDevice.make("cpu", 0)._get_c_device()
-        self.cache = KVCache(mc.n_layer, slots, mc.n_head, mc.context_length, mc.head_dim,
+        self.cache = KVCache(mc.n_layer, slots, mc.kv_heads, mc.context_length, mc.head_dim,
                              self.dtype, self._dev, self.device == "cuda")
         log.info("ONNX Runtime %s: %s on %s (%s), %d slice thread(s), KV cache %d slots x %d tokens (%.1f MB)",
                  ort.__version__, path.name, self.provider, precision, self.workers, slots, mc.context_length,
