@@ -16,7 +16,7 @@ from core.model_config import ModelConfig
 from export.__main__ import main as export_main
 from export.build import ExportConfig, export_run
 from export.verify import verify
-from serving.runtime import Runtime
+from serving.engine.runtime import Runtime
 from tests.serving_live import LiveServer
 from training.checkpoint import load_run, save_checkpoint
 from training.generate import generate
