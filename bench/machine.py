@@ -19,3 +19,25 @@ def describe_cpu() -> str:
     name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "CPU")
     have = [f for f in FLAGS if f in flags]
     return f"{name}, {os.cpu_count()} CPUs, {' '.join(have) or 'no avx2'}"
+
+
+def provenance(prog: str, argv: list[str] | None = None) -> str:
+    """One line for a table's header: the command, the UTC date, the machine, the commit
+    (with "+changes" when the tree differs from it), so a figure can be traced and re-run."""
+    import datetime
+    import subprocess
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", *cmd], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+changes"
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"`{' '.join([prog, *args])}` | {date} | {describe_cpu()} | commit {commit}"

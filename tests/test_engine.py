@@ -18,7 +18,7 @@ from core.logprobs import token_logprobs
 from core.tokens import TextStream
 from serving.engine.core import Finish, Request, check_stop
 from serving.grpc.proto import pb, pb_grpc
-from serving.engine.sampling import SamplingParams, make_rng, sample_batch
+from serving.engine.sampling import SamplingParams
 from serving.engine.slots import SlotTable
 from tests.serving_live import LiveServer
 
@@ -45,36 +45,6 @@ def test_slots_take_the_lowest_free_and_group_adjacent_runs():
 
 def _params(**kw):
     return SamplingParams(**{"max_tokens": 10, **kw})
-
-
-MIXED = [_params(temperature=0.0), _params(temperature=0.7), _params(temperature=1.3, top_k=5),
-         _params(temperature=1.0, top_p=0.6), _params(temperature=0.9, top_k=20, top_p=0.9)]
-
-
-def test_each_row_samples_the_same_alone_or_in_any_batch():
-    logits = np.random.default_rng(0).normal(0, 3, (len(MIXED), 97)).astype(np.float32)
-    alone = [int(sample_batch(logits[i:i + 1], [p], [make_rng(100 + i)])[0]) for i, p in enumerate(MIXED)]
-    for order in ([0, 1, 2, 3, 4], [4, 2, 0, 3, 1]):
-        got = sample_batch(logits[order], [MIXED[i] for i in order], [make_rng(100 + i) for i in order])
-        assert [int(g) for g in got] == [alone[i] for i in order]
-
-
-def test_sampling_follows_temperature_top_k_and_top_p():
-    rng = np.random.default_rng(1)
-    logits = rng.normal(0, 2, 50).astype(np.float32)
-    probs = np.exp(logits - logits.max())
-    probs /= probs.sum()
-    n = 20000
-    draws = sample_batch(np.tile(logits, (n, 1)), [_params(temperature=1.0)] * n, [rng] * n)
-    freq = np.bincount(draws, minlength=50) / n
-    assert np.abs(freq - probs).max() < 0.02                           # plain sampling = softmax
-    assert sample_batch(logits[None], [_params(temperature=0.0)], [rng])[0] == logits.argmax()
-    top5 = set(np.argsort(-logits)[:5].tolist())
-    assert set(sample_batch(np.tile(logits, (500, 1)), [_params(top_k=5)] * 500, [rng] * 500).tolist()) <= top5
-    ranked = np.argsort(-probs)
-    nucleus = ranked[: int(np.searchsorted(np.cumsum(probs[ranked]), 0.5)) + 1]
-    got = set(sample_batch(np.tile(logits, (500, 1)), [_params(top_p=0.5)] * 500, [rng] * 500).tolist())
-    assert got <= set(nucleus.tolist()) and len(got) > 1
 
 
 def test_token_logprobs_match_a_float64_reference():

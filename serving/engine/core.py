@@ -308,8 +308,10 @@ class Engine:
     def _speculate(self, s: int, r: Request) -> bool:
         """A lone row's step with a draft (serving/engine/speculate.py): feed the pending token and
         up to `speculate` drafted ones in one call, then sample each position as a plain step
-        would (same sampler, same random draw), keeping drafted tokens while they equal the
-        sampled ones. False when there is no draft (a plain step follows)."""
+        would (same sampler, same random draw: the exact acceptance rule, see
+        serving/engine/sampling.py), keeping drafted tokens while they equal the sampled ones.
+        Without penalties all positions are sampled in one call and the draws of the positions
+        not kept are rewound. False when there is no draft (a plain step follows)."""
         if r.drafts is None:
             r.drafts, r.acceptance = NgramDrafter(), Acceptance()
         if not r.acceptance.wanted():
@@ -322,13 +324,22 @@ class Engine:
             return False
         fed = [int(self.table.tokens[s]), *draft]
         logits = self.rt.extend(s, cached, fed)
+        picks, start = None, r.rng.count
+        if not r.params.penalized:   # every position in one call; the draws of a rejected tail
+            picks = sample_batch(logits, [r.params] * len(fed), [r.rng] * len(fed))   # are rewound
+            picked_lp = self._logprobs([r] * len(fed), logits, picks)
         accepted = 0
         for j in range(len(fed)):   # each position as a plain step: penalties, then one draw
-            row = self.penalties.apply(logits[j:j + 1], [s], [r])
-            tok = int(sample_batch(row, [r.params], [r.rng])[0])
-            self.penalties.record([s], np.array([tok]))
+            if picks is None:
+                row = self.penalties.apply(logits[j:j + 1], [s], [r])
+                tok = int(sample_batch(row, [r.params], [r.rng])[0])
+                self.penalties.record([s], np.array([tok]))
+                lp = self._logprobs([r], logits[j:j + 1], np.array([tok]))[0]
+            else:
+                tok, lp = int(picks[j]), picked_lp[j]
+                r.rng.count = start + (j + 1 if r.params.temperature > 0 else 0)
             self.table.lengths[s] = cached + j + 1          # the cache holds fed[:j + 1]
-            if self._emit(r, tok, self._logprobs([r], logits[j:j + 1], np.array([tok]))[0]):
+            if self._emit(r, tok, lp):
                 break
             self.table.tokens[s] = tok
             if j == len(draft) or tok != draft[j]:
