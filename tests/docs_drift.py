@@ -8,7 +8,7 @@ named it stays. This reads every Markdown page the way a reader would use it: th
 in fenced code blocks and in inline code (`make T VAR=...`, `python -m M --flag`,
 `python bench/x.py --flag`, `torchrun ... -m M --flag`), the bare `--flag`s of prose and flag
 tables, the relative links (with their #anchors), the repository paths and the `SHELLEY_*`
-variables prose names. Each is checked against the thing
+variables prose names; a list marked `<!-- flags: python -m M -->` names all of M's flags. Each is checked against the thing
 itself: the Makefile's targets and variables, an importable module, and the argparse parser
 that module's `main(argv)` builds (captured as it is about to parse, so nothing runs and
 no subprocess starts). A problem names the page, the line and the missing thing.
@@ -213,13 +213,38 @@ class Checker:
                 self.flags_of(module, [])
         for name, text, path in pages:
             problems += self._check_bare_flags(name, text) + self._check_links(name, text, path)
-            problems += self._check_paths(name, text) + self._check_env(name, text)
+            problems += self._check_paths(name, text) + self._check_env(name, text) + self._check_lists(name, text)
         return problems
 
     def check_text(self, name: str, text: str, path: Path | None = None) -> list[str]:
         path = path or self.root / name
         return self._check_commands(name, text) + self._check_bare_flags(name, text) + \
-            self._check_links(name, text, path) + self._check_paths(name, text) + self._check_env(name, text)
+            self._check_links(name, text, path) + self._check_paths(name, text) + self._check_env(name, text) + \
+            self._check_lists(name, text)
+
+    def _check_lists(self, name: str, text: str) -> list[str]:
+        """A paragraph, or a table's first column, after `<!-- flags: python -m MODULE -->` lists
+        that command's flags, all of them and only them (`--no-x` stands for `--x` and back)."""
+        problems, lines = [], text.splitlines()
+        for i, line in enumerate(lines):
+            m = re.match(r"^<!-- flags: python -m ([\w.]+) -->$", line.strip())
+            if not m:
+                continue
+            flags = self.flags_of(m.group(1), [])
+            if isinstance(flags, str):
+                problems.append(f"{name}:{i + 1}: {flags}")
+                continue
+            end = next((j for j in range(i + 1, len(lines)) if not lines[j].strip()), len(lines))
+            cells = [lines[j].split("|")[1] if lines[j].startswith("|") else lines[j] for j in range(i + 1, end)]
+            named = {f for cell in cells for f in BARE_FLAG.findall(cell)}   # a table: its first column
+            base = {f.replace("--no-", "--", 1) for f in named}
+            for f in sorted(flags - {"-h", "--help"}):
+                if f.startswith("--") and f not in named and f.replace("--no-", "--", 1) not in base:
+                    problems.append(f"{name}:{i + 1}: the list of python -m {m.group(1)}'s flags below "
+                                    f"misses {f}")
+            problems += [f"{name}:{i + 1}: the list of python -m {m.group(1)}'s flags below names {f}, "
+                         f"which it does not take" for f in sorted(named - flags)]
+        return problems
 
     def _check_env(self, name: str, text: str) -> list[str]:
         """`SHELLEY_*` variables: a server flag's (serving/config.py derives them) or one the

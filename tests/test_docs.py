@@ -167,3 +167,19 @@ Provenance: script `bench/gone.py` · command `python -m bench.load` · date 202
         "b.md:21: no script bench/gone.py",
         "b.md:21: the command `python -m bench.load` does not run bench/gone.py",
     ]
+
+
+def test_a_marked_flag_list_names_every_flag_and_only_those():
+    page = """# The health check
+
+<!-- flags: python -m serving.healthcheck -->
+| flag | what |
+| --- | --- |
+| `--target` | where (not `--service`: a later column is prose) |
+| `--timeout` | seconds |
+| `--retries` | gone |
+"""
+    assert [p for p in Checker().check_text("docs/h.md", page) if "list" in p] == [
+        "docs/h.md:3: the list of python -m serving.healthcheck's flags below misses --service",
+        "docs/h.md:3: the list of python -m serving.healthcheck's flags below names --retries, which it does not take",
+    ]
