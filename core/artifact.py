@@ -3,6 +3,7 @@
     art = load_artifact("artifacts/default")   # UserError (one line) if incomplete/corrupt
     art.config.context_length, art.onnx_path("int8"), art.tokenizer, art.tokens.text(42)
     art.chat.template, art.chat.stop            # chat_template.json (core/chat.py), optional
+    art.embed_path                              # embed.onnx (the embeddings graph), or None
     inputs, outputs = graph_names(n_layer)      # the graph's I/O names, in order
     write_manifest(art_dir, versions, training) # export: hashes every other file, written last
 
@@ -28,6 +29,8 @@ from core.window import window_keep
 FORMAT_VERSION = 3     # 3: model_config.json embeds the ModelConfig; 2 copied its fields beside it
 CONFIG_NAME, TOKENIZER_NAME, MANIFEST_NAME = "model_config.json", "tokenizer.json", "manifest.json"
 MODEL_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+# The embeddings graph (export/embed_graph.py): optional, artifacts exported before it lack it.
+EMBED_FILE, EMBED_INPUT, EMBED_OUTPUT = "embed.onnx", "input_ids", "last_hidden_state"
 
 # ONNX input/output names. Hugging Face's where the meaning is theirs; ONNX Runtime's
 # GroupQueryAttention names for the per-row lengths, which have no HF counterpart.
@@ -136,6 +139,12 @@ class Artifact:
         templates; read only when manifest.json lists it, so its hash was checked."""
         from core.chat import CHAT_NAME, read_chat
         return read_chat(self.path) if CHAT_NAME in self.manifest.get("files", {}) else None
+
+    @property
+    def embed_path(self) -> Path | None:
+        """embed.onnx (the final norm's hidden states), or None for an artifact exported before
+        it; only when manifest.json lists it, so its hash was checked."""
+        return self.path / EMBED_FILE if EMBED_FILE in self.manifest.get("files", {}) else None
 
     @cached_property
     def tokens(self):

@@ -3,7 +3,8 @@
     python -m export --run runs/default --out artifacts/default [--dtype fp16] [--quantize int8] [--force]
     python -m export.verify artifacts/default --run runs/default     # parity with PyTorch
 
-onnx_graph.py builds the in-place KV-cache graph and checks each graph it writes, build.py
+onnx_graph.py builds the in-place KV-cache graph and checks each graph it writes,
+embed_graph.py the embeddings graph (the final norm's hidden states), build.py
 writes the artifact dir (with artifact.py filling core/artifact.py's contract), quantize.py
 makes and checks the int8 file, verify.py compares the serving runtime with PyTorch,
 hf.py writes transformers' format, gguf.py (with gguf_vocab.py, the tokenizer) llama.cpp's

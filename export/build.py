@@ -3,6 +3,7 @@
     manifest = export_run(ExportConfig(run="runs/default", out="artifacts/default", quantize="int8"))
 
 Writes model.onnx (+ model.fp16.onnx with dtype fp16, + model.int8.onnx with quantize int8),
+embed.onnx (the final norm's hidden states, for /v1/embeddings: export/embed_graph.py),
 tokenizer.json, chat_template.json (export/chat.py), model_config.json and, last,
 manifest.json (sha256 of every other file).
 Each graph is checked with onnx.checker (full shape inference) and loaded in ONNX Runtime
@@ -17,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.artifact import CONFIG_NAME, MANIFEST_NAME, MODEL_FILES, TOKENIZER_NAME
+from core.artifact import CONFIG_NAME, EMBED_FILE, MANIFEST_NAME, MODEL_FILES, TOKENIZER_NAME
 from core.chat import CHAT_NAME, write_chat
 from core.errors import UserError
 from core.files import prepare_out_dir
@@ -57,6 +58,7 @@ def export_run(cfg: ExportConfig) -> dict:
     """Write the artifact dir; returns the manifest."""
     import torch
 
+    from export.embed_graph import export_embed
     from export.onnx_graph import check_exportable, check_runnable, convert_fp16, export_onnx, fuse_for_ort
     from export.quantize import describe, quantize_int8
     from training.model import count_params
@@ -73,8 +75,8 @@ def export_run(cfg: ExportConfig) -> dict:
     if eos is None:
         raise UserError(f"{run / TOKENIZER_NAME} has no {EOS} token; retrain with this version")
     # The manifest goes first, so a half-rewritten dir is never taken for a valid one.
-    out = prepare_out_dir(out, cfg.force, (MANIFEST_NAME, *MODEL_FILES.values(), TOKENIZER_NAME, CONFIG_NAME,
-                                           CHAT_NAME))
+    out = prepare_out_dir(out, cfg.force, (MANIFEST_NAME, *MODEL_FILES.values(), EMBED_FILE, TOKENIZER_NAME,
+                                           CONFIG_NAME, CHAT_NAME))
 
     files = {"fp32": MODEL_FILES["fp32"]}
     tmp = out / ".model.onnx.tmp"
@@ -90,6 +92,10 @@ def export_run(cfg: ExportConfig) -> dict:
             check_runnable(tmp, cfg.opset)
             files["fp16"] = MODEL_FILES["fp16"]
             os.replace(tmp, out / files["fp16"])
+        export_embed(model, tmp, cfg.opset)   # the embeddings graph (export/embed_graph.py)
+        fuse_for_ort(tmp, config.n_head, config.n_embd)
+        check_runnable(tmp, cfg.opset)
+        os.replace(tmp, out / EMBED_FILE)
     finally:
         tmp.unlink(missing_ok=True)
     shutil.copyfile(run / TOKENIZER_NAME, out / TOKENIZER_NAME)

@@ -8,9 +8,9 @@ engine/ (core: continuous batching on its own thread; slots: the slot table and 
 cache; speculate; requests and check_stop; limits; sampling; penalties; runtime: the ONNX
 Runtime session and in-place KV cache, which export uses too), grpc/ (api: the gRPC front
 door and its status table; proto: the generated stubs), http/ (app: the HTTP front door and
-its status table; gate: keys and body limits; completions and chat_completions: OpenAI's
-shapes; logprobs: OpenAI's logprobs object; playground/), chat (the chat template's
-renderer), tokenize, auth (API keys, TLS), logs (request ids, access lines, JSON), metrics,
+its status table; gate: keys and body limits; completions, chat_completions, responses and
+embeddings: OpenAI's shapes; logprobs: OpenAI's logprobs object; playground/), chat (the
+chat template's renderer), embed (embed.onnx's session and pooling), tokenize, auth (API keys, TLS), logs (request ids, access lines, JSON), metrics,
 client, demo, healthcheck. What the stages share (the artifact contract, errors, the token
 table, the run dir's names) is in core/.
 """

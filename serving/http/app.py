@@ -9,6 +9,7 @@ same engine.
     POST /v1/completions        {"prompt": "ROMEO:", "max_tokens": 50, "stream": true, "logprobs": 3}
     POST /v1/chat/completions   {"messages": [{"role": "user", "content": "Good morrow."}], "n": 2}
     POST /v1/responses          {"input": "Good morrow.", "instructions": "...", "stream": true}
+    POST /v1/embeddings         {"input": ["Good morrow.", [12, 7, 40]], "encoding_format": "base64"}
     POST /tokenize {"prompt": ...} or {"messages": ...}      POST /detokenize {"tokens": [...]}
     GET  /v1/models        GET /health (200 SERVING, else 503)        GET / (the playground)
 
@@ -17,7 +18,8 @@ One gate middleware (serving/http/gate.py) sees every API request: its request i
 statuses in one table (`STATUS`) and errors take OpenAI's shape in one place
 (`error_response`), `param` taken from the exception. Completions and chat share one answer
 path (`_answer`, `_sse`), and responses (serving/http/responses.py) its whole answer too, its
-stream of typed events in `_typed_sse`; their shapes (serving/http/completions.py, serving/http/chat_completions.py) say
+stream of typed events in `_typed_sse`; embeddings (serving/http/embeddings.py) run in
+serving/embed.py, off the engine; their shapes (serving/http/completions.py, serving/http/chat_completions.py) say
 what each chunk looks like. A client that disconnects cancels its request: its rows are
 freed at the next step.
 """
@@ -45,6 +47,8 @@ from serving.auth import uvicorn_ssl
 from serving.http.gate import MAX_BODY_BYTES, BodyTooLarge, DiscardingResponse, Gate, json_body  # noqa: F401
 from serving.logs import Access
 from serving.http.chat_completions import ChatShape, parse_chat
+from serving.embed import Embedder
+from serving.http.embeddings import embeddings_body, parse_embeddings
 from serving.http.responses import ResponseShape, parse_response
 from serving.engine.sampling import SamplingParams
 from serving.tokenize import detokenize, tokenize
@@ -97,11 +101,13 @@ class HttpFront:
                   Route("/v1/models", self.models), Route("/v1/completions", self.completions, methods=["POST"]),
                   Route("/v1/chat/completions", self.chat, methods=["POST"]),
                   Route("/v1/responses", self.responses, methods=["POST"]),
+                  Route("/v1/embeddings", self.embeddings, methods=["POST"]),
                   Route("/tokenize", self.tokenize, methods=["POST"]),
                   Route("/detokenize", self.detokenize, methods=["POST"]),
                   Mount("/playground", StaticFiles(directory=PLAYGROUND), name="playground")]
         app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
         self.app = Gate(app, server)
+        self.embedder = Embedder(server.artifact)   # embed.onnx, loaded at the first request
         self._uv: _Uvicorn | None = None
         self._task: asyncio.Task | None = None
 
@@ -186,6 +192,19 @@ class HttpFront:
             return StreamingResponse(self._typed_sse(request, req, shape), media_type="text/event-stream",
                                      headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
         return await self._answer(request, req, shape, False, False)
+
+    async def embeddings(self, request: HttpRequest) -> Response:
+        card, access = self.server.card, request.state.access
+        try:
+            e = parse_embeddings(await json_body(request), self.server.artifact.tokenizer, card.context_length,
+                                 card.vocab_size, self.server.artifact.config.model.n_embd)
+            if not self.server.serving:
+                raise ShuttingDown(self.server.phase.value)
+            vectors = await asyncio.to_thread(self.embedder.embed, e.rows)   # one core, off the event loop
+        except Exception as ex:
+            return error_response(ex)
+        access.prompt_tokens = e.tokens
+        return JSONResponse(embeddings_body(vectors, e, card.name))
 
     async def tokenize(self, request: HttpRequest) -> Response:
         try:

@@ -26,8 +26,8 @@ from serving.http.completions import error_body
 MAX_BODY_BYTES = 1 << 20          # as gRPC's message limit
 DISCARD_BYTES, DISCARD_SECONDS = 64 << 20, 10.0   # how much of an oversized upload is read and dropped
 GUARDED = ("/v1/", "/tokenize", "/detokenize")    # behind the key: the API, not the page or health
-ROUTES = ("POST /v1/completions", "POST /v1/chat/completions", "POST /v1/responses", "GET /v1/models",
-          "POST /tokenize", "POST /detokenize")
+ROUTES = ("POST /v1/completions", "POST /v1/chat/completions", "POST /v1/responses", "POST /v1/embeddings",
+          "GET /v1/models", "POST /tokenize", "POST /detokenize")
 
 
 class BodyTooLarge(Exception):
