@@ -93,7 +93,8 @@ def export_run(cfg: ExportConfig) -> dict:
             files["fp16"] = MODEL_FILES["fp16"]
             os.replace(tmp, out / files["fp16"])
         export_embed(model, tmp, cfg.opset)   # the embeddings graph (export/embed_graph.py)
-        fuse_for_ort(tmp, config.n_head, config.n_embd)
+        if config.model == "gpt":
+            fuse_for_ort(tmp, config.n_head, config.n_embd)
         check_runnable(tmp, cfg.opset)
         os.replace(tmp, out / EMBED_FILE)
     finally:
