@@ -59,7 +59,7 @@ def art(tiny_run, tmp_path_factory) -> Path:
 
 def test_artifact_files_and_config(art, tiny_run):
     assert sorted(p.name for p in art.iterdir()) == [
-        "chat_template.json", "manifest.json", "model.fp16.onnx", "model.int8.onnx", "model.onnx",
+        "chat_template.json", "embed.onnx", "manifest.json", "model.fp16.onnx", "model.int8.onnx", "model.onnx",
         "model_config.json", "tokenizer.json"]
     meta = json.loads((art / "model_config.json").read_text())
     inputs, outputs = graph_names(2)
@@ -106,8 +106,8 @@ def test_graph_is_lean(art):
 
 def test_manifest_hashes_match_files(art, tiny_run, tmp_path):
     manifest = json.loads((art / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"model.onnx", "model.fp16.onnx", "model.int8.onnx", "model_config.json",
-                                      "tokenizer.json", "chat_template.json"}
+    assert set(manifest["files"]) == {"model.onnx", "model.fp16.onnx", "model.int8.onnx", "embed.onnx",
+                                      "model_config.json", "tokenizer.json", "chat_template.json"}
     assert manifest["training"] == json.loads((tiny_run / "summary.json").read_text())
     assert set(manifest["versions"]) == {"torch", "onnx", "onnxruntime"}
     assert check_manifest(art, manifest) == []
