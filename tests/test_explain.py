@@ -25,14 +25,14 @@ TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\nJULIET:\nAy 
 CHROMIUM = "/usr/bin/chromium"
 
 
-def make_run(path: Path, model: str = "gpt", seed: int = 0) -> Path:
+def make_run(path: Path, model: str = "gpt", seed: int = 0, **overrides) -> Path:
     """A run dir with random weights (bigger than init's std so attention is not uniform)."""
     path.mkdir(parents=True)
     tok = build_tokenizer("char", [TEXT])
     tok.save(str(path / "tokenizer.json"))
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=tok.get_vocab_size(), block_size=32, n_layer=2, n_head=2,
-                      n_embd=32, dropout=0.0, model=model)
+                      n_embd=32, dropout=0.0, model=model, **overrides)
     m = build_model(cfg)
     with torch.no_grad():
         for p in m.parameters():
@@ -51,9 +51,12 @@ def random_run(tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("explain") / "run")
 
 
-@pytest.fixture(scope="module")
-def loaded(random_run):
-    model, config, tok = load_run(random_run)
+@pytest.fixture(scope="module", params=["gpt", "qwen3"])
+def loaded(request, random_run, tmp_path_factory):
+    """The gpt run, and a qwen3 one with two query heads on one KV head."""
+    run = random_run if request.param == "gpt" else \
+        make_run(tmp_path_factory.mktemp("explain") / "qwen3", model="qwen3", n_kv_head=1)
+    model, config, tok = load_run(run)
     return model, config, encode(tok, "ROMEO:\nBut soft")
 
 
@@ -77,16 +80,15 @@ def test_attention_rows_sum_to_one_and_are_causal(loaded):
         assert a.tril(diagonal=-1).abs().sum() > 0
 
 
-def test_recomputed_attention_reproduces_the_model(loaded):
-    """Our weights, applied to v and projected, give the attention module's own output."""
-    model, _, ids = loaded
+def test_traced_forward_is_the_models(loaded):
+    """The recorded weights are the ones the forward used: the traced logits are the model's,
+    and with grouped KV heads the trace says which KV head each query head reads."""
+    model, config, ids = loaded
     trace = ins.trace_forward(model, ids)
-    for block, x, probs, out in zip(model.blocks, trace.attn_in, trace.attn, trace.attn_out):
-        with torch.no_grad():
-            torch.testing.assert_close(ins.attention_output(block.attn, x, probs), out,
-                                       atol=1e-5, rtol=1e-4)
     logits = model(torch.tensor([ids]))[0][0]
-    torch.testing.assert_close(trace.logits, logits)
+    torch.testing.assert_close(trace.logits, logits, atol=1e-5, rtol=1e-4)
+    assert trace.kv_group == config.n_head // config.kv_heads
+    assert len(trace.resid) == config.n_layer + 1
 
 
 def test_last_layer_of_the_logit_lens_is_the_models_prediction(loaded):
@@ -207,3 +209,11 @@ def test_screenshot_shows_the_heatmaps(report, tmp_path):
         near |= ((px - c) ** 2).sum(-1) < 15 ** 2
     assert near.mean() > 0.03, f"only {near.mean():.1%} of the page is heatmap-coloured"
     assert len(np.unique(px[near], axis=0)) > 100, "the heatmaps have too few distinct colours"
+
+
+def test_qwen3_report_names_the_kv_head_each_query_head_reads(tmp_path):
+    run = make_run(tmp_path / "qwen3", model="qwen3", n_kv_head=1)
+    out = tmp_path / "report"
+    assert main(["--run", str(run), "--prompt", "ROMEO:\nBut", "--out", str(out), "--max-new-tokens", "2"]) == 0
+    html = (out / "index.html").read_text()
+    assert "grouped-query" in html and "2 (1 KV)" in html and "qwen3" in html

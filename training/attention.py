@@ -69,8 +69,13 @@ class EagerAttention:
         if self.past_kv is not None:
             k = torch.cat([self.past_kv[i][0], k], dim=2)                     # (B, Hkv, P+T, D)
             v = torch.cat([self.past_kv[i][1], v], dim=2)
-        y = F.scaled_dot_product_attention(
+        y = self.attend_heads(q, k, v)
+        return y.transpose(1, 2).flatten(2), (k, v)                           # (B, T, H*D)
+
+    def attend_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(D)) v: q (B, H, T, D), k and v (B, Hkv, S, D) -> (B, H, T, D).
+        SDPA's fused kernels; training/explain overrides this to keep the weights."""
+        return F.scaled_dot_product_attention(
             q, k, v, attn_mask=self.mask, dropout_p=self.dropout,
             is_causal=self.mask is None and self.past_kv is None and q.size(2) > 1,
             enable_gqa=k.size(1) != q.size(1))
-        return y.transpose(1, 2).flatten(2), (k, v)                           # (B, T, H*D)

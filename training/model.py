@@ -92,6 +92,10 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    def head(self, x):
+        """The residual stream -> logits: the final LayerNorm and the (tied) unembedding."""
+        return self.lm_head(self.ln_f(x))
+
     def forward(self, idx, targets=None, past_kv: KVCache | None = None,
                 position_ids=None, attention_mask=None, attend=None):
         """`attend` replaces the eager attention step (export/onnx_graph.py passes ONNX Runtime's)."""
@@ -107,7 +111,7 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x, kv = block(x, partial(attend, i))
             present.append(kv)
-        logits = self.lm_head(self.ln_f(x))                                  # (B, T, V)
+        logits = self.head(x)                                                # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))

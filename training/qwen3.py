@@ -170,6 +170,10 @@ class Qwen3(nn.Module):
         """The output layer's (V, C) weight: the embedding itself when tied."""
         return self.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
 
+    def head(self, x):
+        """The residual stream -> logits: the final norm, then the output layer."""
+        return F.linear(self.norm(x), self.head_weight)
+
     def forward(self, idx, targets=None, past_kv: KVCache | None = None,
                 position_ids=None, attention_mask=None, attend=None):
         """As GPT.forward; `attend` replaces the eager attention step (export/onnx_graph.py)."""
@@ -185,7 +189,7 @@ class Qwen3(nn.Module):
         for i, layer in enumerate(self.layers):
             x, kv = layer(x, partial(attend, i))
             present.append(kv)
-        logits = F.linear(self.norm(x), self.head_weight)                      # (B, T, V)
+        logits = self.head(x)                                                  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))

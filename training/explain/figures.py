@@ -66,8 +66,9 @@ def _heat_cmap():
     return plt.get_cmap(HEAT).with_extremes(bad="#eef1f4")
 
 
-def attention_layer_png(attn: torch.Tensor, labels: list[str], layer: int) -> bytes:
-    """One layer's heads side by side: row = query token, column = the key it attends to."""
+def attention_layer_png(attn: torch.Tensor, labels: list[str], layer: int, kv_group: int = 1) -> bytes:
+    """One layer's heads side by side: row = query token, column = the key it attends to.
+    With grouped KV heads (kv_group query heads per KV head) each title names its KV head."""
     H, T, _ = attn.shape
     cols = min(H, 4 if T <= 12 else 2)  # long prompts: bigger panels, readable labels
     rows = -(-H // cols)
@@ -82,7 +83,7 @@ def attention_layer_png(attn: torch.Tensor, labels: list[str], layer: int) -> by
             continue
         image = ax.imshow(np.ma.masked_where(future, attn[h].cpu().numpy()), cmap=_heat_cmap(),
                           vmin=0.0, vmax=1.0, interpolation="nearest")
-        ax.set_title(f"layer {layer + 1} · head {h + 1}")
+        ax.set_title(f"layer {layer + 1} · head {h + 1}" + (f" · KV {h // kv_group + 1}" if kv_group > 1 else ""))
         ax.set_xticks(range(T), labels, rotation=90, fontsize=fs)
         ax.set_yticks(range(T), labels, fontsize=fs)
         ax.tick_params(length=0)
@@ -97,7 +98,7 @@ def attention_layer_png(attn: torch.Tensor, labels: list[str], layer: int) -> by
 
 
 def attention_gif(attn_steps: list[list[torch.Tensor]], labels: list[str], n_prompt: int,
-                  chosen: list[str], ms_per_frame: int = 900) -> bytes:
+                  chosen: list[str], ms_per_frame: int = 900, kv_group: int = 1) -> bytes:
     """Frame s: where the newest position looks (rows = layer·head) before it predicts token s.
 
     `attn_steps[s]` is a per-layer list of (H, S_s) rows; `labels` covers the longest S.
@@ -111,7 +112,8 @@ def attention_gif(attn_steps: list[list[torch.Tensor]], labels: list[str], n_pro
     image = ax.imshow(np.zeros((L * H, N)), cmap=_heat_cmap(), vmin=0, vmax=1,
                       aspect="auto", interpolation="nearest")
     box = ax.add_patch(plt.Rectangle((-0.5, -0.5), 1, L * H, fill=False, ec=ACCENT, lw=2.5))
-    ax.set_yticks(range(L * H), [f"L{i // H + 1} H{i % H + 1}" for i in range(L * H)], fontsize=8)
+    kv = (lambda h: f" KV{h // kv_group + 1}") if kv_group > 1 else (lambda h: "")
+    ax.set_yticks(range(L * H), [f"L{i // H + 1} H{i % H + 1}{kv(i % H)}" for i in range(L * H)], fontsize=8)
     ax.set_xticks(range(N), labels, rotation=90, fontsize=_label_size(N * 0.8))
     ticks = ax.get_xticklabels()
     for i, tick in enumerate(ticks):

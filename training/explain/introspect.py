@@ -1,14 +1,15 @@
-"""The maths of `explain`: what the GPT computes inside, read from its own submodules.
+"""The maths of `explain`: what the model (GPT-2's block or Qwen3's) computes inside.
 
     trace = trace_forward(model, ids)        # attention probs, residual stream, logits
     lens = logit_lens(model, trace)          # (L+1, T) top token + probability per layer
     sal = saliency(model, ids)               # (T,) gradient x input per prompt token
     steps = step_by_step(model, ids, n, temperature, top_k, seed)
 
-training/model.py is left untouched: its attention calls F.scaled_dot_product_attention,
-which returns no weights, so forward hooks capture each attention module's input (the
-ln_1 output) and the probabilities are recomputed from `attn.qkv` with the causal mask.
-Tests check that these weights reproduce the module's own output.
+The models' attention calls F.scaled_dot_product_attention, which returns no weights, so
+the trace runs the model's own forward with a step (training/attention.py's seam) that
+computes softmax(q k^T / sqrt(d)) itself and keeps it: the maps shown are the weights the
+forward used, after rotary for qwen3. With grouped KV heads, query head h reads KV head
+h // (n_head / n_kv_head) (`Trace.kv_group`). Forward hooks record the residual stream.
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
+from training.attention import EagerAttention
 from training.generate import logits_to_probs
 
 
@@ -28,32 +31,35 @@ class Trace:
     logits: torch.Tensor                      # (T, V) the model's own output
     attn: list[torch.Tensor]                  # per layer (H, T, T), rows sum to 1
     resid: list[torch.Tensor]                 # L+1 residual streams (T, C): embeddings, after each block
-    attn_in: list[torch.Tensor] = field(default_factory=list)   # per layer (T, C), ln_1 output
-    attn_out: list[torch.Tensor] = field(default_factory=list)  # per layer (T, C), the module's output
+    kv_group: int = 1                         # query heads per KV head: head h reads KV head h // kv_group
 
 
 def has_attention(model) -> bool:
-    return hasattr(model, "blocks")
+    return model.config.model != "bigram"
 
 
-def attention_probs(attn_module, x: torch.Tensor) -> torch.Tensor:
-    """(T, C) attention input -> (H, T, T) causal softmax(q k^T / sqrt(d)) from attn.qkv."""
-    T, C = x.shape
-    H = attn_module.n_head
-    q, k, _ = attn_module.qkv(x).split(C, dim=-1)
-    q = q.view(T, H, -1).transpose(0, 1)                                   # (H, T, hs)
-    k = k.view(T, H, -1).transpose(0, 1)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))              # (H, T, T)
-    causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-    return torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+def layers(model) -> nn.ModuleList:
+    """The blocks, whatever the model calls them (GPT-2: blocks, Qwen3: layers)."""
+    return model.blocks if hasattr(model, "blocks") else model.layers
 
 
-def attention_output(attn_module, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-    """Rebuild the attention module's output from our weights: proj(probs @ v)."""
-    T, C = x.shape
-    v = attn_module.qkv(x).split(C, dim=-1)[2].view(T, probs.size(0), -1).transpose(0, 1)
-    y = (probs @ v).transpose(0, 1).reshape(T, C)
-    return attn_module.proj(y)
+class RecordingAttention(EagerAttention):
+    """The eager attention step, computing the softmax itself and keeping it (one sequence,
+    no cache): probs[i] is layer i's (H, T, T)."""
+
+    def __init__(self, head_dim: int, rotate=None):
+        super().__init__(None, None, head_dim, rotate)
+        self.probs: list[torch.Tensor] = []
+
+    def attend_heads(self, q, k, v):
+        group = q.size(1) // k.size(1)
+        k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)   # (B, H, T, D)
+        T = q.size(2)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))              # (B, H, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        probs = torch.softmax(scores.float().masked_fill(~causal, float("-inf")), dim=-1)
+        self.probs.append(probs[0])
+        return probs.to(v.dtype) @ v
 
 
 @torch.no_grad()
@@ -63,30 +69,26 @@ def trace_forward(model, ids: list[int]) -> Trace:
     x = torch.tensor([ids], dtype=torch.long, device=device)
     if not has_attention(model):
         return Trace(ids, model(x)[0][0].float(), [], [])
-    attn_in, attn_out, resid = [], [], []
+    resid = []
 
     # A forward hook that returns something replaces the output: these return None.
     def on_embed(module, inputs, output):
         resid.append(output[0])                                             # (T, C)
 
-    def on_attn(module, inputs, output):
-        attn_in.append(inputs[0][0])                                        # ln_1(x): (T, C)
-        attn_out.append(output[0][0])
-
     def on_block(module, inputs, output):
         resid.append(output[0][0])
 
+    rotary = getattr(model, "rotary", None)
+    step = RecordingAttention(model.config.head_dim,
+                              rotary.rotate(torch.arange(len(ids), device=device)[None]) if rotary else None)
     hooks = [model.drop.register_forward_hook(on_embed)]
-    for block in model.blocks:
-        hooks.append(block.attn.register_forward_hook(on_attn))
-        hooks.append(block.register_forward_hook(on_block))
+    hooks += [block.register_forward_hook(on_block) for block in layers(model)]
     try:
-        logits = model(x)[0][0].float()
+        logits = model(x, attend=step)[0][0].float()
     finally:
         for h in hooks:
             h.remove()
-    attn = [attention_probs(b.attn, a) for b, a in zip(model.blocks, attn_in)]
-    return Trace(ids, logits, attn, resid, attn_in, attn_out)
+    return Trace(ids, logits, step.probs, resid, model.config.n_head // model.config.kv_heads)
 
 
 @dataclass
@@ -97,9 +99,10 @@ class Lens:
 
 @torch.no_grad()
 def logit_lens(model, trace: Trace) -> Lens:
-    """Decode each layer's residual stream with the final LayerNorm + unembedding."""
+    """Decode each layer's residual stream with the model's own head: the final norm
+    (GPT-2's LayerNorm, Qwen3's RMSNorm) and the unembedding."""
     stacked = torch.stack(trace.resid)                                      # (L+1, T, C)
-    probs = torch.softmax(model.lm_head(model.ln_f(stacked)).float(), dim=-1)
+    probs = torch.softmax(model.head(stacked).float(), dim=-1)
     top = probs.max(dim=-1)
     return Lens(top.indices, top.values)
 

@@ -120,7 +120,8 @@ def _header(a: Analysis, cfg: ExplainConfig, config: ModelConfig, params: int) -
     summary = read_summary(cfg.run)
     prompt = page.esc(a.text(a.ids))
     new = page.esc(a.text([s.chosen for s in a.steps]))
-    cards = [("parameters", f"{params:,}"), ("layers", config.n_layer), ("heads", config.n_head),
+    heads = config.n_head if config.kv_heads == config.n_head else f"{config.n_head} ({config.kv_heads} KV)"
+    cards = [("parameters", f"{params:,}"), ("block", config.model), ("layers", config.n_layer), ("heads", heads),
              ("width", config.n_embd), ("context", config.block_size), ("vocab", config.vocab_size)]
     if config.model == "bigram":
         cards = [("parameters", f"{params:,}"), ("model", "bigram"), ("vocab", config.vocab_size)]

@@ -32,14 +32,19 @@ def attention(a, cfg) -> str:
     if a.trace is None:
         return section("attention", "1 · Attention maps", intro, note(NO_ATTENTION))
     labels = [a.label(i) for i in a.ids]
-    body = [f"<h3>Layer {i + 1}</h3>" + img(fig.attention_layer_png(w, labels, i),
+    group = a.trace.kv_group
+    if group > 1:
+        intro += (f" This model shares each key/value head among {group} query heads (grouped-query "
+                  "attention): heads with the same KV number read the same keys and values, yet "
+                  "each asks its own question, so their maps may still differ.")
+    body = [f"<h3>Layer {i + 1}</h3>" + img(fig.attention_layer_png(w, labels, i, group),
                                             f"attention of layer {i + 1}")
             for i, w in enumerate(a.trace.attn)]
     if a.steps:
         every = a.ids + [s.chosen for s in a.steps]
         gif = fig.attention_gif([s.attn_last for s in a.steps],
                                 [a.label(i) for i in every[:a.steps[-1].context_len]],
-                                len(a.ids), [a.label(s.chosen) for s in a.steps])
+                                len(a.ids), [a.label(s.chosen) for s in a.steps], kv_group=group)
         body.append("<h3>While generating</h3>" + img(
             gif, "attention during generation", "One frame per generated token: where the "
             "newest token (orange box) looks, in every layer (L) and head (H), just before the "
