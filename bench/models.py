@@ -28,7 +28,7 @@ from core.files import cache_dir
 from core.run_dir import CKPT, TOKENIZER
 
 SHAPE = ["--n-layer", "4", "--n-head", "4", "--n-embd", "256", "--block-size", "256", "--dropout", "0"]
-TOKENIZER = ["--corpus", "shakespeare", "--tokenizer", "bpe", "--vocab-size", "2000"]
+TOKENIZER_ARGS = ["--corpus", "shakespeare", "--tokenizer", "bpe", "--vocab-size", "2000"]
 TRAIN = ["--batch-size", "16", "--max-iters", "300", "--eval-interval", "100", "--eval-iters", "4",
          "--optimizer", "muon", "--seed", "0", "--sample-tokens", "0", "--device", "cpu"]
 GGUF_TYPES = ("f32", "q8_0")
@@ -84,7 +84,7 @@ def random_run(out: Path) -> None:
 
 
 def bench_model(kind: str = "trained") -> BenchModel:
-    settings = {"kind": kind, "shape": SHAPE, "tokenizer": TOKENIZER, "train": TRAIN, "format": FORMAT_VERSION}
+    settings = {"kind": kind, "shape": SHAPE, "tokenizer": TOKENIZER_ARGS, "train": TRAIN, "format": FORMAT_VERSION}
     key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]
     home = cache_dir() / "bench" / f"{kind}-{key}"
     model = BenchModel(home / "run", home / "onnx", {t: home / f"gguf-{t}" / "model.gguf" for t in GGUF_TYPES})
@@ -94,7 +94,7 @@ def bench_model(kind: str = "trained") -> BenchModel:
     if model.run.exists():   # a build that was interrupted: start over
         subprocess.run(["rm", "-rf", str(home)], check=True)
     if kind == "trained":
-        run(["-m", "training.train", *SHAPE, *TOKENIZER, *TRAIN, "--out", str(model.run)], "training")
+        run(["-m", "training.train", *SHAPE, *TOKENIZER_ARGS, *TRAIN, "--out", str(model.run)], "training")
     else:
         random_run(model.run)
     run(["-m", "export", "--run", str(model.run), "--out", str(model.onnx), "--quantize", "int8"], "ONNX export")
