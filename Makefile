@@ -79,7 +79,7 @@ bench-soak: proto ## 3 minutes of 48 mixed clients (cancels, deadlines, bad requ
 test: setup proto ## run the whole test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-gguf-test: proto ## build llama.cpp's llama-server once (cached), run GGUF exports of both tokenizers in it against ONNX Runtime
+gguf-test: proto ## build llama.cpp's llama-server once (cached), run GGUF exports of both tokenizers and both blocks in it against ONNX Runtime
 	$(PY) tests/gguf_check.py
 
 clean: ## remove runs, artifacts, generated stubs and caches (keeps .venv)

@@ -119,7 +119,6 @@ def write_gguf(path: Path, state: dict, mc: ModelConfig, vocab, gguf_type: str =
     import gguf
 
     layout = layout_of(mc)
-
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[gguf_type]
     tmp = path.parent / f".{path.name}.tmp"

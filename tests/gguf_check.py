@@ -3,10 +3,12 @@
     make gguf-test                       (needs cmake, a C++ compiler and the package index once)
     python tests/gguf_check.py [--work DIR] [--keep]
 
-For each tokenizer (char, bpe) it trains a tiny model on the shakespeare corpus (context 128,
-so a prompt and 64 new tokens never reach it and llama.cpp never shifts its context), exports
-the ONNX artifact (the serving runtime) and the GGUF file at f32, f16 and q8_0, and runs each
-GGUF in llama-server (tests/llama_cpp.py builds it once per CPU, then reuses it):
+For each case (GPT-2's block with each tokenizer, char and bpe; the modern block, qwen3, with
+grouped KV heads and an untied head: llama.cpp's qwen3 architecture) it trains a tiny model on
+the shakespeare corpus (context 128, so a prompt and 64 new tokens never reach it and llama.cpp
+never shifts its context), exports the ONNX artifact (the serving runtime) and the GGUF file at
+f32, f16 and q8_0, and runs each GGUF in llama-server (tests/llama_cpp.py builds it once per CPU,
+then reuses it):
   tokenize  llama.cpp's /tokenize of held-out text (plus characters outside the vocabulary,
             newlines, runs of spaces, a tab and the end-of-text token) equals our tokenizer's
             ids, and /detokenize of our ids gives the text back (f32 file; the vocabulary is
@@ -70,7 +72,9 @@ TRAIN_ARGS = ["--preset", "cpu-small", "--corpus", "shakespeare", "--n-layer", "
               "--n-embd", "64", "--block-size", "128", "--batch-size", "16", "--max-iters", "250",
               "--eval-interval", "125", "--eval-iters", "2", "--seed", "0", "--sample-tokens", "8",
               "--device", "cpu", "--threads", "2"]
-TOKENIZERS = {"char": ["--tokenizer", "char"], "bpe": ["--tokenizer", "bpe", "--vocab-size", "512"]}
+CHAR, BPE = ["--tokenizer", "char"], ["--tokenizer", "bpe", "--vocab-size", "512"]
+CASES = {"gpt-char": ["--model", "gpt", *CHAR], "gpt-bpe": ["--model", "gpt", *BPE],
+         "qwen3-bpe": ["--model", "qwen3", "--n-kv-head", "1", "--no-tie-embeddings", *BPE]}
 GGUF_TYPES = ("f32", "f16", "q8_0")
 SERVER_ARGS = ["-np", "1", "-t", "2", "-ctk", "f32", "-ctv", "f32", "-fa", "off", "--no-webui", "--jinja"]
 # short, so the rendered play (81 characters) and a reply of CHAT_STEPS tokens fit the context of 128
@@ -87,7 +91,7 @@ CHAT_EDGES = [([{"role": "user", "content": "  Good morrow.  \n\n\t\n Is it day?
 
 @dataclass
 class Row:
-    tokenizer: str
+    case: str
     gguf_type: str
     tokenize: str = "-"
     chat: str = "-"
@@ -99,13 +103,13 @@ class Row:
 
 
 def train_and_export(kind: str, work: Path) -> tuple[Path, Path, dict[str, Path]]:
-    """(run dir, ONNX artifact dir, GGUF type -> model.gguf) for one tokenizer."""
+    """(run dir, ONNX artifact dir, GGUF type -> model.gguf) for one case."""
     run, art, log = work / f"run-{kind}", work / f"art-{kind}", work / f"{kind}.log"
     py = [sys.executable, "-m"]
 
     def sh(cmd: list[str]) -> None:
         run_logged(py + cmd, log, f"python -m {cmd[0]}", cwd=ROOT)
-    sh(["training.train", *TRAIN_ARGS, *TOKENIZERS[kind], "--out", str(run)])
+    sh(["training.train", *TRAIN_ARGS, *CASES[kind], "--out", str(run)])
     sh(["export", "--run", str(run), "--out", str(art), "--force"])
     ggufs = {}
     for t in GGUF_TYPES:
@@ -302,13 +306,13 @@ def check_kind(kind: str, binary: Path, work: Path, floor: float) -> list[Row]:
 
 
 def table(rows: list[Row], floor: float) -> str:
-    lines = [f"{'tokenizer':<9}  {'gguf':<5}  {'tokenize (held text == ours)':<30}  "
+    lines = [f"{'case':<9}  {'gguf':<5}  {'tokenize (held text == ours)':<30}  "
              f"{'greedy == ORT (tokens of 64, per prompt)':<40}  {'top-1 == ORT':>14}  "
              f"{'max |Δlogprob|':>14}  result  chat: llama.cpp's and Go's rendering == ours, reply == ORT"]
     for r in rows:
         need = "1 but ~" if r.gguf_type == "f32" else f">= {floor:g}"
         tol = f"<= {F32_LOGPROB_TOL:g}" if r.gguf_type == "f32" else ""
-        lines.append(f"{r.tokenizer:<9}  {r.gguf_type:<5}  {r.tokenize:<30}  {r.greedy:<40}  "
+        lines.append(f"{r.case:<9}  {r.gguf_type:<5}  {r.tokenize:<30}  {r.greedy:<40}  "
                      f"{r.top1:>6.4f} {need:>7}  {r.dlogprob:>6.4f} {tol:>7}  {'ok' if r.ok else 'FAIL':<6}  {r.chat}")
     return "\n".join(lines)
 
@@ -328,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     rows: list[Row] = []
     try:
-        for kind in TOKENIZERS:
+        for kind in CASES:
             t1 = time.perf_counter()
             rows += check_kind(kind, binary, work, floor)
             print(f"{kind}: trained, exported and compared in {time.perf_counter() - t1:.0f} s", flush=True)
@@ -336,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         if not a.work and not a.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(table(rows, floor))
-    failed = [f"{r.tokenizer} {r.gguf_type}" for r in rows if not r.ok]
+    failed = [f"{r.case} {r.gguf_type}" for r in rows if not r.ok]
     if rows and not any(r.stopped for r in rows):    # a tiny model may not end a speech; one of the two must
         failed.append(f"chat: no reply reached the stop in {CHAT_STEPS} tokens, so the stop went unchecked")
     print(f"gguf-test: {'FAILED: ' + ', '.join(failed) if failed else 'ok'} in {time.perf_counter() - t0:.0f} s")
