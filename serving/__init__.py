@@ -10,7 +10,8 @@ Runtime session and in-place KV cache, which export uses too), grpc/ (api: the g
 door and its status table; proto: the generated stubs), http/ (app: the HTTP front door and
 its status table; gate: keys and body limits; completions, chat_completions, responses and
 embeddings: OpenAI's shapes; logprobs: OpenAI's logprobs object; playground/), chat (the
-chat template's renderer), embed (embed.onnx's session and pooling), tokenize, auth (API keys, TLS), logs (request ids, access lines, JSON), metrics,
+chat template's renderer), shape (one request shaping for every front door: a completion or
+chat -> prompt text and SamplingParams), embed (embed.onnx's session and pooling), tokenize, auth (API keys, TLS), logs (request ids, access lines, JSON), metrics,
 client, demo, healthcheck. What the stages share (the artifact contract, errors, the token
 table, the run dir's names) is in core/.
 """

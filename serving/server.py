@@ -44,6 +44,7 @@ from serving.metrics import Metrics
 from serving.grpc.proto import SERVICE_NAME, pb_grpc
 from serving.engine.runtime import Runtime
 from serving.engine.sampling import SamplingParams
+from serving.shape import Shaper
 
 log = logging.getLogger("shelley.server")
 MIN_PACE = 0.002   # s: below this interval pacing costs a lone stream more than its messages do
@@ -93,7 +94,8 @@ class Server:
             head_dim=mc.head_dim, eos_token_id=mc.eos_token_id, window_keep=mc.window_keep,
             max_batch=config.max_batch, max_new_tokens=config.max_new_tokens,
             **chat_card(artifact.chat))
-        self.chat = Chat(artifact.chat)   # the template, compiled once; front ends render with it
+        self.chat = Chat(artifact.chat)   # the template, compiled once
+        self.shaper = Shaper(self.chat, config.max_new_tokens)   # both front doors shape requests with it
         self.engine: Engine | None = None
         self.phase = Phase.LOADING
         self.in_flight = 0

@@ -79,7 +79,8 @@ def test_a_reply_that_ends_is_completed_and_logprobs_come_when_asked(client):
     assert r.status == "completed" and r.incomplete_details is None and r.output[0].status == "completed"
     assert r.usage.output_tokens < 200
     r = client.responses.create(model="m", input="Good morrow.", max_output_tokens=8, temperature=0,
-                                top_logprobs=2, include=["message.output_text.logprobs"])
+                                top_logprobs=2, include=["message.output_text.logprobs"],
+                                extra_body={"min_tokens": 8})   # past chat's blank-line stop
     lps = r.output[0].content[0].logprobs
     assert len(lps) == 8 and "".join(lp.token for lp in lps) == r.output_text
     assert all(len(lp.top_logprobs) == 2 and lp.top_logprobs[0].logprob == lp.logprob for lp in lps)   # greedy

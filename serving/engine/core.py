@@ -40,10 +40,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.artifact import Artifact
-from core.errors import InvalidRequest, QueueFull
+from core.errors import QueueFull
 from core.logprobs import token_logprobs
 from core.window import refill
-from serving.engine.limits import check_params, check_text
+from serving.engine.limits import check_params, check_prompt, check_text
 from serving.engine.penalties import Penalties
 from serving.engine.requests import Event, Finish, Request, TokenLogprob, check_stop  # noqa: F401 (re-exported)
 from serving.engine.runtime import Runtime
@@ -105,21 +105,11 @@ class Engine:
         return choices[0]
 
     def encode(self, prompt: str, param: str = "prompt", truncate: int | None = None) -> list[int]:
-        """The prompt's token ids (an empty prompt starts from end-of-text), within the context;
-        `truncate` keeps only the last that many (-1: the context length), as vLLM's
-        truncate_prompt_tokens."""
+        """The prompt's token ids (an empty prompt starts from end-of-text), within the context
+        (serving/engine/limits.py's `check_prompt`: `truncate` keeps the last that many)."""
         check_text(prompt, param)
         ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else [self.eos]
-        if truncate is not None:
-            if not (truncate == -1 or 1 <= truncate <= self.context):
-                raise InvalidRequest(f"truncate_prompt_tokens must be -1 (the context) or 1 to {self.context}, "
-                                     f"got {truncate}", param="truncate_prompt_tokens")
-            ids = ids[-(self.context if truncate == -1 else truncate):]
-        if len(ids) > self.context:
-            what = "prompt is" if param == "prompt" else f"the {param} render to"
-            raise InvalidRequest(f"{what} {len(ids)} tokens; the limit is the context length, {self.context}",
-                                 param=param)
-        return ids
+        return check_prompt(ids, self.context, truncate, param)
 
     def validate(self, p: SamplingParams) -> None:
         """Every limit of a request's parameters (serving/engine/limits.py), for both front doors."""

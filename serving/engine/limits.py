@@ -1,12 +1,16 @@
-"""The limits of a request, checked once for both front doors (the engine's `validate`).
+"""Every limit of a request, in one place, for both front doors.
 
     check_params(params, max_new_tokens=1024, vocab=V, slots=32)   # InvalidRequest(message, param=...)
     check_text(prompt, "prompt")                                    # a lone surrogate is refused
+    ids = check_prompt(ids, context=256, truncate=None, param="prompt")   # truncation, the context
+    default_max_tokens("chat", n=2, max_new_tokens=1024)           # 256: what an unset max_tokens means
+    merge_stops(("END",), chat_stop)                                # a chat's stops + the template's
 
-Front ends check types (serving/http/completions.py, the protobuf itself); the limits live here,
-so gRPC and HTTP refuse the same requests with the same messages, and nothing reaches the
-engine that it cannot serve. Each message names the field and its limit; `param` carries
-the field.
+Front ends check types (serving/http/completions.py, the protobuf itself) and shape a
+request once (serving/shape.py); the engine calls `check_params` when a request is
+submitted and `check_prompt` once it is encoded. So gRPC and HTTP refuse the same requests
+with the same messages, and nothing reaches the engine that it cannot serve. Each message
+names the field and its limit; `param` carries the field.
 """
 from __future__ import annotations
 
@@ -16,6 +20,38 @@ from serving.engine.sampling import MAX_LOGPROBS, SamplingParams
 MAX_STOP, MAX_STOP_CHARS = 8, 64
 MAX_INT32 = 2**31 - 1    # top_k's limit: gRPC's int32, and numpy's arrays hold it
 MAX_N, MAX_PENALTY, MAX_BIAS, MAX_BIAS_ENTRIES = 8, 2.0, 100.0, 300
+# What an unset max_tokens means, by kind of request: OpenAI's 16 for /v1/completions, 64 for a
+# gRPC prompt, 256 for a chat (a speech rarely runs longer; the template's stop usually ends it
+# first). Never more than a request's share of --max-new-tokens (n choices each take one).
+DEFAULT_MAX_TOKENS = {"completions": 16, "generate": 64, "chat": 256}
+
+
+def default_max_tokens(kind: str, n: int, max_new_tokens: int) -> int:
+    return max(1, min(DEFAULT_MAX_TOKENS[kind], max_new_tokens // max(n, 1)))
+
+
+def merge_stops(own: tuple[str, ...], added: tuple[str, ...]) -> tuple[str, ...]:
+    """A request's stop strings with those a chat template adds (once each), within MAX_STOP."""
+    own = tuple(s for s in own if s not in added)
+    if len(own) + len(added) > MAX_STOP:
+        raise InvalidRequest(f"stop has {len(own)} strings; chat adds the template's {len(added)}, so "
+                             f"the limit is {MAX_STOP - len(added)}", param="stop")
+    return (*own, *added)
+
+
+def check_prompt(ids: list[int], context: int, truncate: int | None, param: str = "prompt") -> list[int]:
+    """The prompt's ids within the context: `truncate` keeps only the last that many (-1: the
+    context length, vLLM's truncate_prompt_tokens); a longer prompt is refused."""
+    if truncate is not None:
+        if not (truncate == -1 or 1 <= truncate <= context):
+            raise InvalidRequest(f"truncate_prompt_tokens must be -1 (the context) or 1 to {context}, "
+                                 f"got {truncate}", param="truncate_prompt_tokens")
+        ids = ids[-(context if truncate == -1 else truncate):]
+    if len(ids) > context:
+        what = "prompt is" if param == "prompt" else f"the {param} render to"
+        raise InvalidRequest(f"{what} {len(ids)} tokens; the limit is the context length, {context}",
+                             param=param)
+    return ids
 
 
 def check_text(text: str, param: str) -> None:

@@ -3,9 +3,9 @@
     pb_grpc.add_TextGenerationServicer_to_server(TextGeneration(server), grpc_server)
     grpc.aio.server(interceptors=[..., DecodeGuard()])   # undecodable bytes -> INVALID_ARGUMENT
 
-Each RPC hands off to `Server.submit` / `Server.events` in a few lines; a request with
-`messages` is a chat (rendered by the server's chat template first), one with `n` > 1 is
-answered choice by choice (`index`). Exceptions become
+Each RPC hands off to `Server.submit` / `Server.events` in a few lines; a request is shaped
+as HTTP's are (serving/shape.py): one with `messages` is a chat (rendered by the server's
+chat template first), one with `n` > 1 is answered choice by choice (`index`). Exceptions become
 status codes in one table (`STATUS`, applied by the `rpc` wrapper), which also counts every
 RPC by method and code and writes its access-log line with the request id (the client's
 `x-request-id` metadata, else a new one, sent back in the initial metadata).
@@ -27,11 +27,9 @@ from serving.engine.requests import TokenLogprob
 from serving.chat import check_kwargs, check_messages
 from serving.logs import Access, request_id
 from serving.grpc.proto import pb, pb_grpc
-from serving.engine.sampling import SamplingParams
 from serving.tokenize import text_of, token_view
 
 log = logging.getLogger("shelley.grpc")
-DEFAULT_MAX_TOKENS = 64
 
 # exception -> status code; EngineFailed depends on whether tokens were sent (status_of)
 STATUS = {InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT, QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -125,20 +123,17 @@ def rpc(fn):
     return unary
 
 
-def params_of(r: pb.GenerateRequest, max_new_tokens: int, chat_stop: tuple[str, ...] = ()) -> SamplingParams:
-    """The request's SamplingParams (limits are checked by the engine); a chat's stop strings
-    get the template's default ones added."""
-    n = r.n if r.HasField("n") else 1
+def fields_of(r: pb.GenerateRequest) -> dict:
+    """The request's SamplingParams fields (max_tokens None when unset: serving/shape.py
+    fills the default; limits are checked by the engine)."""
     opt = lambda name, default: getattr(r, name) if r.HasField(name) else default   # noqa: E731
-    stop = tuple(r.stop) + tuple(s for s in chat_stop if s not in r.stop)
-    return SamplingParams(
-        max_tokens=opt("max_tokens", max(1, min(DEFAULT_MAX_TOKENS, max_new_tokens // max(n, 1)))),
-        temperature=opt("temperature", 1.0), top_k=r.top_k, top_p=opt("top_p", 1.0),
-        seed=opt("seed", None), stop=stop, ignore_eos=r.ignore_eos, logprobs=opt("logprobs", None),
-        presence_penalty=opt("presence_penalty", 0.0), frequency_penalty=opt("frequency_penalty", 0.0),
-        repetition_penalty=opt("repetition_penalty", 1.0), logit_bias=tuple(sorted(r.logit_bias.items())),
-        min_tokens=opt("min_tokens", 0), n=n, prompt_logprobs=opt("prompt_logprobs", None),
-        truncate_prompt_tokens=opt("truncate_prompt_tokens", None))
+    return dict(
+        max_tokens=opt("max_tokens", None), temperature=opt("temperature", 1.0), top_k=r.top_k,
+        top_p=opt("top_p", 1.0), seed=opt("seed", None), stop=tuple(r.stop), ignore_eos=r.ignore_eos,
+        logprobs=opt("logprobs", None), presence_penalty=opt("presence_penalty", 0.0),
+        frequency_penalty=opt("frequency_penalty", 0.0), repetition_penalty=opt("repetition_penalty", 1.0),
+        logit_bias=tuple(sorted(r.logit_bias.items())), min_tokens=opt("min_tokens", 0), n=opt("n", 1),
+        prompt_logprobs=opt("prompt_logprobs", None), truncate_prompt_tokens=opt("truncate_prompt_tokens", None))
 
 
 def messages_of(messages) -> list[dict]:
@@ -158,15 +153,15 @@ class TextGeneration(pb_grpc.TextGenerationServicer):
         self.server, self.metrics, self.tokens = server, server.metrics, server.artifact.tokens
 
     def _events(self, request: pb.GenerateRequest, access: Access):
-        server, limit = self.server, self.server.card.max_new_tokens
+        server = self.server
         if request.messages:     # chat: the conversation, rendered, is the prompt
             if request.prompt:
                 raise InvalidRequest("set prompt or messages, not both", param="prompt")
-            prompt = server.chat.render(messages_of(request.messages), check_kwargs(dict(request.chat_template_kwargs)))
-            req = server.submit(prompt, params_of(request, limit, server.chat.stop), param="messages")
+            s = server.shaper.chat(messages_of(request.messages), check_kwargs(dict(request.chat_template_kwargs)),
+                                   fields_of(request))
         else:
-            req = server.submit(request.prompt, params_of(request, limit))
-        return server.events(req, access)
+            s = server.shaper.completion(request.prompt, fields_of(request), kind="generate")
+        return server.events(server.submit(s.prompt, s.params, param=s.param), access)
 
     @rpc
     async def Generate(self, request, context, access):

@@ -50,7 +50,6 @@ from serving.http.chat_completions import ChatShape, parse_chat
 from serving.embed import Embedder
 from serving.http.embeddings import embeddings_body, parse_embeddings
 from serving.http.responses import ResponseShape, parse_response
-from serving.engine.sampling import SamplingParams
 from serving.tokenize import detokenize, tokenize
 
 log = logging.getLogger("shelley.http")
@@ -159,7 +158,7 @@ class HttpFront:
     async def completions(self, request: HttpRequest) -> Response:
         access: Access = request.state.access
         try:
-            c = oa.parse_completion(await json_body(request))
+            c = oa.parse_completion(await json_body(request), self.server.shaper)
             req = self.server.submit(c.prompt, c.params)
         except Exception as e:
             return error_response(e)
@@ -170,8 +169,8 @@ class HttpFront:
     async def chat(self, request: HttpRequest) -> Response:
         access: Access = request.state.access
         try:
-            c = parse_chat(await json_body(request), self.server.chat.stop, self.server.card.max_new_tokens)
-            req = self.server.submit(self.server.chat.render(c.messages, c.kwargs), c.params, param="messages")
+            c = parse_chat(await json_body(request), self.server.shaper)
+            req = self.server.submit(c.prompt, c.params, param="messages")
         except Exception as e:
             return error_response(e)
         meta = oa.Meta("chatcmpl-" + access.request_id.removeprefix("cmpl-"), self.server.card.name, int(time.time()))
@@ -182,8 +181,8 @@ class HttpFront:
         access: Access = request.state.access
         try:
             r = parse_response(await json_body(request), self.server.card.max_new_tokens)
-            prompt = self.server.chat.render(r.messages, r.kwargs, param="input")
-            req = self.server.submit(prompt, SamplingParams(**r.fields), param="input")
+            s = self.server.shaper.chat(r.messages, r.kwargs, r.fields, param="input")
+            req = self.server.submit(s.prompt, s.params, param=s.param)
         except Exception as e:
             return error_response(e)
         meta = oa.Meta("resp_" + access.request_id.removeprefix("cmpl-"), self.server.card.name, int(time.time()))

@@ -1,7 +1,6 @@
 """OpenAI's /v1/chat/completions in shelley's terms: read a chat request, shape the answers.
 
-    c = parse_chat(json_body, default_stop=("\\n\\n",), max_new_tokens=1024)
-    prompt = server.chat.render(c.messages, c.kwargs)        # the text the model continues
+    c = parse_chat(json_body, server.shaper)                 # c.prompt: the conversation, rendered
     shape = ChatShape(meta, c, tokens)                       # chat.completion(.chunk) objects
     shape.start()        # the first SSE chunk of each choice: {"delta": {"role": "assistant", "content": ""}}
 
@@ -10,8 +9,9 @@ a string or a list of text parts), `max_completion_tokens` or `max_tokens`, the 
 controls completions has (serving/http/completions.py `controls`), `logprobs` (true/false) with
 `top_logprobs` (0..5), `stream` + `stream_options.include_usage`, and the extension
 `chat_template_kwargs` (vLLM's name: `user_name`, `assistant_name` set the default
-speakers). A reply ends at the template's default stop (where the corpus ends a speech),
-as well as at the request's own `stop`.
+speakers). The request is shaped as gRPC's chats are (serving/shape.py): rendered through
+the template, and a reply ends at the template's default stop (where the corpus ends a
+speech) as well as at the request's own `stop`.
 """
 from __future__ import annotations
 
@@ -21,45 +21,36 @@ from typing import Any
 from core.errors import InvalidRequest
 from core.tokens import TokenTable
 from serving.chat import check_kwargs, check_messages
-from serving.engine.limits import MAX_STOP
 from serving.http.completions import CompletionShape, Gathered, Meta, check_body, controls, field_of
 from serving.engine.requests import Event, TokenLogprob
 from serving.engine.sampling import SamplingParams
-
-DEFAULT_MAX_TOKENS = 256   # a speech rarely runs longer; the template's stop usually ends it first
+from serving.shape import Shaper
 
 
 @dataclass(frozen=True)
 class ChatCompletion:
-    messages: list[dict]
-    kwargs: dict
+    prompt: str                 # the conversation, rendered through the template
     params: SamplingParams
     stream: bool = False
     include_usage: bool = False
 
 
-def parse_chat(body: Any, default_stop: tuple[str, ...], max_new_tokens: int) -> ChatCompletion:
+def parse_chat(body: Any, shaper: Shaper) -> ChatCompletion:
     body = check_body(body)
     messages = check_messages(body.get("messages"))
     kwargs = check_kwargs(body.get("chat_template_kwargs"))
     if body.get("max_completion_tokens") is not None:
-        max_tokens = field_of(body, "max_completion_tokens", int, 0)
+        max_tokens = field_of(body, "max_completion_tokens", int, None)
     else:
-        n = field_of(body, "n", int, 1)
-        max_tokens = field_of(body, "max_tokens", int, max(1, min(DEFAULT_MAX_TOKENS, max_new_tokens // max(n, 1))))
-    fields = controls(body, max_tokens)
-    own = [s for s in fields["stop"] if s not in default_stop]
-    if len(own) + len(default_stop) > MAX_STOP:
-        raise InvalidRequest(f"stop has {len(own)} strings; chat adds the template's {len(default_stop)}, so "
-                             f"the limit is {MAX_STOP - len(default_stop)}", param="stop")
-    fields["stop"] = (*own, *default_stop)
+        max_tokens = field_of(body, "max_tokens", int, None)
     want = field_of(body, "logprobs", bool, False)
     top = field_of(body, "top_logprobs", int, None)
     if top is not None and not want:
         raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
-    params = SamplingParams(**fields, logprobs=(top or 0) if want else None)
+    fields = dict(controls(body), max_tokens=max_tokens, logprobs=(top or 0) if want else None)
+    shaped = shaper.chat(messages, kwargs, fields)
     options = field_of(body, "stream_options", dict, {})
-    return ChatCompletion(messages, kwargs, params, stream=field_of(body, "stream", bool, False),
+    return ChatCompletion(shaped.prompt, shaped.params, stream=field_of(body, "stream", bool, False),
                           include_usage=field_of(options, "include_usage", bool, False))
 
 

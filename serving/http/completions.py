@@ -1,11 +1,12 @@
 """OpenAI's /v1/completions in shelley's terms: read a request body, shape the answers.
 
-    c = parse_completion(json_body)          # -> Completion(prompt, params, stream, include_usage, echo)
+    c = parse_completion(json_body, shaper)  # -> Completion(prompt, params, stream, include_usage, echo)
     shape = CompletionShape(meta, c, prompt_ids, tokens)   # per request: SSE chunks and the whole answer
     shape.chunk(event); shape.whole(gathered_choices, usage(5, 16))
     error_body("max_tokens must be ...", "invalid_request_error", param="max_tokens")
 
-Types are checked here (`max_tokens must be an integer`); limits by the engine's `validate`
+Types are checked here (`max_tokens must be an integer`); the request is shaped as gRPC's
+are (serving/shape.py: defaults) and its limits checked by the engine's `validate`
 (serving/engine/limits.py), so gRPC and HTTP refuse the same requests with the same messages.
 Unknown fields are ignored; known ones this server cannot honour (`best_of`, `suffix`) are
 refused rather than silently dropped. Extensions, as in vLLM: `top_k`, `ignore_eos`,
@@ -21,8 +22,8 @@ from core.tokens import TokenTable
 from serving.http.logprobs import openai_logprobs
 from serving.engine.requests import Event, TokenLogprob
 from serving.engine.sampling import SamplingParams
+from serving.shape import Shaper
 
-DEFAULT_MAX_TOKENS = 16    # OpenAI's default for completions (gRPC's is 64)
 # Known OpenAI fields this server does not implement: accepted only at their neutral value.
 NEUTRAL = {"best_of": (1,), "suffix": ("",)}
 
@@ -82,8 +83,9 @@ def _logit_bias(body: dict) -> tuple[tuple[int, float], ...]:
     return tuple(out)
 
 
-def controls(body: dict, max_tokens: int) -> dict:
-    """The SamplingParams fields completions and chat share, type-checked."""
+def controls(body: dict) -> dict:
+    """The SamplingParams fields completions and chat share, type-checked (max_tokens apart:
+    chat reads two names for it)."""
     stop = body.get("stop")
     stop = () if stop is None else (stop,) if isinstance(stop, str) else stop
     if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
@@ -93,7 +95,7 @@ def controls(body: dict, max_tokens: int) -> dict:
     if seed is not None and seed < 0:
         raise InvalidRequest(f"seed must be a non-negative integer, got {seed}", param="seed")
     return dict(
-        max_tokens=max_tokens, temperature=field_of(body, "temperature", float, 1.0),
+        temperature=field_of(body, "temperature", float, 1.0),
         top_k=field_of(body, "top_k", int, 0), top_p=field_of(body, "top_p", float, 1.0),
         seed=seed, stop=tuple(stop), ignore_eos=field_of(body, "ignore_eos", bool, False),
         presence_penalty=field_of(body, "presence_penalty", float, 0.0),
@@ -113,17 +115,18 @@ def check_body(body: Any) -> dict:
     return body
 
 
-def parse_completion(body: Any) -> Completion:
+def parse_completion(body: Any, shaper: Shaper) -> Completion:
     body = check_body(body)
     prompt = body.get("prompt", "")
     if not isinstance(prompt, str):
         raise InvalidRequest(f"prompt must be a string (one prompt per request), got {_show(prompt)}",
                              param="prompt")
     logprobs, echo = field_of(body, "logprobs", int, None), field_of(body, "echo", bool, False)
-    params = SamplingParams(**controls(body, field_of(body, "max_tokens", int, DEFAULT_MAX_TOKENS)),
-                            logprobs=logprobs, prompt_logprobs=logprobs if echo else None)
+    fields = dict(controls(body), max_tokens=field_of(body, "max_tokens", int, None), logprobs=logprobs,
+                  prompt_logprobs=logprobs if echo else None)
+    shaped = shaper.completion(prompt, fields)
     options = field_of(body, "stream_options", dict, {})
-    return Completion(prompt, params, stream=field_of(body, "stream", bool, False),
+    return Completion(shaped.prompt, shaped.params, stream=field_of(body, "stream", bool, False),
                       include_usage=field_of(options, "include_usage", bool, False), echo=echo)
 
 

@@ -2,7 +2,7 @@
 its typed stream.
 
     r = parse_response(json_body, max_new_tokens=1024)   # r.messages, r.fields (SamplingParams')
-    prompt = server.chat.render(r.messages)               # through the model's chat template
+    s = server.shaper.chat(r.messages, r.kwargs, r.fields, param="input")   # as chat's (serving/shape.py)
     shape = ResponseShape(meta, r, tokens, prompt_tokens)
     shape.opening()      # response.created, .in_progress, .output_item.added, .content_part.added
     shape.chunk(event)   # [response.output_text.delta]
@@ -34,10 +34,10 @@ from typing import Any
 from core.errors import InvalidRequest
 from core.tokens import TokenTable
 from serving.chat import check_kwargs
-from serving.engine.limits import check_text
+from serving.engine.limits import check_text, default_max_tokens
 from serving.engine.requests import Event
 from serving.engine.sampling import MAX_LOGPROBS
-from serving.http.chat_completions import DEFAULT_MAX_TOKENS, chat_logprobs
+from serving.http.chat_completions import chat_logprobs
 from serving.http.completions import Gathered, Meta, _show, check_body, controls, field_of
 
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
@@ -132,7 +132,7 @@ def parse_response(body: Any, max_new_tokens: int) -> ResponseRequest:
     if instructions is not None and instructions.strip():
         messages.insert(0, _message(instructions, "system", "instructions"))
     limit = max_new_tokens
-    max_tokens = field_of(body, "max_output_tokens", int, max(1, min(DEFAULT_MAX_TOKENS, limit)))
+    max_tokens = field_of(body, "max_output_tokens", int, default_max_tokens("chat", 1, limit))
     if not 1 <= max_tokens <= limit:
         raise InvalidRequest(f"max_output_tokens must be between 1 and {limit}, got {max_tokens}",
                              param="max_output_tokens")
@@ -140,12 +140,15 @@ def parse_response(body: Any, max_new_tokens: int) -> ResponseRequest:
     if truncation not in ("auto", "disabled"):
         raise InvalidRequest(f"truncation must be \"auto\" or \"disabled\", got {_show(truncation)}",
                              param="truncation")
-    fields = controls({k: v for k, v in body.items() if k not in ("n", "truncate_prompt_tokens")}, max_tokens)
-    fields.update(logprobs=_logprobs(body), truncate_prompt_tokens=-1 if truncation == "auto" else None)
+    fields = controls({k: v for k, v in body.items() if k not in ("n", "truncate_prompt_tokens")})
+    fields.update(max_tokens=max_tokens, logprobs=_logprobs(body), truncate_prompt_tokens=-1 if truncation == "auto" else None)
     echo = {"instructions": instructions, "max_output_tokens": field_of(body, "max_output_tokens", int, None),
             "temperature": fields["temperature"], "top_p": fields["top_p"], "truncation": truncation,
             "top_logprobs": field_of(body, "top_logprobs", int, None),
             "metadata": field_of(body, "metadata", dict, {}), "user": field_of(body, "user", str, None)}
+    for name, value in (("user", echo["user"] or ""), *(("metadata", str(x)) for kv in echo["metadata"].items()
+                                                        for x in kv)):
+        check_text(value, name)   # echoed back: a lone surrogate cannot be written as UTF-8
     return ResponseRequest(messages, check_kwargs(body.get("chat_template_kwargs")), fields,
                            field_of(body, "stream", bool, False), echo)
 
