@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
+from core.run_dir import CKPT, METRICS  # noqa: E402  (the reference's run dir reads as ours)
 from training.data import load_corpus, split_documents  # noqa: E402
 from training.run_files import process_age  # noqa: E402  (light: not the trainer's imports)
 
@@ -144,7 +145,7 @@ def train(data: Path, out: Path, r: dict) -> None:
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": r["weight_decay"]},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=r["learning_rate"], betas=(r["beta1"], r["beta2"]))   # not fused on CPU
-    metrics = (out / "metrics.jsonl").open("w")
+    metrics = (out / METRICS).open("w")
     best, it, x, y = float("inf"), 0, *batch(data, "train", r)
     t0 = time.time()
     while True:
@@ -161,7 +162,7 @@ def train(data: Path, out: Path, r: dict) -> None:
                 best = losses["val_loss"]
                 if it > 0:
                     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iter": it,
-                                "recipe": r}, out / "ckpt.pt")
+                                "recipe": r}, out / CKPT)
         loss = model(x, y)
         x, y = batch(data, "train", r)
         loss.backward()
