@@ -6,16 +6,19 @@
     chat.stop                                                # where a reply ends (added to the request's)
 
 The template is Jinja2 in Hugging Face's convention (`messages`, `add_generation_prompt`,
-the special tokens, and any `chat_template_kwargs`: here `user_name` and `assistant_name`),
+the special tokens, `tools`, and any `chat_template_kwargs`: here `user_name` and
+`assistant_name`; messages may carry OpenAI's `tool_calls` and `tool` answers),
 rendered in an environment with the semantics transformers' `apply_chat_template` uses (a
 sandbox that cannot change its inputs, `trim_blocks`, `lstrip_blocks`, loop controls, a
 `tojson` that leaves HTML alone, `raise_exception`, `strftime_now`), so the server and
 transformers render the same string from the same template (tests/test_chat.py checks).
-Both front doors call this before `Server.submit`; the engine only ever sees text.
+The Shaper (serving/shape.py) renders for both front doors before `Server.submit`; the
+engine only ever sees text.
 """
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -28,8 +31,10 @@ from core.errors import InvalidRequest, UserError
 from core.tokens import EOS
 from serving.engine.limits import check_text
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 MAX_NAME_CHARS = 64
+MAX_TOOL_CALLS = 16
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")   # OpenAI's rule for function names
 MAX_KWARGS, MAX_KWARG_CHARS = 8, 256
 
 
@@ -96,10 +101,12 @@ def _text(value: Any, param: str) -> str:
 
 def check_messages(messages: Any) -> list[dict]:
     """The conversation as plain dicts {role, content, name?}, each field checked (the message
-    names the field and its limit). Content lists keep their shape: the template reads them."""
+    names the field and its limit). Content lists keep their shape: the template reads them.
+    An assistant message may carry OpenAI's `tool_calls` (its content then may be empty); a
+    `tool` message answers one of them by `tool_call_id`, and gets that function's `name`."""
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("messages must be a non-empty list of {role, content} objects", param="messages")
-    out = []
+    out, called = [], {}
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
@@ -108,12 +115,28 @@ def check_messages(messages: Any) -> list[dict]:
         if role not in ROLES:
             raise InvalidRequest(f"{where}.role must be one of {', '.join(ROLES)}, got {str(role)[:40]!r}",
                                  param=f"{where}.role")
+        calls = _tool_calls(m.get("tool_calls"), where) if role == "assistant" else []
         content = m.get("content")
-        text = _text(content, f"{where}.content")
-        if not text.strip():
-            raise InvalidRequest(f"{where}.content is empty; give every message some text", param=f"{where}.content")
-        check_text(text, f"{where}.content")
+        if calls and not content:
+            content = ""
+        else:
+            text = _text(content, f"{where}.content")
+            if not text.strip():
+                raise InvalidRequest(f"{where}.content is empty; give every message some text",
+                                     param=f"{where}.content")
+            check_text(text, f"{where}.content")
         msg = {"role": role, "content": content}
+        if calls:
+            msg["tool_calls"] = calls
+            called.update((c["id"], c["function"]["name"]) for c in calls)
+        if role == "tool":
+            call = m.get("tool_call_id")
+            if call not in called:
+                raise InvalidRequest(f"{where}.tool_call_id must be the id of a tool call made earlier in messages, "
+                                     f"got {str(call)[:64]!r}", param=f"{where}.tool_call_id")
+            msg.update(tool_call_id=call, name=called[call])
+            out.append(msg)
+            continue
         name = m.get("name")
         if name is not None:
             if not isinstance(name, str) or not 1 <= len(name.strip()) <= MAX_NAME_CHARS or \
@@ -123,6 +146,35 @@ def check_messages(messages: Any) -> list[dict]:
             check_text(name, f"{where}.name")
             msg["name"] = name.strip()
         out.append(msg)
+    return out
+
+
+def _tool_calls(calls: Any, where: str) -> list[dict]:
+    """An assistant message's earlier tool calls, OpenAI's shape: [{id, type, function: {name,
+    arguments (a JSON string)}}]."""
+    if calls is None:
+        return []
+    if not isinstance(calls, list) or len(calls) > MAX_TOOL_CALLS:
+        raise InvalidRequest(f"{where}.tool_calls must be a list of at most {MAX_TOOL_CALLS} calls",
+                             param=f"{where}.tool_calls")
+    out = []
+    for j, c in enumerate(calls):
+        at = f"{where}.tool_calls[{j}]"
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(fn, dict) or not isinstance(c.get("id"), str) or not isinstance(fn.get("name"), str) \
+                or not TOOL_NAME.fullmatch(fn["name"]) or not isinstance(fn.get("arguments"), str):
+            raise InvalidRequest(f"{at} must be {{\"id\": ..., \"type\": \"function\", \"function\": {{\"name\": ..., "
+                                 "\"arguments\": \"{...}\"}}}}", param=at)
+        if "\n" in fn["arguments"]:   # a call is one line of the chat (core/chat.py TOOL_CALL)
+            try:
+                arguments = json.dumps(json.loads(fn["arguments"]), ensure_ascii=False, separators=(",", ":"))
+            except ValueError:
+                raise InvalidRequest(f"{at}.function.arguments must be JSON", param=f"{at}.function.arguments") \
+                    from None
+        else:
+            arguments = fn["arguments"]
+        check_text(arguments, f"{at}.function.arguments")
+        out.append({"id": c["id"], "type": "function", "function": {"name": fn["name"], "arguments": arguments}})
     return out
 
 

@@ -42,6 +42,7 @@ from serving.http.app import HttpFront
 from serving.logs import Access
 from serving.metrics import Metrics
 from serving.grpc.proto import SERVICE_NAME, pb_grpc
+from serving.engine.grammar import Grammars
 from serving.engine.runtime import Runtime
 from serving.engine.sampling import SamplingParams
 from serving.shape import Shaper
@@ -95,7 +96,8 @@ class Server:
             max_batch=config.max_batch, max_new_tokens=config.max_new_tokens,
             **chat_card(artifact.chat))
         self.chat = Chat(artifact.chat)   # the template, compiled once
-        self.shaper = Shaper(self.chat, config.max_new_tokens)   # both front doors shape requests with it
+        self.shaper = Shaper(self.chat, config.max_new_tokens,   # both front doors shape requests with it
+                             Grammars(artifact.tokenizer, mc.vocab_size, mc.eos_token_id))
         self.engine: Engine | None = None
         self.phase = Phase.LOADING
         self.in_flight = 0

@@ -158,7 +158,16 @@ FIELDS = {
     "min_tokens": st.integers(-2, MAX_NEW + 2),
     "truncate_prompt_tokens": st.integers(-3, 40),
     "user": st.text(max_size=5), "model": st.text(max_size=5),
+    "response_format": st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "json_object", "json_schema", "regex", "choice", "grammar", "x"])},
+        optional={"json_schema": st.fixed_dictionaries({}, optional={"schema": json_values() | st.sampled_from(
+                      [{"type": "object"}, {"type": "string", "maxLength": 3}, {"enum": [1, "a"]}])}),
+                  "regex": hostile_text | st.just("[a-c]{1,3}"), "choice": st.lists(hostile_text, max_size=3),
+                  "grammar": hostile_text | st.just('start: "a" | "b"'), "syntax": st.sampled_from(["lark", "gbnf", ""])}),
 }
+TOOL = st.fixed_dictionaries({"type": st.sampled_from(["function", "x"]), "function": st.fixed_dictionaries(
+    {}, optional={"name": st.sampled_from(["f", "g", "a b", ""]) | hostile_text, "description": hostile_text,
+                  "parameters": json_values() | st.just({"type": "object", "properties": {"a": {"type": "integer"}}})})})
 # Chat's own fields, on top of the shared ones (prompt and echo aside).
 message = st.fixed_dictionaries(
     {"role": st.sampled_from(["system", "user", "assistant", "narrator", ""]),
@@ -171,7 +180,11 @@ CHAT_FIELDS = {**{k: v for k, v in FIELDS.items() if k not in ("prompt", "echo",
                "logprobs": st.booleans(), "top_logprobs": st.integers(-1, 7),
                "max_completion_tokens": st.integers(-3, MAX_NEW + 3),
                "chat_template_kwargs": st.dictionaries(st.sampled_from(["assistant_name", "user_name", "_x", "a b"]),
-                                                       hostile_text, max_size=2)}
+                                                       hostile_text, max_size=2),
+               "tools": st.lists(TOOL | json_values(), max_size=2),
+               "tool_choice": st.sampled_from(["auto", "none", "required", "x"]) | st.fixed_dictionaries(
+                   {"type": st.just("function"), "function": st.fixed_dictionaries({"name": st.sampled_from(["f", "g"])})}),
+               "parallel_tool_calls": st.booleans()}
 CHAT_VALID = {"messages": [{"role": "user", "content": "Good morrow."}], "max_tokens": 4}
 VALID = {"prompt": "ROMEO:", "max_tokens": 4}
 # One field of a valid request changed (so the bad value is what the server meets), or any
@@ -245,6 +258,9 @@ requests = st.builds(
     min_tokens=st.none() | int32s | st.integers(0, 5), n=st.none() | st.integers(-1, 10) | int32s,
     prompt_logprobs=st.none() | st.integers(-1, 7) | int32s,
     truncate_prompt_tokens=st.none() | st.integers(-2, 40) | int32s,
+    response_format=st.none() | st.builds(pb.ResponseFormat, type=st.sampled_from(["json_object", "json_schema", "choice", "y"]),
+                                           json_schema=st.sampled_from(["", "{", '{"type": "string", "maxLength": 2}']),
+                                           choice=st.lists(st.text(max_size=3), max_size=2)),
     messages=st.lists(st.builds(pb.ChatMessage, role=st.sampled_from(["user", "system", "assistant", "x"]),
                                 content=st.text(max_size=12), name=st.text(max_size=4)), max_size=2),
     chat_template_kwargs=st.dictionaries(st.sampled_from(["assistant_name", "user_name", "_x"]), st.text(max_size=8),

@@ -25,7 +25,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-from core.chat import ChatTemplate
+from core.chat import TOOL_ANSWER, TOOL_CALL, ChatTemplate
 
 # A speaker line: one to four capitalised words (no digits), then "." or ":", alone on its line.
 SPEAKER = re.compile(r"^([A-Z][A-Za-z'&-]*(?: [A-Za-z][A-Za-z'&-]*){0,3})([.:])[ \t]*$")
@@ -102,6 +102,35 @@ _TEXT = """\
 {%- set text = clean.text -%}
 """
 
+# Tools (Hugging Face's `tools` kwarg, OpenAI's shapes): what is at hand, as a direction before
+# the conversation; an assistant's calls, a line each after its words; a tool's answer, a
+# direction naming the tool. The literal parts are core/chat.py's, which the server's tool
+# grammar writes too (serving/tools.py).
+_TOOLS = """\
+{%%- if tools -%%}
+{{- "[Tools at hand: " -}}
+{%%- for tool in tools -%%}
+{%%- set fn = tool.function if tool.function is defined else tool -%%}
+{{- ("; " if not loop.first else "") ~ fn.name ~ (" (" ~ fn.description ~ ")" if fn.description else "") -}}
+{%%- endfor -%%}
+{{- "]" ~ %(end)s -}}
+{%%- endif -%%}
+"""
+_CALLS = """\
+{%%- for call in message.tool_calls -%%}
+{%%- set fn = call.function if call.function is defined else call -%%}
+{{- ("\\n" if text or not loop.first else "") ~ %(open)s ~ fn.name ~ " " ~ (fn.arguments if fn.arguments is string else fn.arguments | tojson) ~ %(close)s -}}
+{%%- endfor -%%}
+"""
+_ANSWER = """\
+{{- %(a0)s ~ (message.name or "the tool") ~ %(a1)s ~ text ~ %(a2)s ~ %(end)s -}}
+"""
+
+
+def _tool_parts(end: str) -> dict:
+    a0, a1, a2 = (_lit(x) for x in TOOL_ANSWER)
+    return {"end": end, "open": _lit(TOOL_CALL[0]), "close": _lit(TOOL_CALL[1]), "a0": a0, "a1": a1, "a2": a2}
+
 
 def speech_parts(form: dict) -> dict[str, str]:
     """The literal text of a speakers-form chat, the one source both templates are written
@@ -122,6 +151,8 @@ def _speakers_template(form: dict) -> str:
     line, end = parts["suffix"], parts["end"]
     user, assistant = _lit(form["user"]), _lit(form["assistant"])
     system = f'{parts["system_open"]} ~ text ~ {parts["system_close"]}'
+    tool = _tool_parts(end)
+    tools, calls, answer = _TOOLS % tool, _CALLS % tool, _ANSWER % tool
     return f"""\
 {{#- shelley chat template, found in the corpus by training/chat_form.py. Each message is a
     speech: the speaker's line ({form["assistant"]}{form["suffix"]}), the words, a blank line.
@@ -131,10 +162,11 @@ The speaker is the message's name, else
 the reply's speaker line;
     the reply ends at the blank line that ends a speech. -#}}
 {{%- set ns = namespace(reply=assistant_name or {assistant}) -%}}
-{{%- for message in messages -%}}
+{tools}{{%- for message in messages -%}}
 {_TEXT}{{%- if message.role == "system" -%}}
 {{{{- {system} -}}}}
-{{%- else -%}}
+{{%- elif message.role == "tool" -%}}
+{answer}{{%- else -%}}
 {{%- if message.role == "assistant" -%}}
 {{%- set speaker = message.name or assistant_name or {assistant} -%}}
 {{%- if message.name and not assistant_name -%}}
@@ -143,7 +175,8 @@ the reply's speaker line;
 {{%- else -%}}
 {{%- set speaker = message.name or user_name or {user} -%}}
 {{%- endif -%}}
-{{{{- speaker{case} ~ {line} ~ text ~ {end} -}}}}
+{{{{- speaker{case} ~ {line} ~ text -}}}}
+{calls}{{{{- {end} -}}}}
 {{%- endif -%}}
 {{%- endfor -%}}
 {{%- if add_generation_prompt -%}}
@@ -153,12 +186,18 @@ the reply's speaker line;
 
 
 def _prose_template() -> str:
+    end = _lit(END_OF_SPEECH)
+    tool = _tool_parts(end)
     return f"""\
 {{#- shelley chat template, prose form (training/chat_form.py found no dialogue in the corpus):
     each message is a paragraph, and the reply is the model's next paragraph, ending at the
     blank line that ends a paragraph. Speakers' names are not written: the corpus has none. -#}}
-{{%- for message in messages -%}}
-{_TEXT}{{{{- text ~ {_lit(END_OF_SPEECH)} -}}}}
+{_TOOLS % tool}{{%- for message in messages -%}}
+{_TEXT}{{%- if message.role == "tool" -%}}
+{_ANSWER % tool}{{%- else -%}}
+{{{{- text -}}}}
+{_CALLS % tool}{{{{- {end} -}}}}
+{{%- endif -%}}
 {{%- endfor -%}}
 """
 

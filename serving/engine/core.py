@@ -19,7 +19,8 @@ call); leaving frees the slot; no other row's cache is ever touched. A request f
 choices is n requests admitted together: the prompt is prefilled into the first one's slot
 and copied into the others' (`Runtime.copy_prefix`; on CUDA each is prefilled). Each step
 decodes one token for rows [0, rows) in one ONNX Runtime call and samples them together
-(serving/engine/sampling.py), after penalties, logit_bias and min_tokens (serving/engine/penalties.py).
+(serving/engine/sampling.py), after penalties, logit_bias and min_tokens (serving/engine/penalties.py)
+and, for the rows that asked for structured output, their grammar's mask (serving/engine/grammar.py).
 A row whose cache is full re-prefills its newest tokens into its own slot and goes on
 (core/window.py, the rule every runtime slides by). A row running alone may verify tokens
 drafted from its own text in one call (`_speculate`, serving/engine/speculate.py). `check_stop`
@@ -43,6 +44,7 @@ from core.artifact import Artifact
 from core.errors import QueueFull
 from core.logprobs import token_logprobs
 from core.window import refill
+from serving.engine.grammar import Grammars
 from serving.engine.limits import check_params, check_prompt, check_text
 from serving.engine.penalties import Penalties
 from serving.engine.requests import Event, Finish, Request, TokenLogprob, check_stop  # noqa: F401 (re-exported)
@@ -77,6 +79,7 @@ class Engine:
         # ---- the engine thread's ----
         self.table = SlotTable(min(config.max_batch, runtime.slots), self.context)
         self.penalties = Penalties(len(self.table.owner), mc.vocab_size, mc.eos_token_id)
+        self.grammars = Grammars(self.tokenizer, mc.vocab_size, mc.eos_token_id)   # structured output
         self.admitting: list[list[Request]] = []    # taken from the inbox, not yet in slots: a
                                                     # request's n choices join together
         self.outbox: list[tuple[Request, Event]] = []
@@ -93,7 +96,9 @@ class Engine:
         ids = self.encode(prompt, param, params.truncate_prompt_tokens)
         seeds = [params.seed] * params.n if params.seed is None else [params.seed + i for i in range(params.n)]
         choices = [Request(ids, params if i == 0 else dataclasses.replace(params, seed=seed),
-                           self.tokens.stream(), sink, index=i) for i, seed in enumerate(seeds)]
+                           self.tokens.stream(), sink, index=i,
+                           grammar=self.grammars.state(params.grammar) if params.grammar else None)
+                   for i, seed in enumerate(seeds)]
         for r in choices:
             r.choices = choices
         try:
@@ -315,14 +320,17 @@ class Engine:
         fed = [int(self.table.tokens[s]), *draft]
         logits = self.rt.extend(s, cached, fed)
         picks, start = None, r.rng.count
-        if not r.params.penalized:   # every position in one call; the draws of a rejected tail
-            picks = sample_batch(logits, [r.params] * len(fed), [r.rng] * len(fed))   # are rewound
+        if not r.params.penalized and r.grammar is None:   # every position in one call; the draws
+            picks = sample_batch(logits, [r.params] * len(fed), [r.rng] * len(fed))   # of a rejected tail are rewound
             picked_lp = self._logprobs([r] * len(fed), logits, picks)
         accepted = 0
         for j in range(len(fed)):   # each position as a plain step: penalties, then one draw
             if picks is None:
                 row = self.penalties.apply(logits[j:j + 1], [s], [r])
-                tok = int(sample_batch(row, [r.params], [r.rng])[0])
+                allowed = self.grammars.masks([r])   # after the tokens accepted so far
+                if allowed is not None:
+                    row = Grammars.reachable(row, logits[j:j + 1], allowed)
+                tok = int(sample_batch(row, [r.params], [r.rng], allowed)[0])
                 self.penalties.record([s], np.array([tok]))
                 lp = self._logprobs([r], logits[j:j + 1], np.array([tok]))[0]
             else:
@@ -352,7 +360,10 @@ class Engine:
         reqs = [self.table.owner[s] for s in slots]
         params = [r.params for r in reqs]
         adjusted = self.penalties.apply(logits, slots, reqs)
-        tokens = sample_batch(adjusted, params, [r.rng for r in reqs])
+        allowed = self.grammars.masks(reqs)   # structured output's rows; None when no row asked
+        if allowed is not None:
+            adjusted = Grammars.reachable(adjusted, logits, allowed)
+        tokens = sample_batch(adjusted, params, [r.rng for r in reqs], allowed)
         self.penalties.record(slots, tokens)
         if self.metrics:
             self.metrics.generated_tokens.inc(len(reqs))
@@ -391,6 +402,8 @@ class Engine:
             else:
                 self.metrics.inter_token.observe(now - r.t_last)
         r.t_last = now
+        if r.grammar is not None and tok != self.eos:
+            r.grammar.accept(tok)
         reason, text = check_stop(r, tok, self.eos)
         if reason is None:
             self.outbox.append((r, Event(text, [tok], logprobs=logprobs, index=r.index,

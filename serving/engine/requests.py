@@ -53,6 +53,7 @@ class Request:
     text: TextStream
     sink: object = None                  # the front end's per-request queue (shared by the n choices)
     index: int = 0                       # its choice number; choices[0] is the one submit returns
+    grammar: object = None               # its structured output's GrammarState (serving/engine/grammar.py)
     # ---- the engine thread's, from the moment the request is in the inbox ----
     ids: list[int] = field(default_factory=list)   # prompt + generated: the window slides over it
     held: str = ""                       # text that may be the start of a stop string
@@ -96,6 +97,8 @@ def check_stop(req: Request, token: int, eos: int) -> tuple[Finish | None, str]:
         text, req.held, hit = split_stop(req.held + req.text.step(token), req.params.stop)
     if hit:
         return Finish.STOP, text
+    if req.grammar is not None and req.grammar.done:   # complete: the grammar allows nothing more
+        return Finish.STOP, text + req.held + req.text.flush()
     if req.generated >= req.params.max_tokens:
         return Finish.LENGTH, text + req.held + req.text.flush()
     return None, text

@@ -60,6 +60,8 @@ class SamplingParams:
     n: int = 1                        # choices: each its own slot and RNG (seeds seed, seed+1, ...)
     prompt_logprobs: int | None = None   # the prompt's tokens' logprobs (echo), k alternatives each
     truncate_prompt_tokens: int | None = None   # keep the prompt's last k tokens (-1: as many as fit)
+    grammar: str | None = None        # structured output: llguidance's grammar (serving/structured.py
+                                      # writes it); None = free text
 
     @property
     def penalized(self) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import json
 import logging
 import time
 
@@ -136,6 +137,22 @@ def fields_of(r: pb.GenerateRequest) -> dict:
         prompt_logprobs=opt("prompt_logprobs", None), truncate_prompt_tokens=opt("truncate_prompt_tokens", None))
 
 
+def format_of(r: pb.GenerateRequest) -> dict | None:
+    """The ResponseFormat as HTTP's response_format object (serving/structured.py reads both)."""
+    if not r.HasField("response_format"):
+        return None
+    f = r.response_format
+    out: dict = {"type": f.type, "regex": f.regex, "grammar": f.grammar, "choice": list(f.choice),
+                 "syntax": f.syntax or "lark"}
+    if f.type == "json_schema":
+        try:
+            out["json_schema"] = {"schema": json.loads(f.json_schema)}
+        except ValueError:
+            raise InvalidRequest("response_format.json_schema must be a JSON Schema as JSON text",
+                                 param="response_format.json_schema") from None
+    return out
+
+
 def messages_of(messages) -> list[dict]:
     """ChatMessages as the template reads them (checked as HTTP's are)."""
     return check_messages([{"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})}
@@ -158,9 +175,10 @@ class TextGeneration(pb_grpc.TextGenerationServicer):
             if request.prompt:
                 raise InvalidRequest("set prompt or messages, not both", param="prompt")
             s = server.shaper.chat(messages_of(request.messages), check_kwargs(dict(request.chat_template_kwargs)),
-                                   fields_of(request))
+                                   fields_of(request), response_format=format_of(request))
         else:
-            s = server.shaper.completion(request.prompt, fields_of(request), kind="generate")
+            s = server.shaper.completion(request.prompt, fields_of(request), kind="generate",
+                                         response_format=format_of(request))
         return server.events(server.submit(s.prompt, s.params, param=s.param), access)
 
     @rpc

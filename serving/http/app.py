@@ -241,7 +241,8 @@ class HttpFront:
             async for ev in self.server.events(req, request.state.access):
                 if ev.finish_reason:
                     left, done = left - 1, done + ev.completion_tokens
-                yield _sse(shape.chunk(ev))
+                for chunk in shape.chunks(ev):
+                    yield _sse(chunk)
             if include_usage:
                 yield _sse(shape.usage_chunk(oa.usage(req.prompt_tokens, done)))
             yield "data: [DONE]\n\n"

@@ -25,12 +25,14 @@ from serving.http.completions import CompletionShape, Gathered, Meta, check_body
 from serving.engine.requests import Event, TokenLogprob
 from serving.engine.sampling import SamplingParams
 from serving.shape import Shaper
+from serving.tools import CallStream, Tools, read_tools
 
 
 @dataclass(frozen=True)
 class ChatCompletion:
     prompt: str                 # the conversation, rendered through the template
     params: SamplingParams
+    tools: Tools | None = None  # the reply may be tool calls (serving/tools.py)
     stream: bool = False
     include_usage: bool = False
 
@@ -48,9 +50,10 @@ def parse_chat(body: Any, shaper: Shaper) -> ChatCompletion:
     if top is not None and not want:
         raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
     fields = dict(controls(body), max_tokens=max_tokens, logprobs=(top or 0) if want else None)
-    shaped = shaper.chat(messages, kwargs, fields)
+    tools = read_tools(body.get("tools"), body.get("tool_choice"), body.get("parallel_tool_calls"))
+    shaped = shaper.chat(messages, kwargs, fields, response_format=body.get("response_format"), tools=tools)
     options = field_of(body, "stream_options", dict, {})
-    return ChatCompletion(shaped.prompt, shaped.params, stream=field_of(body, "stream", bool, False),
+    return ChatCompletion(shaped.prompt, shaped.params, tools, stream=field_of(body, "stream", bool, False),
                           include_usage=field_of(options, "include_usage", bool, False))
 
 
@@ -64,11 +67,13 @@ def chat_logprobs(entries: list[TokenLogprob] | None, tokens: TokenTable) -> dic
 
 class ChatShape(CompletionShape):
     """chat.completion and chat.completion.chunk objects: the role in each choice's first
-    chunk, then content deltas, the last with finish_reason."""
+    chunk, then content deltas (or tool-call deltas, each call whole, when the request has
+    tools and the reply calls them), the last with finish_reason."""
     object = "chat.completion.chunk"
 
     def __init__(self, meta: Meta, c: ChatCompletion, tokens: TokenTable):
         self.meta, self.c, self.tokens = meta, c, tokens
+        self.calls = {i: CallStream(c.tools.choice) for i in range(c.params.n)} if c.tools else None
 
     def start(self) -> list[dict]:
         return [self._chunk({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
@@ -83,15 +88,36 @@ class ChatShape(CompletionShape):
             out["usage"] = None
         return out
 
-    def chunk(self, ev: Event) -> dict:
-        delta = {"content": ev.text} if ev.text or not ev.finish_reason else {}
-        return self._chunk({"index": ev.index, "delta": delta, "logprobs": self._logprobs(ev.logprobs),
-                            "finish_reason": ev.finish_reason or None})
+    def _deltas(self, index: int, text: str, finish: str) -> tuple[list[dict], str]:
+        """The deltas a choice's next text makes, and its finish_reason."""
+        if self.calls is None:
+            return [{"content": text}] if text or not finish else [], finish
+        calls = self.calls[index]
+        deltas = calls.feed(text)
+        if finish:
+            last, finish = calls.finish(finish)
+            deltas += last
+        return deltas, finish
+
+    def chunks(self, ev: Event) -> list[dict]:
+        deltas, finish = self._deltas(ev.index, ev.text, ev.finish_reason)
+        deltas = deltas or [{}] if finish or ev.logprobs else deltas
+        return [self._chunk({"index": ev.index, "delta": d, "logprobs": self._logprobs(ev.logprobs) if k == 0 else None,
+                             "finish_reason": (finish or None) if k == len(deltas) - 1 else None})
+                for k, d in enumerate(deltas)]
 
     def whole(self, choices: dict[int, Gathered], u: dict) -> dict:
-        body = self.envelope([{"index": i, "message": {"role": "assistant", "content": "".join(g.text)},
-                               "logprobs": self._logprobs(g.logprobs), "finish_reason": g.finish_reason}
-                              for i, g in sorted(choices.items())])
+        out = []
+        for i, g in sorted(choices.items()):
+            deltas, finish = self._deltas(i, "".join(g.text), g.finish_reason)
+            content = "".join(d.get("content", "") for d in deltas)
+            message = {"role": "assistant", "content": content}
+            calls = [c for d in deltas for c in d.get("tool_calls", [])]
+            if calls:
+                message = {"role": "assistant", "content": content or None,
+                           "tool_calls": [{k: v for k, v in c.items() if k != "index"} for c in calls]}
+            out.append({"index": i, "message": message, "logprobs": self._logprobs(g.logprobs), "finish_reason": finish})
+        body = self.envelope(out)
         body["object"] = "chat.completion"
         body["usage"] = u
         return body

@@ -2,7 +2,7 @@
 
     c = parse_completion(json_body, shaper)  # -> Completion(prompt, params, stream, include_usage, echo)
     shape = CompletionShape(meta, c, prompt_ids, tokens)   # per request: SSE chunks and the whole answer
-    shape.chunk(event); shape.whole(gathered_choices, usage(5, 16))
+    shape.chunks(event); shape.whole(gathered_choices, usage(5, 16))
     error_body("max_tokens must be ...", "invalid_request_error", param="max_tokens")
 
 Types are checked here (`max_tokens must be an integer`); the request is shaped as gRPC's
@@ -124,7 +124,7 @@ def parse_completion(body: Any, shaper: Shaper) -> Completion:
     logprobs, echo = field_of(body, "logprobs", int, None), field_of(body, "echo", bool, False)
     fields = dict(controls(body), max_tokens=field_of(body, "max_tokens", int, None), logprobs=logprobs,
                   prompt_logprobs=logprobs if echo else None)
-    shaped = shaper.completion(prompt, fields)
+    shaped = shaper.completion(prompt, fields, response_format=body.get("response_format"))
     options = field_of(body, "stream_options", dict, {})
     return Completion(shaped.prompt, shaped.params, stream=field_of(body, "stream", bool, False),
                       include_usage=field_of(options, "include_usage", bool, False), echo=echo)
@@ -185,6 +185,10 @@ class CompletionShape:
         if self.c.include_usage:
             out["usage"] = None
         return out
+
+    def chunks(self, ev: Event) -> list[dict]:
+        """The SSE chunks one engine event makes (chat's tool calls may make none or several)."""
+        return [self.chunk(ev)]
 
     def whole(self, choices: dict[int, Gathered], u: dict) -> dict:
         body = self.envelope([self._choice(i, "".join(g.text), g.finish_reason, g.logprobs, g.prompt_logprobs)

@@ -1,0 +1,94 @@
+"""Constrained decoding: a request's grammar state, advanced with each accepted token, and
+its allowed-token mask applied to the rows that asked.
+
+    grammars = Grammars(artifact.tokenizer, vocab=V, eos=E)   # once per engine: llguidance's tokenizer
+    req.grammar = grammars.state(params.grammar)             # per request (InvalidRequest if it is bad)
+    allowed = grammars.masks(reqs)                           # per row: a bool [V] mask, or None
+    tokens = sample_batch(logits, params, draws, allowed)    # the sampler masks (serving/engine/sampling.py)
+    req.grammar.accept(token); req.grammar.done              # after sampling; done: nothing may follow
+
+The grammar is llguidance's (JSON Schema, Lark, regex: serving/structured.py writes it from a
+request's `response_format` or `tools`), run over the model's own tokenizer (its
+tokenizer.json), so the mask is exact for every token, byte-fallback and multi-character
+ones alike. Why llguidance (docs/api.md, "Structured output"): it computes each mask lazily
+from the grammar's lexer and an Earley parser, with no per-schema compile step, and it knows
+more of JSON Schema than outlines-core (which let `"maximum": 150` through as 734320 in our
+probe); it needs nothing but its own wheel. Rows without a grammar cost one attribute test.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import llguidance
+import llguidance.numpy
+import numpy as np
+import tokenizers
+
+from core.errors import InvalidRequest
+
+
+class GrammarState:
+    """One request's place in its grammar (an llguidance matcher)."""
+
+    def __init__(self, matcher: llguidance.LLMatcher):
+        self.matcher = matcher
+
+    def accept(self, token: int) -> None:
+        self.matcher.consume_token(token)   # allowed by the mask it was sampled under
+
+    @property
+    def done(self) -> bool:
+        """The grammar is complete and can take nothing more (but end-of-text)."""
+        return self.matcher.is_stopped()
+
+
+class Grammars:
+    def __init__(self, tokenizer: tokenizers.Tokenizer, vocab: int, eos: int):
+        self.vocab = vocab
+        self.tokenizer = llguidance.LLTokenizer(tokenizer.to_str(), n_vocab=vocab, eos_token=eos)
+        self.executor = llguidance.LLExecutor()
+        self.words = (vocab + 31) // 32
+
+    def check(self, grammar: str, param: str) -> None:
+        """Refuse a grammar llguidance cannot run (an unsupported JSON Schema feature, a bad
+        regex), naming `param`; its message names the feature."""
+        error = llguidance.LLMatcher.validate_grammar(grammar, self.tokenizer)
+        if error:
+            raise InvalidRequest(f"{param}: {error.splitlines()[0][:300]}", param=param)
+
+    def state(self, grammar: str, param: str = "response_format") -> GrammarState:
+        m = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
+        if m.is_error():
+            raise InvalidRequest(f"{param}: {m.get_error().splitlines()[0][:300]}", param=param)
+        return GrammarState(m)
+
+    def masks(self, reqs: Sequence) -> list | None:
+        """Each row's allowed tokens, for sample_batch's `allowed` (serving/engine/sampling.py):
+        a bool [V] mask for a row whose request has a grammar, None for the others; None
+        when no row has one (the sampler then does nothing more)."""
+        rows = [i for i, r in enumerate(reqs) if r.grammar is not None]
+        if not rows:
+            return None
+        bits = np.zeros((len(rows), self.words), dtype=np.int32)
+        if len(rows) == 1:   # the executor's thread hand-off costs a lone row more than it saves
+            llguidance.numpy.fill_next_token_bitmask(reqs[rows[0]].grammar.matcher, bits, 0)
+        else:
+            llguidance.numpy.fill_next_token_bitmask_par(
+                self.executor, [(reqs[i].grammar.matcher, j) for j, i in enumerate(rows)], bits)
+        allowed = np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")[:, :self.vocab].astype(bool)
+        out: list = [None] * len(reqs)
+        for j, i in enumerate(rows):
+            out[i] = allowed[j]
+        return out
+
+    @staticmethod
+    def reachable(adjusted: np.ndarray, logits: np.ndarray, allowed: list) -> np.ndarray:
+        """`adjusted` (the logits after penalties), but a row whose every allowed token the
+        penalties banned (logit_bias -100, min_tokens' end-of-text) takes its raw logits:
+        the grammar's choice stands, the sampler never meets a row with nothing to draw."""
+        dead = [i for i, a in enumerate(allowed) if a is not None and not np.isfinite(adjusted[i, a]).any()]
+        if not dead:
+            return adjusted
+        out = adjusted.copy()
+        out[dead] = logits[dead]
+        return out
