@@ -14,6 +14,7 @@ from pathlib import Path
 
 from core.artifact import MODEL_FILES
 from core.errors import UserError
+from serving.engine.spread import SPREADS
 from serving.logs import LOG_FORMATS
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -39,6 +40,8 @@ class ServeConfig:
     threads: int = 0                   # cores the runtime uses (a batch is cut into this many single-threaded
                                        # slices); 0 = every core the process may use (affinity, cgroup quota)
     ort_spin: bool = False             # the pooled session's threads (one prompt's prefill) spin between kernels
+    spread: str = "auto"               # how a step of n rows uses the cores: auto (timed at start-up per row
+                                       # count), threads (split each matmul), slices (cut the rows)
     log_level: str = "info"
     log_format: str = "text"           # "json": every log line one JSON object
     api_key: str = field(default="", repr=False)   # required as `Bearer KEY` by TextGeneration and /v1/*
@@ -54,6 +57,8 @@ class ServeConfig:
             raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.precision not in MODEL_FILES:
             raise UserError(f"--precision must be one of {', '.join(MODEL_FILES)}, got {self.precision!r}")
+        if self.spread not in SPREADS:
+            raise UserError(f"--spread must be one of {', '.join(SPREADS)}, got {self.spread!r}")
         if self.log_level not in LOG_LEVELS:
             raise UserError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.log_format not in LOG_FORMATS:

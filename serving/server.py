@@ -146,13 +146,15 @@ class Server:
             loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._engine_failed(e)))
 
         def build() -> Engine:
-            runtime = Runtime(self.artifact, c.device, c.threads, c.precision, slots=c.max_batch, spin=c.ort_spin)
+            runtime = Runtime(self.artifact, c.device, c.threads, c.precision, slots=c.max_batch, spin=c.ort_spin,
+                              spread=c.spread)
             engine = Engine(self.artifact, EngineConfig(c.max_batch, c.max_queue, c.max_new_tokens, c.speculate,
                                                         c.prefix_cache),
                             runtime, publish, self.metrics, on_crash=crashed)
             t0 = time.perf_counter()
             engine.warmup()
             log.info("warmed up in %.0f ms", 1000 * (time.perf_counter() - t0))
+            log.info("%s", runtime.calibrate())   # before any request: it writes into the slots
             return engine
 
         self.engine = await asyncio.to_thread(build)

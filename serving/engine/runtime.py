@@ -1,18 +1,19 @@
 """ONNX Runtime over the in-place KV-cache graph: the one runtime the server, export.verify
 and the benches share.
 
-    rt = Runtime(artifact, device="auto", threads=0, precision="fp32", slots=32)
+    rt = Runtime(artifact, device="auto", threads=0, precision="fp32", slots=32, spread="auto")
+    log.info(rt.calibrate())                   # time each way to spread a step over the cores
     last = rt.prefill(first_slot=3, prompts=[[5, 6, 7], [8, 9]])  # into slots 3 and 4: (2, V)
     logits = rt.decode(tokens, lengths)        # rows 0..n-1, one token each: (n, V)
     logits = rt.forward(ids, positions, seqlens, total, first_slot=0)   # the raw call: (B, T, V)
     rt.copy_prefix(src=3, dst=5, length=3)     # slot 5's cache holds slot 3's first 3 tokens (CPU)
 
-The KV cache (`KVCache`) is one buffer per layer for keys and one for values,
-[slots, kv heads, context, head_dim], allocated once. Every call binds a run of adjacent
-slots of those buffers, by pointer, as both `past_key_values.*` and `present.*`, and the
+The KV cache (serving/engine/kvcache.py) is one buffer per layer for keys and one for
+values, [slots, kv heads, context, head_dim], reserved once, in memory only where written.
+Every call binds a run of adjacent slots of those buffers, by pointer, as both `past_key_values.*` and `present.*`, and the
 graph's GroupQueryAttention writes the new tokens' columns in place: nothing is copied
 between steps, whoever joins or leaves. A prefill binds afresh; decode steps reuse one
-binding per row count (`DecodeBinding`), writing their small inputs into its buffers.
+binding per row run and thread count (`DecodeBinding`), writing their small inputs into its buffers.
 `lengths[b]` counts the tokens already in slot b's cache; a free slot's row is fed at the
 length of the cache it keeps for the prefix cache (serving/engine/slots.py), so its new key
 and value land just past what it keeps, and its logits are ignored. The graph contract is
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,6 +37,8 @@ from onnxruntime.capi import _pybind_state as C
 from core.artifact import INPUT_IDS, LOGITS, POSITION_IDS, SEQLENS, TOTAL_LENGTH, Artifact
 from core.cpus import usable_cores
 from core.errors import UserError
+from serving.engine.kvcache import KVCache
+from serving.engine.spread import Plan, Plans
 
 log = logging.getLogger("shelley.runtime")
 CUDA = "CUDAExecutionProvider"
@@ -74,67 +78,9 @@ def session_options(threads: int, spin: bool = False) -> ort.SessionOptions:
     return so
 
 
-class KVCache:
-    """Per layer a key and a value buffer [slots, kv heads, context, head_dim], bound by pointer.
-
-    On the CPU the buffers are numpy arrays (kept alive here: ORT only gets pointers); on
-    CUDA they are OrtValues in GPU memory. A run of adjacent slots is one contiguous block
-    of every buffer, so binding slots [first, first + n) is a pointer offset, never a copy.
-    """
-
-    def __init__(self, n_layer: int, slots: int, kv_heads: int, context: int, head_dim: int,
-                 dtype: type, device: C.OrtDevice, on_cuda: bool):
-        self.slots, self.dtype, self.device = slots, np.dtype(dtype), device
-        self.row_shape = (kv_heads, context, head_dim)
-        shape = (slots, *self.row_shape)
-        if on_cuda:
-            self._values = [C.OrtValue.ortvalue_from_shape_and_type(shape, self.dtype, device)
-                            for _ in range(2 * n_layer)]
-            self._host = None
-            self._ptrs = [v.data_ptr() for v in self._values]
-        else:
-            self._host = [np.zeros(shape, self.dtype) for _ in range(2 * n_layer)]
-            self._ptrs = [a.ctypes.data for a in self._host]
-        self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
-
-    def bind(self, io: C.SessionIOBinding, past: list[str], present: list[str], first: int, n: int) -> None:
-        if first < 0 or first + n > self.slots:
-            raise ValueError(f"slots {first}..{first + n - 1} are outside the cache's {self.slots}")
-        shape, elem = (n, *self.row_shape), self.dtype
-        for name_in, name_out, base in zip(past, present, self._ptrs):
-            ptr = base + first * self.row_bytes
-            io.bind_input(name_in, self.device, elem, shape, ptr)
-            io.bind_output(name_out, self.device, elem, shape, ptr)
-
-    @property
-    def can_copy(self) -> bool:
-        return self._host is not None
-
-    def copy(self, src: int, dst: int, length: int) -> None:
-        """Copy the first `length` positions of slot src into slot dst, keys and values of every
-        layer: dst then holds what prefilling src's first `length` tokens would have written.
-        CPU buffers only (on CUDA, callers prefill instead: `can_copy` is False)."""
-        if not self.can_copy:
-            raise NotImplementedError("copying between slots is implemented for CPU buffers only")
-        if not (0 <= src < self.slots and 0 <= dst < self.slots and 0 <= length <= self.row_shape[1]):
-            raise ValueError(f"cannot copy {length} positions from slot {src} to slot {dst} "
-                             f"({self.slots} slots of {self.row_shape[1]})")
-        for buf in self._host:
-            buf[dst, :, :length] = buf[src, :, :length]
-
-    def host(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
-        """(keys, values) of a layer as numpy arrays (CPU: the buffers themselves; tests)."""
-        if self._host is not None:
-            return self._host[2 * layer], self._host[2 * layer + 1]
-        return self._values[2 * layer].numpy(), self._values[2 * layer + 1].numpy()
-
-
-SLICE_ROWS = 4   # a step of fewer rows runs whole on one thread (slices cost more than they save)
-
-
 class Runtime:
     def __init__(self, artifact: Artifact, device: str = "auto", threads: int = 0,
-                 precision: str = "fp32", slots: int = 32, spin: bool = False):
+                 precision: str = "fp32", slots: int = 32, spin: bool = False, spread: str = "auto"):
         mc = artifact.config
         self.context, self.vocab = mc.context_length, mc.vocab_size
         providers = choose_providers(device)
@@ -142,13 +88,15 @@ class Runtime:
         if precision == "fp32" and on_cuda and "fp16" in mc.files:
             precision = "fp16"   # the GPU's file when there is one
         path = artifact.onnx_path(precision)
-        # On the CPU a batch is cut into `workers` slices of adjacent rows, each run by a
-        # single-threaded session on its own thread: one join per step instead of ORT's
-        # fork and join around every operator, which stalls whenever the scheduler lends a
-        # core to the event loop or a client (batch 32 on 2 cores: 1.23x ORT's own two
-        # threads on an idle machine; ORT's threads are even slower than one below 4
-        # rows). The pooled session is for what cannot be sliced: one prompt's prefill.
+        # On the CPU a step's rows may be cut into slices of adjacent rows, each run by a
+        # single-threaded session on its own thread (one join per step instead of ORT's fork
+        # and join around every operator: batch 32 on 2 cores, 1.23x ORT's own two threads),
+        # or run whole on a session whose intra-op threads split each matmul (a lone row of
+        # a larger model), or both: `plans` (serving/engine/spread.py) decides per row count
+        # from what `calibrate` measured here. One prompt's prefill runs on the pooled session.
         self.workers = 1 if on_cuda else (threads or usable_cores())
+        self.plans = Plans(self.workers, spread)
+        self._path, self._providers, self._spin = path, providers, spin
         try:
             self.session = ort.InferenceSession(str(path), session_options(self.workers, spin), providers=providers)
             self.provider = self.session.get_providers()[0]
@@ -156,6 +104,7 @@ class Runtime:
                 str(path), session_options(1), providers=providers)
         except Exception as e:  # ORT raises its own types for a bad graph
             raise UserError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from None
+        self._sessions = {1: self.single, self.workers: self.session}   # by intra-op threads
         if on_cuda and self.provider != CUDA:
             log.info("the CUDA provider failed to start; running on CPU")
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -166,7 +115,7 @@ class Runtime:
         self.dtype = np.float16 if inputs[self.past_names[0]].type == "tensor(float16)" else np.float32
         logits = next(o for o in self.session.get_outputs() if o.name == LOGITS)
         self.logits_dtype = np.float16 if logits.type == "tensor(float16)" else np.float32
-        self._decode_bindings: dict[tuple[int, int], DecodeBinding] = {}
+        self._decode_bindings: dict[tuple[int, int, int], DecodeBinding] = {}
         self.pool = ThreadPoolExecutor(self.workers - 1, "shelley-slice") if self.workers > 1 else None
         self.precision = precision
         self.device = "cuda" if self.provider == CUDA else "cpu"
@@ -174,19 +123,41 @@ class Runtime:
         self._cpu = ort.OrtDevice.make("cpu", 0)._get_c_device()
         self.cache = KVCache(mc.n_layer, slots, mc.kv_heads, mc.context_length, mc.head_dim,
                              self.dtype, self._dev, self.device == "cuda")
-        log.info("ONNX Runtime %s: %s on %s (%s), %d slice thread(s), KV cache %d slots x %d tokens (%.1f MB)",
-                 ort.__version__, path.name, self.provider, precision, self.workers, slots, mc.context_length,
-                 2 * mc.n_layer * slots * self.cache.row_bytes / 1e6)
+        log.info("ONNX Runtime %s: %s on %s (%s), %d core(s), KV cache %d slots x %d tokens (%.1f MB reserved, "
+                 "resident as written)", ort.__version__, path.name, self.provider, precision, self.workers, slots,
+                 mc.context_length, self.cache.nbytes / 1e6)
 
     @property
     def slots(self) -> int:
         return self.cache.slots
 
-    def slices(self, rows: int) -> list[tuple[int, int]]:
+    def slices(self, rows: int, plan: Plan | None = None) -> list[tuple[int, int]]:
         """(first row, rows) of each slice a call on rows 0..rows-1 is cut into."""
-        k = 1 if rows < SLICE_ROWS else min(self.workers, rows)
+        k = min(rows, (plan or self.plans.get(rows)).slices)
         bounds = [round(i * rows / k) for i in range(k + 1)]
         return [(a, b - a) for a, b in zip(bounds, bounds[1:])]
+
+    def session_with(self, threads: int) -> ort.InferenceSession:
+        """The session whose intra-op pool has `threads` threads (made on first use)."""
+        if threads not in self._sessions:
+            self._sessions[threads] = ort.InferenceSession(str(self._path), session_options(threads, self._spin),
+                                                           providers=self._providers)
+        return self._sessions[threads]
+
+    def calibrate(self, past: int = 64) -> str:
+        """Time each way to spread a decode step (serving/engine/spread.py) at 1, 2, 4, ...
+        rows up to the slots, rows holding `past` cached tokens; returns the one-line summary.
+        Run before serving: it writes garbage into the slots' caches."""
+        lengths = np.full(self.slots, min(past, self.context - 2), np.int64)
+        tokens = np.zeros(self.slots, np.int64)
+
+        def time_step(plan: Plan, rows: int) -> float:
+            t0 = time.perf_counter()
+            self._decode(tokens[:rows], lengths[:rows], plan)
+            return time.perf_counter() - t0
+        if self.device == "cpu":
+            self.plans.calibrate(time_step, self.slots)
+        return self.plans.summary
 
     def _together(self, jobs: list[Callable[[], np.ndarray]]) -> list[np.ndarray]:
         """Run jobs at once: the first on this thread, the rest on the slice threads."""
@@ -239,8 +210,9 @@ class Runtime:
 
         if len(prompts) == 1:
             return run(0, 1, self.session)
-        parts = self.slices(len(prompts))
-        outs = self._together([lambda f=f, r=r: run(f, r) for f, r in parts])
+        plan = self.plans.get(len(prompts))
+        parts, session = self.slices(len(prompts), plan), self.session_with(plan.threads)
+        outs = self._together([lambda f=f, r=r: run(f, r, session) for f, r in parts])
         if not all_positions:
             return np.concatenate(outs)
         whole = np.zeros((len(prompts), int(lengths.max()), self.vocab), np.float32)
@@ -259,7 +231,8 @@ class Runtime:
         total = cached + n
         ids = np.asarray([tokens], np.int64)
         positions = np.arange(cached, total, dtype=np.int64)[None]
-        return self.forward(ids, positions, np.array([total - 1]), total, slot)[0]
+        session = self.session_with(self.plans.get(1).threads)    # as a lone row's decode step
+        return self.forward(ids, positions, np.array([total - 1]), total, slot, session)[0]
 
     @property
     def can_copy(self) -> bool:
@@ -280,9 +253,11 @@ class Runtime:
         total = int(lengths.max()) + 1
         if total > self.context:
             raise ValueError(f"a row's cache is full ({self.context} tokens); slide it first")
+        return self._decode(tokens, lengths, self.plans.get(len(lengths)))
 
+    def _decode(self, tokens: np.ndarray, lengths: np.ndarray, plan: Plan) -> np.ndarray:
         def run(first: int, rows: int) -> np.ndarray:
-            b = self._decode_binding(first, rows)
+            b = self._decode_binding(first, rows, plan.threads)
             last = slice(first, first + rows)
             b.ids[:, 0], b.positions[:, 0], b.seqlens[:] = tokens[last], lengths[last], lengths[last]
             # total >= 2 keeps a decode from reading as a prefill (T == total) even when every
@@ -291,25 +266,25 @@ class Runtime:
             b.session._sess.run_with_iobinding(b.io, None)
             return b.logits[:, 0]
 
-        parts = self._together([lambda f=f, r=r: run(f, r) for f, r in self.slices(len(lengths))])
+        parts = self._together([lambda f=f, r=r: run(f, r) for f, r in self.slices(len(lengths), plan)])
         return np.concatenate(parts).astype(np.float32)   # a copy: the buffers are the next step's too
 
-    def _decode_binding(self, first: int, rows: int) -> "DecodeBinding":
+    def _decode_binding(self, first: int, rows: int, threads: int = 1) -> "DecodeBinding":
         """The decode call on rows first..first+rows-1, bound once and reused: every input and
         the logits live in buffers bound by pointer, so a step writes its four small inputs in
         place and runs. Binding afresh every step cost 10-20% of a batch-1 step (measured
         interleaved, same process)."""
-        b = self._decode_bindings.get((first, rows))
+        b = self._decode_bindings.get((first, rows, threads))
         if b is None:
-            b = self._decode_bindings[first, rows] = DecodeBinding(self, first, rows)
+            b = self._decode_bindings[first, rows, threads] = DecodeBinding(self, first, rows, self.session_with(threads))
         return b
 
 
 class DecodeBinding:
     """One IOBinding for decode steps on rows first..first+rows-1, with its own buffers."""
 
-    def __init__(self, rt: Runtime, first: int, rows: int):
-        self.session = rt.single
+    def __init__(self, rt: Runtime, first: int, rows: int, session: ort.InferenceSession):
+        self.session = session
         self.io = C.SessionIOBinding(self.session._sess)
         self.ids = np.zeros((rows, 1), np.int64)
         self.positions = np.zeros((rows, 1), np.int64)
