@@ -6,8 +6,9 @@ same client for every server) and over gRPC, counting what each request saw.
     row = tally.row(wall_seconds)     # tok_s, ttft50/99, gap50/99, tokens per chunk, errors
 
 `openai_streams` drives shelley and llama.cpp's llama-server alike: `POST /v1/completions`
-with `stream: true`, greedy, `ignore_eos` (both honour it), so every request generates
-exactly `new_tokens` tokens. Request i of a client takes prompt i of `prompts`, cycling, so
+with `stream: true`, `temperature` (1.0 unless told: OpenAI's default, what chat clients send;
+0 = greedy), `ignore_eos` (both honour it), so every request generates exactly `new_tokens`
+tokens. Request i of a client takes prompt i of `prompts`, cycling, so
 a server that caches prompts gains only where the bench means it to (`--prefix`). A chunk
 may carry several tokens (shelley merges a stream's tokens when it runs ahead of the
 client; llama.cpp sends one per chunk), so latency is per chunk: time to the first chunk
@@ -51,13 +52,13 @@ class Tally:
 
 
 async def openai_streams(base: str, n: int, seconds: float, prompts: list[str], new_tokens: int,
-                         extra: dict | None = None, first: int = 0) -> Tally:
+                         extra: dict | None = None, first: int = 0, temperature: float = 1.0) -> Tally:
     """n clients, each sending back-to-back streamed completions for `seconds` (httpx, one
-    connection per client). `extra` adds request fields (e.g. temperature and seed)."""
+    connection per client). `extra` adds request fields (e.g. penalties)."""
     import httpx
 
     tally = Tally()
-    body = {"max_tokens": new_tokens, "temperature": 0.0, "ignore_eos": True, "stream": True,
+    body = {"max_tokens": new_tokens, "temperature": temperature, "ignore_eos": True, "stream": True,
             "stream_options": {"include_usage": True}, **(extra or {})}
     end = time.perf_counter() + seconds
     turns = itertools.count(first)
@@ -141,8 +142,8 @@ async def grpc_stream_once(stub, req, tally: Tally, timeout: float = 120, cancel
 
 
 async def grpc_streams(target: str, n: int, seconds: float, prompts: list[str], new_tokens: int,
-                       first: int = 0) -> Tally:
-    """The same scenario over gRPC Generate: n clients, back-to-back greedy requests."""
+                       first: int = 0, temperature: float = 1.0) -> Tally:
+    """The same scenario over gRPC Generate: n clients, back-to-back requests."""
     import grpc
 
     from serving.grpc.proto import pb, pb_grpc
@@ -156,7 +157,7 @@ async def grpc_streams(target: str, n: int, seconds: float, prompts: list[str], 
         async def client() -> None:
             while time.perf_counter() < end:
                 req = pb.GenerateRequest(prompt=prompts[next(turns) % len(prompts)], max_tokens=new_tokens,
-                                         temperature=0.0, ignore_eos=True)
+                                         temperature=temperature, ignore_eos=True)
                 await grpc_stream_once(stub, req, tally)
         await asyncio.gather(*(client() for _ in range(n)))
     return tally

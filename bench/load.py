@@ -2,6 +2,8 @@
 on the same weights and the same cores, in one run.
 
     python -m bench.load                              # 1, 32, 64 streams; fp32/int8 vs F32/Q8_0
+    python -m bench.load --size 87M --streams 1,32    # the other shapes: 11.5M, 87M (bench/models.py)
+    python -m bench.load --greedy                     # temperature 0 too, as labelled variants
     python -m bench.load --streams 1 --seconds 30 --peers shelley-fp32,llama-f32
     python -m bench.load --prefix                     # TTFT of a repeated 200-token prompt
     python -m bench.load --grpc                       # shelley over gRPC too
@@ -9,7 +11,10 @@ on the same weights and the same cores, in one run.
     python -m bench.load --model random               # untrained weights (timing is the shape's)
 
 Every server gets the same OpenAI streaming client (bench/clients.py): 64-token prompts, all
-different (held-out text), 128 tokens forced (`ignore_eos`, greedy). Scenarios take turns in
+different (held-out text), 128 tokens forced (`ignore_eos`), temperature 1.0 (`--temperature`;
+OpenAI's default, what chat clients send; no other sampling field, so each server applies its
+own defaults: llama-server its top-k 40, top-p 0.95, min-p 0.05 chain, shelley none);
+`--greedy` adds each scenario at temperature 0, labelled. Scenarios take turns in
 `--rounds` rounds (HF, then each server and stream count), so a burst of load on a shared
 machine hits all alike. Reported per scenario: tokens/s, time to the first chunk, gaps
 between chunks and tokens per chunk, errors, the server's cores and resident memory, and
@@ -18,7 +23,7 @@ batch 1 and 16. Servers are subprocesses on this machine: the clients share its 
 
 Peers: shelley (`python -m serving`, `--max-batch 64`, HTTP), llama.cpp's llama-server
 (built from the pinned source by tests/llama_cpp.py, `-t 2`, 64 slots of the model's
-context, f16 KV cache as it defaults to, prompt caching on as it defaults to), HF transformers
+context (`-c` 64 x context), f16 KV cache as it defaults to, prompt caching on as it defaults to), HF transformers
 `generate` in-process (the better of 1 and 2 torch threads). Needs `pip install -e '.[bench]'`
 and, for llama.cpp, cmake and a C++ compiler (first run: a ~3-minute build, then cached).
 
@@ -40,6 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script too
 from bench.clients import Tally, grpc_streams, openai_streams  # noqa: E402
+from bench.machine import provenance  # noqa: E402
 from core.net import free_port  # noqa: E402
 
 SLOTS, THREADS = 64, 2
@@ -103,8 +109,9 @@ def start_peers(names: list[str], model, server_args: list[str], want_grpc: bool
             peers.append(Peer(name, f"shelley {precision}{' ' + flags if flags else ''}", f"http://127.0.0.1:{http}",
                               proc.pid, stop, target if want_grpc else ""))
         elif kind == "llama":
+            from core.artifact import read_config
             from tests.llama_cpp import LlamaServer, llama_server_binary
-            context = 256
+            context = read_config(model.onnx).context_length
             srv = LlamaServer(llama_server_binary(), ["-m", str(model.gguf[precision]), "-t", str(THREADS),
                                                       "-np", str(SLOTS), "-c", str(SLOTS * context)]).start()
             peers.append(Peer(name, f"llama.cpp {precision.upper()}", srv.url, srv.proc.pid, srv.stop))
@@ -166,12 +173,13 @@ class HFGenerate:
 
 
 def measure(peer: Peer, api: str, n: int, seconds: float, prompts: list[str], new_tokens: int,
-            first: int) -> tuple[Tally, float, float]:
+            first: int, temperature: float) -> tuple[Tally, float, float]:
     """(tally, wall seconds, server CPU seconds) of one scenario's turn; api "http+controls"
-    sets CONTROLS on every request."""
+    sets CONTROLS on every request, "http+greedy" temperature 0."""
     extra = CONTROLS if api == "http+controls" else None
-    run = openai_streams(peer.base, n, seconds, prompts, new_tokens, extra, first=first) if api != "grpc" else \
-        grpc_streams(peer.grpc_target, n, seconds, prompts, new_tokens, first=first)
+    t = 0.0 if api == "http+greedy" else temperature
+    run = openai_streams(peer.base, n, seconds, prompts, new_tokens, extra, first=first, temperature=t) \
+        if api != "grpc" else grpc_streams(peer.grpc_target, n, seconds, prompts, new_tokens, first=first, temperature=t)
     cpu0, t0 = cpu_seconds(peer.pid), time.perf_counter()
     tally = asyncio.run(run)
     return tally, time.perf_counter() - t0, cpu_seconds(peer.pid) - cpu0
@@ -185,7 +193,8 @@ def compare(args, model, peers: list[Peer]) -> None:
     per_round = args.seconds / args.rounds
     def apis(p: Peer) -> list[str]:
         shelley = p.name.startswith("shelley")
-        return ["http", *(["grpc"] if p.grpc_target else []), *(["http+controls"] if shelley and args.controls else [])]
+        return ["http", *(["grpc"] if p.grpc_target else []), *(["http+controls"] if shelley and args.controls else []),
+                *(["http+greedy"] if args.greedy else [])]
     scenarios = [(p, api, n) for n in streams for p in peers for api in apis(p)]
     tallies = {s: Tally() for s in scenarios}
     walls, cpu = dict.fromkeys(scenarios, 0.0), dict.fromkeys(scenarios, 0.0)
@@ -198,15 +207,19 @@ def compare(args, model, peers: list[Peer]) -> None:
             hf_done[b][1] += wall
         for i, s in enumerate(scenarios if r % 2 == 0 else scenarios[::-1]):
             # each scenario's round starts on prompts no server has seen in this run
-            tally, wall, used = measure(*s, per_round, prompts, args.new_tokens, first=(r * len(scenarios) + i) * share)
+            tally, wall, used = measure(*s, per_round, prompts, args.new_tokens, first=(r * len(scenarios) + i) * share,
+                                        temperature=args.temperature)
             tallies[s].add(tally)
             walls[s] += wall
             cpu[s] += used
     hf_rate = {b: tok / wall for b, (tok, wall) in hf_done.items()}
     rate = {s: tallies[s].row(walls[s])["tok_s"] for s in scenarios}
-    print(f"\n{os.cpu_count()} CPUs (load {' / '.join(f'{x:.1f}' for x in os.getloadavg())} at the end); model "
-          f"{model.run.parent.name}; {args.prompt_tokens}-token prompts, all different, {args.new_tokens} new tokens, "
-          f"greedy; {args.seconds:.0f} s per scenario in {args.rounds} interleaved rounds\n")
+    print(f"\n{provenance('python -m bench.load', args.argv)}\n")
+    print(f"{os.cpu_count()} CPUs (load {' / '.join(f'{x:.1f}' for x in os.getloadavg())} at the end); model "
+          f"{model.run.parent.name} ({params(model)}); {args.prompt_tokens}-token prompts, all different, "
+          f"{args.new_tokens} new tokens, temperature {args.temperature:g}"
+          f"{' (greedy rows: 0)' if args.greedy else ''}; {args.seconds:.0f} s per scenario in {args.rounds} "
+          f"interleaved rounds; RSS at the end of the run\n")
     head = ["scenario", "tokens/s", "TTFT p50 / p99 ms", "chunk gap p50 / p99 ms", "tokens/chunk", "errors",
             "server cores", "RSS MB", "vs llama.cpp", *(f"vs HF b{b}" for b in hf_batches)]
     print("| " + " | ".join(head) + " |\n|" + " --- |" * len(head))
@@ -217,8 +230,10 @@ def compare(args, model, peers: list[Peer]) -> None:
         ref = next((rate[t] for t in scenarios if t[0].name == twin and t[1] == "http" and t[2] == n), None)
         if api == "http+controls":   # against the same server without the controls
             ref = rate[(peer, "http", n)]
+        if api == "http+greedy":     # against the twin, greedy too
+            ref = next((rate[t] for t in scenarios if t[0].name == twin and t[1] == api and t[2] == n), None)
         versus = f"{row['tok_s'] / ref:.2f}x" if ref else ""
-        suffix = {"grpc": " gRPC", "http+controls": " +controls"}.get(api, "")
+        suffix = {"grpc": " gRPC", "http+controls": " +controls", "http+greedy": " greedy"}.get(api, "")
         cells = [f"{peer.label}{suffix}, {n} stream{'s' * (n > 1)}", f"{row['tok_s']:,.0f}",
                  f"{row['ttft50']:.1f} / {row['ttft99']:.1f}", f"{row['gap50']:.2f} / {row['gap99']:.2f}",
                  f"{row['per_chunk']:.1f}", f"{row['errors']}", f"{cpu[s] / walls[s]:.2f}",
@@ -226,6 +241,12 @@ def compare(args, model, peers: list[Peer]) -> None:
         print("| " + " | ".join(cells) + " |")
     for b in hf_batches:
         print(f"| HF transformers generate, batch {b} | {hf_rate[b]:,.0f} |" + " |" * (len(head) - 2))
+
+
+def params(model) -> str:
+    from core.artifact import read_config
+    c = read_config(model.onnx)
+    return f"{c.params / 1e6:.1f}M parameters, {c.n_layer} layers x {c.n_head * c.head_dim}, context {c.context_length}"
 
 
 def prefix(args, model, peers: list[Peer]) -> None:
@@ -253,6 +274,9 @@ def prefix(args, model, peers: list[Peer]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="trained", choices=("trained", "random"), help="bench/models.py")
+    p.add_argument("--size", default="3.7M", choices=("3.7M", "11.5M", "87M"), help="the model's shape (bench/models.py)")
+    p.add_argument("--temperature", type=float, default=1.0, help="every request's (the headline: 1.0)")
+    p.add_argument("--greedy", action="store_true", help="each scenario at temperature 0 too, labelled")
     p.add_argument("--peers", default="shelley-fp32,shelley-int8,llama-f32,llama-q8_0")
     p.add_argument("--streams", default="1,32,64", help="concurrent clients per scenario")
     p.add_argument("--seconds", type=float, default=15.0, help="per scenario, over all rounds")
@@ -265,9 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix", action="store_true", help="TTFT with and without a repeated prompt instead")
     p.add_argument("--controls", action="store_true", help="shelley also with penalties and logit_bias on")
     args = p.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
 
     from bench.models import bench_model
-    model = bench_model(args.model)
+    model = bench_model(args.model, args.size)
     peers = start_peers(args.peers.split(","), model, args.server_args.split(), args.grpc)
     try:
         (prefix if args.prefix else compare)(args, model, peers)

@@ -110,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         variants[("graph", spin)] = lambda n, s, spin=spin: graph(graph_rts[spin], n, s)
         variants[("engine", spin)] = lambda n, s, spin=spin: engines[spin].run(n, s)
         variants[("server, gRPC", spin)] = lambda n, s, spin=spin: asyncio.run(
-            grpc_streams(servers[spin][1], n, s, prompts, NEW_TOKENS)).tokens
+            grpc_streams(servers[spin][1], n, s, prompts, NEW_TOKENS, temperature=0.0)).tokens
         variants[("server, HTTP", spin)] = lambda n, s, spin=spin: asyncio.run(
-            openai_streams(f"http://127.0.0.1:{http[spin]}", n, s, prompts, NEW_TOKENS)).tokens
+            openai_streams(f"http://127.0.0.1:{http[spin]}", n, s, prompts, NEW_TOKENS, temperature=0.0)).tokens
     try:
         print(f"{os.cpu_count()} CPUs, load {' '.join(f'{x:.1f}' for x in os.getloadavg())}; {art.config.n_layer} "
               f"layers, {art.config.n_head * art.config.head_dim} wide; {PROMPT_TOKENS}-token prompts, {NEW_TOKENS} new tokens, greedy; "
