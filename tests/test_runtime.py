@@ -29,6 +29,9 @@ def test_every_plan_gives_the_same_logits(rt):
     summary = rt.calibrate()
     assert summary.startswith("spread over 2 cores, calibrated in") and "1: " in summary
     assert set(rt.plans.table) == {1, 2, 4, 8}
+    kept = {p.threads for p in rt.plans.table.values()} | {2}
+    assert set(rt._sessions) == kept and "sessions kept: " in summary   # the others are dropped
+    assert np.isfinite(rt.decode(tokens[:5], lengths[:5])).all()
 
 
 def test_calibration_keeps_the_fastest_plan_per_row_count():
@@ -47,6 +50,15 @@ def test_calibration_keeps_the_fastest_plan_per_row_count():
                                                            Plan(2, 1), Plan(2, 1), Plan(2, 1)]
     assert max(timed) == 8            # slicing won at 4 and 8 by >10%: 16, 32, 48 were not timed
     assert "48" not in plans.summary.split("; ")[-2] and "16+: slices (untimed)" in plans.summary
+
+
+def test_an_override_keeps_only_its_sessions(art):
+    rt = Runtime(load_artifact(art), "cpu", threads=2, slots=4, spread="threads")
+    rt.calibrate()
+    assert set(rt._sessions) == {2} and rt.single is rt.session
+    rt = Runtime(load_artifact(art), "cpu", threads=2, slots=4, spread="slices")
+    rt.calibrate()
+    assert set(rt._sessions) == {1, 2}
 
 
 def test_overrides_and_one_core():

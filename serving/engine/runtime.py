@@ -157,7 +157,19 @@ class Runtime:
             return time.perf_counter() - t0
         if self.device == "cpu":
             self.plans.calibrate(time_step, self.slots)
+            self._keep_used_sessions()
+            self._decode(tokens[:1], lengths[:1], self.plans.get(1))   # a lone row's binding, made now
         return self.plans.summary
+
+    def _keep_used_sessions(self) -> None:
+        """Drop the sessions no plan uses: each holds its own copy of the weights (two of the
+        87M model's cost ~1 GB). The pooled session stays (one prompt's prefill)."""
+        used = {self.plans.get(n).threads for n in range(1, self.slots + 1)} | {self.workers}
+        for threads in [t for t in self._sessions if t not in used]:
+            del self._sessions[threads]
+        self._decode_bindings = {k: b for k, b in self._decode_bindings.items() if k[2] in used}
+        self.single = self._sessions.get(1, self.session)
+        self.plans.summary += f"; sessions kept: {', '.join(f'{t} thread(s)' for t in sorted(self._sessions))}"
 
     def _together(self, jobs: list[Callable[[], np.ndarray]]) -> list[np.ndarray]:
         """Run jobs at once: the first on this thread, the rest on the slice threads."""
