@@ -22,10 +22,11 @@ from core.artifact import CONFIG_NAME, EMBED_FILE, MANIFEST_NAME, MODEL_FILES, T
 from core.chat import CHAT_NAME, write_chat
 from core.errors import UserError
 from core.files import prepare_out_dir
-from core.run_dir import CKPT, read_summary
+from core.run_dir import read_summary
 from core.tokens import EOS
 from export.artifact import artifact_config, write_manifest, write_model_config
 from export.chat import resolve_chat
+from export.layout import load_checked_run
 from export.onnx_graph import MAX_OPSET, MIN_OPSET
 
 
@@ -43,15 +44,12 @@ class ExportConfig:
 
 def load_model_run(run_dir: Path):
     """(model, config, tokenizer); refuses a model without a KV cache (bigram) before building it."""
-    from training.checkpoint import load_checkpoint, run_from_checkpoint
-    if not run_dir.is_dir():
-        raise UserError(f"run dir {run_dir} does not exist; train first (make train) or fix --run")
-    ckpt = load_checkpoint(run_dir / CKPT)   # once: the kind is checked on what gets built
-    kind = ckpt["model_config"].get("model", "gpt")
-    if kind not in ("gpt", "qwen3"):
-        raise UserError(f"{run_dir / CKPT} holds a {kind!r} model; export supports gpt and "
-                        f"qwen3 (they have the KV cache the server needs); train with --model gpt or qwen3")
-    return run_from_checkpoint(run_dir, ckpt)
+    def refuse(mc) -> str | None:
+        if mc.model in ("gpt", "qwen3"):
+            return None
+        return (f"a {mc.model!r} model; export supports gpt and qwen3 (they have the KV cache the "
+                f"server needs); train with --model gpt or qwen3")
+    return load_checked_run(run_dir, refuse)
 
 
 def export_run(cfg: ExportConfig) -> dict:
