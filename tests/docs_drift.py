@@ -8,7 +8,8 @@ named it stays. This reads every Markdown page the way a reader would use it: th
 in fenced code blocks and in inline code (`make T VAR=...`, `python -m M --flag`,
 `python bench/x.py --flag`, `torchrun ... -m M --flag`), the bare `--flag`s of prose and flag
 tables, the relative links (with their #anchors), the repository paths and the `SHELLEY_*`
-variables prose names; a list marked `<!-- flags: python -m M -->` names all of M's flags. Each is checked against the thing
+variables prose names; a list marked `<!-- flags: python -m M -->` names all of M's flags, a table marked
+`<!-- targets: make -->` every target `make help` lists. Each is checked against the thing
 itself: the Makefile's targets and variables, an importable module, and the argparse parser
 that module's `main(argv)` builds (captured as it is about to parse, so nothing runs and
 no subprocess starts). A problem names the page, the line and the missing thing.
@@ -153,6 +154,7 @@ class Checker:
         self._parsers: dict[tuple, set[str] | str] = {}
         make = (root / "Makefile").read_text()
         self.targets = set(re.findall(r"^([A-Za-z0-9][\w.-]*)\s*:(?!=)", make, re.M))
+        self.helped = set(re.findall(r"^([a-z0-9-]+):.*## ", make, re.M))   # what `make help` lists
         self.make_vars = set(re.findall(r"^([A-Z][A-Z0-9_]*)\s*[?:+]?=", make, re.M))
         self.make_vars |= set(re.findall(r"\$\(([A-Z][A-Z0-9_]*)\)", make))
         self.make_modules = sorted(set(re.findall(r"-m\s+([a-z_][\w.]*)", make)))
@@ -227,6 +229,11 @@ class Checker:
         that command's flags, all of them and only them (`--no-x` stands for `--x` and back)."""
         problems, lines = [], text.splitlines()
         for i, line in enumerate(lines):
+            if line.strip() == "<!-- targets: make -->":    # a table naming every `make help` target
+                end = next((j for j in range(i + 1, len(lines)) if not lines[j].strip()), len(lines))
+                named = {t for j in range(i + 1, end) for t in re.findall(r"`make ([a-z0-9-]+)", lines[j])}
+                problems += [f"{name}:{i + 1}: the table of make targets below misses make {t}"
+                             for t in sorted(self.helped - named)]
             m = re.match(r"^<!-- flags: python -m ([\w.]+) -->$", line.strip())
             if not m:
                 continue

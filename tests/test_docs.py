@@ -183,3 +183,13 @@ def test_a_marked_flag_list_names_every_flag_and_only_those():
         "docs/h.md:3: the list of python -m serving.healthcheck's flags below misses --service",
         "docs/h.md:3: the list of python -m serving.healthcheck's flags below names --retries, which it does not take",
     ]
+
+
+def test_the_front_page_lists_every_make_target():
+    checker = Checker()
+    checker.helped.add("brand-new")      # a target added to the Makefile with a `## ` help line
+    problems = checker.check_files([ROOT / "README.md"])
+    assert [p for p in problems if "make brand-new" in p] == [
+        next(f"README.md:{n}: the table of make targets below misses make brand-new"
+             for n, line in enumerate((ROOT / "README.md").read_text().splitlines(), 1)
+             if line == "<!-- targets: make -->")]
