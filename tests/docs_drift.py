@@ -1,7 +1,7 @@
 """What the README and docs/ name, checked against the code: the drift test's engine.
 
     problems = Checker().check_files(doc_files())           # [] when the docs are true
-    problems = Checker().check_text("x.md", "make trian\n")   # ["x.md:1: `make trian`: no Makefile target trian"]
+    problems = Checker().check_text("x.md", "make trian\n")   # ["x.md:1: `make trian`: the Makefile has no target trian"]
 
 Long pages drift: a flag is renamed, a target dropped, a page moved, and the sentence that
 named it stays. This reads every Markdown page the way a reader would use it: the commands
@@ -20,9 +20,10 @@ import argparse
 import importlib
 import importlib.util
 import re
-import shlex
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.docs_markdown import LINK, blocks, code_spans, github_slugs, prose_runs, scripts_named, shorten, split_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,9 +36,6 @@ EXTERNAL_FLAGS = {
 PYTHONS = re.compile(r"^(python3?(\.\d+)?|\S*/python3?|\$\(PY\))$")
 FLAG = re.compile(r"^[\[(]?(--[A-Za-z0-9][A-Za-z0-9_-]*)")
 BARE_FLAG = re.compile(r"(?<![\w-])(--[A-Za-z0-9][A-Za-z0-9_-]*)")
-LINK = re.compile(r"(?<!!)\[[^\]\n]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
-SPAN = re.compile(r"(`+)(.+?)\1", re.S)
-FENCE = re.compile(r"^\s*(```+|~~~+)\s*([\w+-]*)")
 SHELLS = {"", "bash", "sh", "shell", "console", "make"}
 # A path into this repository, as prose names one ("serving/engine/core.py", "k8s/base/").
 REPO_PATH = re.compile(r"(?<![\w/.$-])((?:core|training|export|serving|bench|tests|k8s|proto|docs)/[\w/.-]*[\w/])")
@@ -80,70 +78,6 @@ def _options(parser: argparse.ArgumentParser) -> set[str]:
             for sub in a.choices.values():
                 out |= _options(sub)
     return out
-
-
-def github_slugs(text: str) -> set[str]:
-    """The #anchors GitHub gives a page's headings (lower case, punctuation dropped, spaces
-    to hyphens, repeats numbered)."""
-    slugs, counts = set(), {}
-    for _, lines in _prose(text):
-        for line in lines:
-            m = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
-            if not m:
-                continue
-            title = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", m.group(1))
-            base = re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
-            n = counts.get(base, 0)
-            counts[base] = n + 1
-            slugs.add(base if n == 0 else f"{base}-{n}")
-    return slugs
-
-
-def _blocks(text: str):
-    """(kind, first line number, lines): 'prose' runs and fenced 'code:<lang>' blocks."""
-    kind, start, buf, fence = "prose", 1, [], None
-    for i, line in enumerate(text.splitlines(), 1):
-        m = FENCE.match(line)
-        if fence is None and m:
-            yield kind, start, buf
-            kind, start, buf, fence = f"code:{m.group(2).lower()}", i + 1, [], m.group(1)
-        elif fence is not None and line.strip().startswith(fence[:3]) and not line.strip()[len(fence):].strip():
-            yield kind, start, buf
-            kind, start, buf, fence = "prose", i + 1, [], None
-        else:
-            buf.append(line)
-    yield kind, start, buf
-
-
-def _prose(text: str):
-    """(first line number, lines) of each run of prose between fenced code blocks."""
-    return ((start, lines) for kind, start, lines in _blocks(text) if kind == "prose")
-
-
-def _spans(text: str):
-    """(line number, text) of every inline code span in prose (a span may wrap a line)."""
-    for start, lines in _prose(text):
-        body = "\n".join(lines)
-        for m in SPAN.finditer(body):
-            yield start + body.count("\n", 0, m.start()), m.group(2)
-
-
-def _split_commands(line: str) -> list[list[str]]:
-    """A shell line's simple commands, as token lists (comments and quotes as bash reads them)."""
-    lex = shlex.shlex(line.replace("$'", "'"), posix=True, punctuation_chars=";&|")
-    lex.whitespace_split, lex.commenters = True, "#"
-    try:
-        tokens = list(lex)
-    except ValueError:        # an unbalanced quote: a JSON body spread over lines
-        tokens = line.split("#")[0].split()
-    cmds, cur = [], []
-    for t in tokens:
-        if t and set(t) <= set(";&|"):
-            cmds.append(cur)
-            cur = []
-        else:
-            cur.append(t)
-    return [c for c in cmds + [cur] if c]
 
 
 class Checker:
@@ -210,7 +144,7 @@ class Checker:
         problems = []
         for name, text, path in pages:    # commands first: they fill known_flags
             problems += self._check_commands(name, text)
-        for module in self.make_modules + sorted({m for _, text, _ in pages for m in _scripts(text)}):
+        for module in self.make_modules + sorted({m for _, text, _ in pages for m in scripts_named(text)}):
             if "argparse" in self._source(module):   # `make bench-load`; "`bench/load.py` takes --prefix"
                 self.flags_of(module, [])
         for name, text, path in pages:
@@ -293,12 +227,12 @@ class Checker:
 
     def _commands(self, text: str):
         """(line number, the command's text, its tokens) for every command the page names."""
-        for line, span in _spans(text):
+        for line, span in code_spans(text):
             span = " ".join(span.split())
             if re.match(r"^(make|torchrun|\S*python3?|\$\(PY\))\s", span):
-                for cmd in _split_commands(span):
+                for cmd in split_commands(span):
                     yield line, span, cmd
-        for kind, start, lines in _blocks(text):
+        for kind, start, lines in blocks(text):
             if kind.removeprefix("code:") in SHELLS:
                 i = 0
                 while i < len(lines):
@@ -306,7 +240,7 @@ class Checker:
                     while joined.endswith("\\") and i + 1 < len(lines):
                         i += 1
                         joined = joined[:-1] + " " + lines[i]
-                    for cmd in _split_commands(joined):
+                    for cmd in split_commands(joined):
                         yield start + first, joined.strip(), cmd
                     i += 1
 
@@ -359,7 +293,7 @@ class Checker:
     def _check_bare_flags(self, name: str, text: str) -> list[str]:
         """`--flag` spans in prose and tables: some command the docs name must take it."""
         problems = []
-        for line, span in _spans(text):
+        for line, span in code_spans(text):
             if span.lstrip().startswith("--"):
                 problems += [f"{name}:{line}: `{shorten(span)}`: no command the docs name takes {f}"
                              for f in BARE_FLAG.findall(span) if f not in self.known_flags | set(EXTERNAL_FLAGS)]
@@ -367,7 +301,7 @@ class Checker:
 
     def _check_links(self, name: str, text: str, path: Path) -> list[str]:
         problems = []
-        for start, lines in _prose(text):
+        for start, lines in prose_runs(text):
             for n, line in enumerate(lines, start):
                 for target in LINK.findall(re.sub(r"`[^`]*`", "", line)):
                     if re.match(r"^[a-z][a-z0-9+.-]*:", target):
@@ -383,14 +317,3 @@ class Checker:
                         problems.append(f"{name}:{n}: link ({target}): {self._name(dest)} has no "
                                         f"heading #{anchor}")
         return problems
-
-
-def _scripts(text: str) -> set[str]:
-    """Modules a page names by path in inline code (`bench/load.py`)."""
-    return {m.group(2)[:-3].replace("/", ".") for m in SPAN.finditer(text)
-            if re.fullmatch(r"(bench|serving|export|training|k8s|tests)/[\w/]+\.py", m.group(2))}
-
-
-def shorten(s: str, n: int = 90) -> str:
-    s = " ".join(s.split())
-    return s if len(s) <= n else s[: n - 3] + "..."

@@ -14,7 +14,8 @@ import subprocess
 
 import pytest
 
-from tests.docs_drift import ROOT, Checker, _prose, doc_files, github_slugs
+from tests.docs_drift import ROOT, Checker, doc_files
+from tests.docs_markdown import prose_runs, github_slugs
 
 BENCHMARKS = ROOT / "docs" / "benchmarks.md"
 PROVENANCE = re.compile(r"^Provenance: script `(?P<script>[^`]+)` · command `(?P<command>[^`]+)` · "
@@ -103,7 +104,7 @@ def provenance_problems(name: str, text: str) -> tuple[list[str], set[str]]:
     index) are exempt.
     Returns the problems and the commits named."""
     problems, commits = [], set()
-    for start, lines in _prose(text):
+    for start, lines in prose_runs(text):
         prov, section = None, None
         for n, line in enumerate(lines, start):
             if re.match(r"^#{2,6} ", line):   # a ### keeps its ##'s provenance unless it has its own
