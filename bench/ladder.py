@@ -52,7 +52,7 @@ from training.corpus_cache import Corpus, cached_ids, cached_tokenizer  # noqa: 
 from training.tokenizer import char_counts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-QWEN = ["--model", "qwen3"]
+QWEN = ["--model", "qwen3", "--n-kv-head", "0"]   # one KV head per query head until its rung
 # (name, what it adds, flags over the preset): each rung is the one above plus one change.
 RUNGS = [
     ("GPT-2", "learned positions, LayerNorm, GELU MLP, biases, tied head", ["--model", "gpt"]),

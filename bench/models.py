@@ -109,7 +109,10 @@ def bench_model(kind: str = "trained", size: str = "3.7M") -> BenchModel:
     if model.run.exists():   # a build that was interrupted: start over
         subprocess.run(["rm", "-rf", str(home)], check=True)
     if kind == "trained":
-        run(["-m", "training.train", *shape, *TOKENIZER_ARGS, *train, "--out", str(model.run)], "training")
+        # GPT-2's block, as issue 25's figures and llama.cpp's gpt2 comparisons were measured
+        # (cpu-small's own block became qwen3 later; bench/blocks.py compares the two)
+        run(["-m", "training.train", "--model", "gpt", *shape, *TOKENIZER_ARGS, *train, "--out", str(model.run)],
+            "training")
     elif size == "3.7M":
         random_run(model.run)
     else:

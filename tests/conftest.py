@@ -18,7 +18,7 @@ DATA = Path(__file__).parent / "data"
 SONNETS = DATA / "sonnets.txt"
 
 # The tiny model every stage's tests use: small enough to train in a few seconds.
-TINY_TRAIN_ARGS = ["--corpus", str(SONNETS), "--tokenizer", "char", "--n-layer", "2",
+TINY_TRAIN_ARGS = ["--model", "gpt", "--corpus", str(SONNETS), "--tokenizer", "char", "--n-layer", "2",
                    "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
                    "--max-iters", "60", "--eval-interval", "20", "--eval-iters", "2",
                    "--lr", "3e-3", "--warmup-iters", "5", "--seed", "0", "--sample-tokens", "16",

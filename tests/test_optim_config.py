@@ -27,6 +27,20 @@ def test_parse_flags_keeps_only_what_was_typed():
     assert flags == {"lr": 3e-3, "n_layer": 2, "compile": True, "optimizer": "adamw"}  # not mutated
 
 
+def test_a_preset_of_the_modern_block_trains_gpt2s_when_asked():
+    """cpu-small is qwen3 with grouped KV heads; `--model gpt` keeps its shape and recipe but
+    not the settings only qwen3 takes (ModelConfig would refuse them for gpt)."""
+    from core.model_config import ModelConfig
+    model_fields, _ = resolve({}, "cpu-small")
+    assert model_fields["model"] == "qwen3" and model_fields["n_kv_head"] == 2
+    model_fields, tc = resolve({"model": "gpt"}, "cpu-small")
+    assert model_fields["model"] == "gpt" and "n_kv_head" not in model_fields
+    assert model_fields["n_embd"] == PRESETS["cpu-small"]["n_embd"] and tc.optimizer == "muon"
+    ModelConfig(vocab_size=100, **model_fields)   # a valid GPT-2 shape
+    model_fields, _ = resolve({"model": "gpt", "n_kv_head": 2}, "cpu-small")   # typed: kept, refused later
+    assert model_fields["n_kv_head"] == 2
+
+
 @pytest.mark.parametrize("shape", [(96, 32), (32, 96), (32, 32)])
 def test_orthogonalize_flattens_the_singular_values(shape):
     torch.manual_seed(0)
