@@ -278,7 +278,7 @@ class Engine:
             r, i = self.table.owner[s], run.index(s)
             ids = window_of[s]
             k = r.params.prompt_logprobs
-            lp, top, top_lp = token_logprobs(logits[i, : len(ids) - 1], np.asarray(ids[1:]), k)
+            lp, top, top_lp = token_logprobs(logits[i, : len(ids) - 1], np.asarray(ids[1:], np.int64), k)
             r.prompt_lp = [TokenLogprob(t, float(v), list(zip(a.tolist(), b.tolist())))
                            for t, v, a, b in zip(ids[1:], lp, top, top_lp)]
 
