@@ -26,7 +26,7 @@ CHAT_NAME = "chat_template.json"
 # How a chat writes a tool call and a tool's answer, each a line of its own (a stage direction
 # in the play-script form): the template renders earlier calls so (training/chat_form.py), and
 # the server's grammar makes the model write them so (serving/tools.py).
-TOOL_CALL = ("[call ", "]")              # [call get_weather {"city":"Paris"}]
+TOOL_CALL = ("[call ", "]")              # [call get_weather {"city": "Paris"}]
 TOOL_ANSWER = ("[", " answers: ", "]")   # [get_weather answers: 21 degrees]
 
 

@@ -151,7 +151,8 @@ def check_messages(messages: Any) -> list[dict]:
 
 def _tool_calls(calls: Any, where: str) -> list[dict]:
     """An assistant message's earlier tool calls, OpenAI's shape: [{id, type, function: {name,
-    arguments (a JSON string)}}]."""
+    arguments (a JSON string)}}], the arguments parsed (the template writes them with tojson,
+    as transformers' and llama.cpp's callers pass them)."""
     if calls is None:
         return []
     if not isinstance(calls, list) or len(calls) > MAX_TOOL_CALLS:
@@ -165,15 +166,11 @@ def _tool_calls(calls: Any, where: str) -> list[dict]:
                 or not TOOL_NAME.fullmatch(fn["name"]) or not isinstance(fn.get("arguments"), str):
             raise InvalidRequest(f"{at} must be {{\"id\": ..., \"type\": \"function\", \"function\": {{\"name\": ..., "
                                  "\"arguments\": \"{...}\"}}}}", param=at)
-        if "\n" in fn["arguments"]:   # a call is one line of the chat (core/chat.py TOOL_CALL)
-            try:
-                arguments = json.dumps(json.loads(fn["arguments"]), ensure_ascii=False, separators=(",", ":"))
-            except ValueError:
-                raise InvalidRequest(f"{at}.function.arguments must be JSON", param=f"{at}.function.arguments") \
-                    from None
-        else:
-            arguments = fn["arguments"]
-        check_text(arguments, f"{at}.function.arguments")
+        try:   # the template renders them with tojson, as transformers and llama.cpp pass them
+            arguments = json.loads(fn["arguments"])
+        except ValueError:
+            raise InvalidRequest(f"{at}.function.arguments must be JSON", param=f"{at}.function.arguments") from None
+        check_text(fn["arguments"], f"{at}.function.arguments")
         out.append({"id": c["id"], "type": "function", "function": {"name": fn["name"], "arguments": arguments}})
     return out
 

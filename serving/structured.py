@@ -15,9 +15,10 @@ llguidance gives for free):
     {"type": "grammar", "grammar": "start: ...", "syntax": "lark" | "gbnf"}   llguidance's Lark, or llama.cpp's GBNF
 
 The grammar is a string in llguidance's formats (a Lark grammar, which embeds JSON schemas
-and regexes). JSON is written without whitespace between tokens (`{"a":1}`): a model that
-is not trained on JSON would otherwise spend its tokens on spaces and newlines, and a
-chat's blank-line stop could never cut it. Types are checked here; what llguidance cannot
+and regexes). JSON is written as json.dumps writes it (`{"a": 1, "b": [true]}`: one space
+after `,` and `:`, nothing else): a model that is not trained on JSON would otherwise spend
+its tokens on spaces and newlines, a chat's blank-line stop can never cut it, and a tool
+call's arguments come out as the chat template renders earlier ones. Types are checked here; what llguidance cannot
 run (an unsupported JSON Schema keyword, a look-ahead in a regex) is refused by the Shaper,
 naming the field.
 """
@@ -31,7 +32,9 @@ from llguidance.gbnf_to_lark import gbnf_to_lark
 
 from core.errors import InvalidRequest
 
-JSON_OPTIONS = {"whitespace_flexible": False}   # compact JSON: "," and ":" with no spaces
+# JSON as Python's json.dumps writes it (and the chat template's tojson renders a call's
+# arguments): ", " and ": ", no other whitespace
+JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 MAX_CHOICES, MAX_PATTERN_CHARS = 256, 16384
 FORMATS = ("text", "json_object", "json_schema", "regex", "choice", "grammar")
 

@@ -9,7 +9,7 @@ makes the model call them, and the calls read back out of its reply.
 
 The model has no tool-calling format of its own, so its chat template gives it one
 (training/chat_form.py; core/chat.py's TOOL_CALL holds the literal parts): a call is a line
-of its own, `[call get_weather {"city":"Paris"}]`, a stage direction in the play-script
+of its own, `[call get_weather {"city": "Paris"}]`, a stage direction in the play-script
 form, and a tool's answer is another, `[get_weather answers: ...]`. `required` and a named
 function are enforced by constrained decoding (serving/engine/grammar.py): the reply is one
 or more such lines whose arguments parse against the function's schema. `auto` lets the
