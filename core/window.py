@@ -8,7 +8,7 @@ A model attends to at most `context` tokens. When the cache is full and another 
 be fed, the newest `window_keep` tokens are prefilled again from position 0 and generation
 goes on, so a completion can be longer than the context. PyTorch sampling
 (training/generate.py), the parity checks (export/verify.py) and the server's batched
-engine (serving/engine/core.py) all decide with `refill`; the first two share `generate_ids`.
+engine (serving/engine/scheduler.py) all decide with `refill`; the first two share `generate_ids`.
 """
 from __future__ import annotations
 

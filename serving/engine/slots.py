@@ -6,6 +6,8 @@ doing, and how full it is.
     for first, reqs in table.runs(slots):   # adjacent slots prefill in one call
         ...
     n = table.rows                          # decode rows 0..n-1 (the highest owned slot + 1)
+    table.started(slot, length)             # its window is in the cache: it generates
+    table.fed(slot, token)                  # the token it feeds next; table.advance(slots) after a step
     table.release(slot)                     # the request is done: its slot is free again
 
 A request owns one slot from admission to finish; nothing ever moves between slots.
@@ -23,6 +25,11 @@ A decode step computes every row in [0, rows), free ones too, and each row write
 key and value at position `lengths[s]`. So a free slot's length is where its kept cache
 ends, not 0: the garbage a free row writes lands just past what it keeps (a kept cache is
 at most context - 1 tokens, so that position always exists) and never over it.
+
+One owner: only the methods below write the table (the scheduler, serving/engine/scheduler.py,
+is the one caller that changes it; the runner and the loop read it). `state` is what a
+decode step reads: it covers the GENERATING slots (`generating()`); a PREFILLING slot waits
+for its window to be (re)filled first.
 """
 from __future__ import annotations
 
@@ -80,6 +87,30 @@ class SlotTable:
         self.running += 1
         request.slot = slot
         self.lengths[slot] = 0
+
+    def generating(self) -> list[int]:
+        """The slots a decode step samples: owned and GENERATING, in slot order."""
+        return [s for s, r in enumerate(self.owner) if r is not None and self.state[s] is SlotState.GENERATING]
+
+    def started(self, slot: int, length: int) -> None:
+        """Slot `slot`'s cache now holds `length` tokens of its request's window (from position 0)."""
+        self.lengths[slot], self.state[slot] = length, SlotState.GENERATING
+
+    def refilling(self, slot: int) -> None:
+        """Its cache is full: it waits for its newest tokens to be prefilled again."""
+        self.state[slot] = SlotState.PREFILLING
+
+    def fed(self, slot: int, token: int) -> None:
+        """The token slot `slot` feeds at its next step."""
+        self.tokens[slot] = token
+
+    def advance(self, slots, by: int = 1) -> None:
+        """The slots' caches each took `by` more tokens (a decode step: one)."""
+        self.lengths[slots] += by
+
+    def set_length(self, slot: int, length: int) -> None:
+        """The slot's cache holds `length` tokens (a verified draft: what was kept of it)."""
+        self.lengths[slot] = length
 
     def release(self, slot: int, cached=None) -> None:
         """Free the slot; `cached`: the token ids its cache now holds, kept for reuse."""
