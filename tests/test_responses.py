@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -86,6 +87,73 @@ def test_a_reply_that_ends_is_completed_and_logprobs_come_when_asked(client):
     assert all(len(lp.top_logprobs) == 2 and lp.top_logprobs[0].logprob == lp.logprob for lp in lps)   # greedy
 
 
+# ---- structured output and tools: chat's grammars under the Responses API's names ------------------
+PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age"],
+          "properties": {"name": {"type": "string", "maxLength": 8}, "age": {"type": "integer", "minimum": 0,
+                                                                             "maximum": 120}}}
+WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city",
+           "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
+                          "properties": {"city": {"type": "string", "maxLength": 8}}}}
+LONG = {"truncation": "auto"}     # the tiny model's context is 32 tokens: keep the input's last ones
+
+
+def test_text_format_json_schema_always_validates_and_parses(client):
+    import pydantic
+
+    for seed in range(6):
+        r = client.responses.create(model="m", input="Who art thou?", max_output_tokens=200, temperature=1.0,
+                                    text={"format": {"type": "json_schema", "name": "person", "schema": PERSON,
+                                                     "strict": True}}, extra_body={"seed": seed})
+        assert r.status == "completed", r.output_text
+        jsonschema.validate(json.loads(r.output_text), PERSON)
+        assert r.text.format.type == "json_schema"
+
+    class Person(pydantic.BaseModel):
+        name: str = pydantic.Field(max_length=8)   # unbounded, this model's string could outrun max_output_tokens
+        age: int
+    parsed = client.responses.parse(model="m", input="Who art thou?", text_format=Person, max_output_tokens=200,
+                                    extra_body={"seed": 1})
+    assert isinstance(parsed.output_parsed, Person)
+    streamed = "".join(ev.delta for ev in client.responses.create(
+        model="m", input="Who art thou?", max_output_tokens=200, stream=True, text={"format": {"type": "json_object"}},
+        extra_body={"seed": 2}) if ev.type == "response.output_text.delta")
+    assert isinstance(json.loads(streamed), dict)
+
+
+def test_a_function_call_round_trip(client):
+    r = client.responses.create(model="m", input="What weather in Verona?", tools=[WEATHER], tool_choice="required",
+                                parallel_tool_calls=False,
+                                max_output_tokens=120, extra_body={"seed": 4, **LONG})
+    (call,) = r.output
+    assert (call.type, call.name, r.status) == ("function_call", "get_weather", "completed")
+    assert call.call_id.startswith("call_") and r.tools[0].name == "get_weather"
+    jsonschema.validate(json.loads(call.arguments), WEATHER["parameters"])
+    answer = client.responses.create(model="m", tools=[WEATHER], tool_choice="none", max_output_tokens=20,
+                                     input=[{"role": "user", "content": "What weather in Verona?"},
+                                            {"type": "function_call", "call_id": call.call_id, "name": call.name,
+                                             "arguments": call.arguments},
+                                            {"type": "function_call_output", "call_id": call.call_id,
+                                             "output": "Rain."}], extra_body={"seed": 1, **LONG})
+    assert [o.type for o in answer.output] == ["message"]
+
+
+def test_a_named_function_call_streamed(client):
+    kinds, calls = [], []
+    with client.responses.create(model="m", input="Weather?", tools=[WEATHER], max_output_tokens=120, stream=True,
+                                 tool_choice={"type": "function", "name": "get_weather"},
+                                 extra_body={"seed": 3, **LONG}) as stream:
+        for ev in stream:
+            kinds.append(ev.type)
+            if ev.type == "response.function_call_arguments.done":
+                calls.append(ev.arguments)
+            last = ev
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+    assert kinds[2:6] == ["response.output_item.added", "response.function_call_arguments.delta",
+                          "response.function_call_arguments.done", "response.output_item.done"]
+    assert [o.type for o in last.response.output] == ["function_call"] and len(calls) == 1
+    jsonschema.validate(json.loads(calls[0]), WEATHER["parameters"])
+
+
 @pytest.mark.parametrize("body, param", [
     ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
     ({"input": "hi", "conversation": "conv_1"}, "conversation"),
@@ -105,6 +173,15 @@ def test_a_reply_that_ends_is_completed_and_logprobs_come_when_asked(client):
     ({"input": "hi", "instructions": 7}, "instructions"),
     ({"input": "hi", "truncation": "sometimes"}, "truncation"),
     ({"input": "hi", "text": {"format": {"type": "xml"}}}, "text.format.type"),
+    ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": 3}}}, "text.format.schema"),
+    ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+    ({"input": "hi", "tools": [{"type": "function", "name": "a b"}]}, "tools[0].name"),
+    ({"input": "hi", "tools": [{"type": "function", "name": "f", "parameters": 3}]}, "tools[0].parameters"),
+    ({"input": "hi", "tools": [WEATHER], "tool_choice": {"type": "function", "name": "other"}}, "tool_choice"),
+    ({"input": "hi", "tool_choice": "required"}, "tool_choice"),
+    ({"input": [{"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{"}]}, "input[0].arguments"),
+    ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "input[0].call_id"),
+    ({"input": [{"type": "function_call_output", "call_id": "nope", "output": "x"}]}, "input[0].call_id"),
     ({"input": "x" * 5000}, "input"),
 ])
 def test_bad_input_is_a_400_naming_the_field(http, body, param):
@@ -131,7 +208,14 @@ RESPONSE_FIELDS = {
     "include": st.lists(st.sampled_from([LOGPROBS_INCLUDE, "reasoning.encrypted_content"]), max_size=2),
     "truncation": st.sampled_from(["auto", "disabled", "x"]), "store": st.booleans(),
     "previous_response_id": st.sampled_from(["", "resp_1"]),
-    "text": st.fixed_dictionaries({"format": st.fixed_dictionaries({"type": st.sampled_from(["text", "json"])})}),
+    "text": st.fixed_dictionaries({"format": st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "json", "json_object", "json_schema"])},
+        optional={"schema": st.just(PERSON) | json_values(), "name": st.text(max_size=3)})}),
+    "tools": st.lists(st.fixed_dictionaries({"type": st.sampled_from(["function", "web_search"]),
+                                             "name": st.sampled_from(["f", "a b", ""])},
+                                            optional={"parameters": st.just(PERSON) | json_values()}), max_size=2),
+    "tool_choice": st.sampled_from(["auto", "none", "required", {"type": "function", "name": "f"}]),
+    "parallel_tool_calls": st.booleans(),
     "metadata": st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2)}
 RESPONSE_VALID = {"input": "Good morrow.", "max_output_tokens": 4}
 response_bodies = st.sampled_from(sorted(RESPONSE_FIELDS)).flatmap(

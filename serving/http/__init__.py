@@ -1,2 +1,2 @@
 """The HTTP front door: OpenAI-compatible routes (app.py), the gate every request passes
-(gate.py), the completions, chat, responses and embeddings shapes, and the playground page."""
+(gate.py), the completions, chat, responses (with responses_input.py) and embeddings shapes, and the playground page."""

@@ -181,7 +181,8 @@ class HttpFront:
         access: Access = request.state.access
         try:
             r = parse_response(await json_body(request), self.server.card.max_new_tokens)
-            s = self.server.shaper.chat(r.messages, r.kwargs, r.fields, param="input")
+            s = self.server.shaper.chat(r.messages, r.kwargs, r.fields, response_format=r.response_format,
+                                        tools=r.tools, format_param="text.format", param="input")
             req = self.server.submit(s.prompt, s.params, param=s.param)
         except Exception as e:
             return error_response(e)

@@ -1,28 +1,34 @@
 """OpenAI's /v1/responses in shelley's terms, stateless: read a request, shape the answer and
 its typed stream.
 
-    r = parse_response(json_body, max_new_tokens=1024)   # r.messages, r.fields (SamplingParams')
-    s = server.shaper.chat(r.messages, r.kwargs, r.fields, param="input")   # as chat's (serving/shape.py)
+    r = parse_response(json_body, max_new_tokens=1024)   # messages, fields, tools, response_format
+    s = server.shaper.chat(r.messages, r.kwargs, r.fields, response_format=r.response_format,
+                           tools=r.tools, format_param="text.format", param="input")   # as chat's
     shape = ResponseShape(meta, r, tokens, prompt_tokens)
-    shape.opening()      # response.created, .in_progress, .output_item.added, .content_part.added
-    shape.chunk(event)   # [response.output_text.delta]
+    shape.opening()      # response.created, .in_progress (+ the message item, when no tools)
+    shape.chunk(event)   # [.output_item.added, .content_part.added], .output_text.delta; a call's 4 events
     shape.closing()      # .output_text.done, .content_part.done, .output_item.done, .completed
     shape.whole(gathered_choices, usage)                  # the `response` object at once
 
 Why its own door: the openai-agents SDK and LangChain's Responses-only features call
-/v1/responses, not chat. It is chat underneath (the same template, stops and engine); what
-differs is the envelope. The request: `input` (a string, or items: messages whose content
-is a string or `input_text` / `output_text` parts, roles user, assistant, system and
-developer, which the template reads as system), `instructions` (a system message first),
-`max_output_tokens`, `temperature`, `top_p`, `top_logprobs` or `include:
-["message.output_text.logprobs"]`, `truncation` (`auto` keeps the input's end), `stream`,
-and chat's extensions (`top_k`, `seed`, `stop`, penalties, `chat_template_kwargs`).
+/v1/responses, not chat. It is chat underneath (the same template, stops, grammars, tool
+calls and engine); what differs is the envelope. The request: `input` (a string, or items:
+messages with roles user, assistant, system and developer (read as system), whose content
+is a string or `input_text` / `output_text` parts; earlier `function_call`s and their
+`function_call_output`s: serving/http/responses_input.py), `instructions` (a system message
+first), `max_output_tokens`, `temperature`, `top_p`, `top_logprobs` or `include:
+["message.output_text.logprobs"]`, `truncation` (`auto` keeps the input's end), `text.format`
+(`json_schema`, `json_object` and chat's extensions: constrained decoding), `tools` (function
+tools) with `tool_choice` and `parallel_tool_calls`, `stream`, and chat's extensions (`top_k`,
+`seed`, `stop`, penalties, `chat_template_kwargs`).
 
 Stateless: nothing is stored, every response says `store: false`, and
-`previous_response_id` / `conversation` are 400s saying so (send the whole conversation).
-A reply cut by `max_output_tokens` is `status: "incomplete"`, `incomplete_details.reason:
-"max_output_tokens"` (and a stream ends with `response.incomplete`). Each stream event
-carries its `type` (also as the SSE `event:` line) and a `sequence_number` from 0.
+`previous_response_id` / `conversation` / `background` are 400s saying so (send the whole
+conversation). A reply cut by `max_output_tokens` is `status: "incomplete"`,
+`incomplete_details.reason: "max_output_tokens"` (a stream ends with `response.incomplete`).
+A reply that calls tools is one `function_call` output item per call (`call_id`, `name`,
+`arguments`). Each stream event carries its `type` (also the SSE `event:` line) and a
+`sequence_number` from 0.
 """
 from __future__ import annotations
 
@@ -39,8 +45,9 @@ from serving.engine.requests import Event
 from serving.engine.sampling import MAX_LOGPROBS
 from serving.http.chat_completions import chat_logprobs
 from serving.http.completions import Gathered, Meta, _show, check_body, controls, field_of
+from serving.http.responses_input import message, parse_input, read_response_tools, response_format_of
+from serving.tools import CallStream, Tools
 
-ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 # Stateful or hosted features a stateless text model cannot honour: refused, never ignored.
 STATEFUL = {"previous_response_id": "it keeps no responses", "conversation": "it keeps no conversations",
@@ -49,60 +56,13 @@ STATEFUL = {"previous_response_id": "it keeps no responses", "conversation": "it
 
 @dataclass(frozen=True)
 class ResponseRequest:
-    messages: list[dict]          # {role, content}: the conversation the template renders
+    messages: list[dict]          # chat's messages: what the template renders
     kwargs: dict                  # chat_template_kwargs
     fields: dict                  # SamplingParams' fields
     stream: bool = False
     echo: dict = field(default_factory=dict)   # what the response object repeats of the request
-
-
-def _content(value: Any, where: str) -> str:
-    """A message's content: a string, or a list of input_text / output_text parts."""
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, list) or not value:
-        raise InvalidRequest(f"{where} must be a string or a non-empty list of input_text parts", param=where)
-    texts = []
-    for j, part in enumerate(value):
-        at = f"{where}[{j}]"
-        if not isinstance(part, dict) or part.get("type") not in ("input_text", "output_text"):
-            kind = part.get("type") if isinstance(part, dict) else None
-            raise InvalidRequest(f"{at} must be {{\"type\": \"input_text\", \"text\": \"...\"}}, got type "
-                                 f"{_show(kind)}: this model reads text only", param=f"{at}.type")
-        if not isinstance(part.get("text"), str):
-            raise InvalidRequest(f"{at}.text must be a string", param=f"{at}.text")
-        texts.append(part["text"])
-    return "\n".join(texts)
-
-
-def _message(text: str, role: str, where: str) -> dict:
-    if not text.strip():
-        raise InvalidRequest(f"{where} is empty; give every message some text", param=where)
-    check_text(text, where)
-    return {"role": role, "content": text}
-
-
-def parse_input(value: Any) -> list[dict]:
-    """`input` as chat messages: a string is one user message; items are messages."""
-    if isinstance(value, str):
-        return [_message(value, "user", "input")]
-    if not isinstance(value, list) or not value:
-        raise InvalidRequest("input must be a string or a non-empty list of message items", param="input")
-    out = []
-    for i, item in enumerate(value):
-        where = f"input[{i}]"
-        if not isinstance(item, dict):
-            raise InvalidRequest(f"{where} must be a message item {{role, content}}", param=where)
-        kind = item.get("type", "message")
-        if kind != "message":
-            raise InvalidRequest(f"{where}.type {_show(kind)} is not supported: this server reads message "
-                                 "items (type \"message\")", param=f"{where}.type")
-        role = item.get("role")
-        if role not in ROLES:
-            raise InvalidRequest(f"{where}.role must be one of {', '.join(ROLES)}, got {_show(role)}",
-                                 param=f"{where}.role")
-        out.append(_message(_content(item.get("content"), f"{where}.content"), ROLES[role], f"{where}.content"))
-    return out
+    tools: Tools | None = None
+    response_format: dict | None = None        # chat's shape of text.format
 
 
 def _logprobs(body: dict) -> int | None:
@@ -121,16 +81,12 @@ def parse_response(body: Any, max_new_tokens: int) -> ResponseRequest:
         if body.get(name):
             raise InvalidRequest(f"{name} is not supported: this server is stateless (store false) and {why}; "
                                  "send the whole conversation in input", param=name)
-    if body.get("tools"):
-        raise InvalidRequest("tools are not supported by this server yet", param="tools")
-    fmt = field_of(field_of(body, "text", dict, {}), "format", dict, {"type": "text"})
-    if fmt.get("type") != "text":
-        raise InvalidRequest(f"text.format.type must be \"text\", got {_show(fmt.get('type'))}",
-                             param="text.format.type")
+    response_format, echo_format = response_format_of(body)
+    tools = read_response_tools(body)
     instructions = field_of(body, "instructions", str, None)
     messages = parse_input(body.get("input"))
     if instructions is not None and instructions.strip():
-        messages.insert(0, _message(instructions, "system", "instructions"))
+        messages.insert(0, message(instructions, "system", "instructions"))
     limit = max_new_tokens
     max_tokens = field_of(body, "max_output_tokens", int, default_max_tokens("chat", 1, limit))
     if not 1 <= max_tokens <= limit:
@@ -145,12 +101,14 @@ def parse_response(body: Any, max_new_tokens: int) -> ResponseRequest:
     echo = {"instructions": instructions, "max_output_tokens": field_of(body, "max_output_tokens", int, None),
             "temperature": fields["temperature"], "top_p": fields["top_p"], "truncation": truncation,
             "top_logprobs": field_of(body, "top_logprobs", int, None),
-            "metadata": field_of(body, "metadata", dict, {}), "user": field_of(body, "user", str, None)}
+            "metadata": field_of(body, "metadata", dict, {}), "user": field_of(body, "user", str, None),
+            "text": {"format": echo_format}, "tools": body["tools"] if tools else [],
+            "tool_choice": body.get("tool_choice") or "auto", "parallel_tool_calls": tools is None or tools.parallel}
     for name, value in (("user", echo["user"] or ""), *(("metadata", str(x)) for kv in echo["metadata"].items()
                                                         for x in kv)):
         check_text(value, name)   # echoed back: a lone surrogate cannot be written as UTF-8
     return ResponseRequest(messages, check_kwargs(body.get("chat_template_kwargs")), fields,
-                           field_of(body, "stream", bool, False), echo)
+                           field_of(body, "stream", bool, False), echo, tools, response_format)
 
 
 def response_usage(prompt_tokens: int, completion_tokens: int) -> dict:
@@ -160,12 +118,18 @@ def response_usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 class ResponseShape:
-    """One response's objects: the whole `response`, or its stream of typed events, numbered."""
+    """One response's output items and their typed events, numbered. Without tools the reply
+    is one message item, opened with the stream; with tools, the first text decides
+    (serving/tools.py's CallStream): a message item opened then, or a function_call item
+    per call line, each whole (added, its arguments in one delta, done)."""
 
     def __init__(self, meta: Meta, r: ResponseRequest, tokens: TokenTable, prompt_tokens: int):
         self.meta, self.r, self.tokens, self.prompt_tokens = meta, r, tokens, prompt_tokens
+        self.calls = CallStream(r.tools.choice) if r.tools else None
         self.item_id = "msg_" + uuid.uuid4().hex
         self.seq = 0
+        self.output: list[dict | None] = []   # items in order; the message's is filled at the end
+        self.message_at: int | None = None     # its output_index, once opened
         self.text: list[str] = []
         self.logprobs: list = []
         self.finish, self.completion_tokens = "", 0
@@ -182,56 +146,85 @@ class ResponseShape:
         return {"type": "output_text", "text": "".join(self.text), "annotations": [],
                 "logprobs": self._lps(self.logprobs)}
 
-    def _item(self, status: str) -> dict:
+    def _message(self, status: str) -> dict:
         return {"type": "message", "id": self.item_id, "status": status, "role": "assistant",
                 "content": [self._part()] if status != "in_progress" else []}
-
-    def response(self, status: str, usage: dict | None) -> dict:
-        m, done = self.meta, status != "in_progress"
-        incomplete = status == "incomplete"
-        return {"id": m.rid, "object": "response", "created_at": m.created, "status": status,
-                "completed_at": int(time.time()) if done else None, "error": None,
-                "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
-                "model": m.model, "output": [self._item(status)] if done else [],
-                "parallel_tool_calls": True, "previous_response_id": None, "reasoning": None, "store": False,
-                "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [], "usage": usage,
-                **self.r.echo}
 
     def _status(self) -> str:
         return "incomplete" if self.finish == "length" else "completed"
 
+    def response(self, status: str, usage: dict | None) -> dict:
+        m, done = self.meta, status != "in_progress"
+        return {"id": m.rid, "object": "response", "created_at": m.created, "status": status,
+                "completed_at": int(time.time()) if done else None, "error": None,
+                "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+                "model": m.model, "output": [o for o in self.output if o] if done else [],
+                "previous_response_id": None, "reasoning": None, "store": False, "usage": usage, **self.r.echo}
+
+    # ---- output items --------------------------------------------------------------------------
+    def _open_message(self) -> list[dict]:
+        self.message_at = len(self.output)
+        self.output.append(None)
+        at = {"output_index": self.message_at}
+        return [self.event("response.output_item.added", item=self._message("in_progress"), **at),
+                self.event("response.content_part.added", item_id=self.item_id, content_index=0,
+                           part={"type": "output_text", "text": "", "annotations": [], "logprobs": []}, **at)]
+
+    def _text(self, text: str, entries) -> list[dict]:
+        out = self._open_message() if self.message_at is None else []
+        self.text.append(text)
+        self.logprobs.extend(entries or [])
+        return out + [self.event("response.output_text.delta", item_id=self.item_id, output_index=self.message_at,
+                                 content_index=0, delta=text, logprobs=self._lps(entries))]
+
+    def _call(self, call: dict) -> list[dict]:
+        fn, at = call["function"], {"output_index": len(self.output)}
+        item = {"type": "function_call", "id": "fc_" + uuid.uuid4().hex, "call_id": call["id"], "name": fn["name"],
+                "arguments": fn["arguments"], "status": "completed"}
+        self.output.append(item)
+        return [self.event("response.output_item.added", item={**item, "arguments": "", "status": "in_progress"}, **at),
+                self.event("response.function_call_arguments.delta", item_id=item["id"], delta=fn["arguments"], **at),
+                self.event("response.function_call_arguments.done", item_id=item["id"], name=fn["name"],
+                           arguments=fn["arguments"], **at),
+                self.event("response.output_item.done", item=item, **at)]
+
     # ---- a stream ----------------------------------------------------------------------------
     def opening(self) -> list[dict]:
-        at = {"output_index": 0}
         return [self.event("response.created", response=self.response("in_progress", None)),
                 self.event("response.in_progress", response=self.response("in_progress", None)),
-                self.event("response.output_item.added", item=self._item("in_progress"), **at),
-                self.event("response.content_part.added", item_id=self.item_id, content_index=0,
-                            part={"type": "output_text", "text": "", "annotations": [], "logprobs": []}, **at)]
+                *(self._open_message() if self.calls is None else [])]
 
     def chunk(self, ev: Event) -> list[dict]:
-        self.text.append(ev.text)
-        self.logprobs.extend(ev.logprobs or [])
         if ev.finish_reason:
             self.finish, self.completion_tokens = ev.finish_reason, ev.completion_tokens
-        if not ev.text and not ev.logprobs:
-            return []
-        return [self.event("response.output_text.delta", item_id=self.item_id, output_index=0, content_index=0,
-                            delta=ev.text, logprobs=self._lps(ev.logprobs))]
+        if self.calls is None:
+            return self._text(ev.text, ev.logprobs) if ev.text or ev.logprobs else []
+        deltas = self.calls.feed(ev.text)
+        if ev.finish_reason:
+            last, self.finish = self.calls.finish(ev.finish_reason)
+            deltas += last
+        out = []
+        for d in deltas:
+            out += self._text(d["content"], None) if "content" in d else self._call(d["tool_calls"][0])
+        return out
 
     def closing(self) -> list[dict]:
-        at = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
         status = self._status()
+        out = self._open_message() if self.message_at is None and not self.output else []
+        if self.message_at is not None:
+            at = {"item_id": self.item_id, "output_index": self.message_at, "content_index": 0}
+            self.output[self.message_at] = self._message(status)
+            out += [self.event("response.output_text.done", text="".join(self.text), logprobs=self._lps(self.logprobs),
+                               **at),
+                    self.event("response.content_part.done", part=self._part(), **at),
+                    self.event("response.output_item.done", output_index=self.message_at, item=self._message(status))]
         usage = response_usage(self.prompt_tokens, self.completion_tokens)
-        return [self.event("response.output_text.done", text="".join(self.text), logprobs=self._lps(self.logprobs),
-                            **at),
-                self.event("response.content_part.done", part=self._part(), **at),
-                self.event("response.output_item.done", output_index=0, item=self._item(status)),
-                self.event(f"response.{status}", response=self.response(status, usage))]
+        return out + [self.event(f"response.{status}", response=self.response(status, usage))]
 
     # ---- at once -----------------------------------------------------------------------------
     def whole(self, choices: dict[int, Gathered], u: dict) -> dict:
         g = choices[0]
-        self.text, self.logprobs = g.text, g.logprobs
-        self.finish, self.completion_tokens = g.finish_reason, g.completion_tokens
-        return self.response(self._status(), response_usage(u["prompt_tokens"], u["completion_tokens"]))
+        self.opening()
+        self.chunk(Event("".join(g.text), [], g.finish_reason, u["prompt_tokens"], g.completion_tokens,
+                         g.logprobs if self.r.fields["logprobs"] is not None else None))
+        return self.closing()[-1]["response"]
