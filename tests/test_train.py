@@ -122,7 +122,7 @@ def test_cli_exit_status_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "training.train", "--preset", "nope", "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: unknown preset 'nope'; choose one of cpu-small, gpu, frankenstein"
+    assert proc.stderr.strip() == "error: unknown preset 'nope'; choose one of cpu-small, gpu, cpu-5min, frankenstein"
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
