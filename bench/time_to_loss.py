@@ -2,6 +2,7 @@
 
     python bench/train_speed.py --time-to-loss                                 # shakespeare
     python bench/train_speed.py --time-to-loss --corpus shakespeare kjv.txt    # two corpora, one run
+    python bench/train_speed.py --time-to-loss --train-args "--model qwen3"    # a candidate recipe
 
 Per corpus, in one run:
 1. the reference (bench/nanogpt_ref.py: the recipe nanoGPT's README gives for a CPU) prepares
@@ -27,6 +28,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -97,8 +99,9 @@ def ours(corpus: str, repeat: int, work: Path, cache: Path, warm: bool, args, pr
     """One `python -m training.train` run; `cache` is its SHELLEY_CACHE (emptied of tokenized
     corpora unless warm; downloads linked in so nothing is fetched during the timing)."""
     precision = precision or args.precision
-    label = f"{'warm' if warm else 'cold'} cache{', ' + precision if precision else ''}"
-    out = work / f"ours-{label.replace(' ', '-').replace(',', '')}-{repeat}"
+    label = (f"{'warm' if warm else 'cold'} cache{', ' + precision if precision else ''}"
+             f"{', ' + args.train_args if args.train_args else ''}")
+    out = work / f"ours-{'warm' if warm else 'cold'}-{precision or 'default'}-{repeat}"
     shutil.rmtree(out, ignore_errors=True)
     if not warm:
         shutil.rmtree(cache / "tokenized", ignore_errors=True)
@@ -108,6 +111,7 @@ def ours(corpus: str, repeat: int, work: Path, cache: Path, warm: bool, args, pr
                   "--eval-interval", "1"]
     if precision:
         flags += ["--precision", precision]
+    flags += shlex.split(args.train_args)
     result = Result(corpus, f"ours ({label})", repeat)
     result.process_s = run([sys.executable, "-m", "training.train", *flags], env={"SHELLEY_CACHE": str(cache)})
     result.rows = read_metrics(out)

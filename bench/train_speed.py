@@ -223,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--repeats", type=int, default=1, help="runs of each, alternating order (default 1)")
     t.add_argument("--fp32-row", action=argparse.BooleanOptionalAction, default=True,
                    help="also ours with --precision fp32 (default on; the default is bf16 where the CPU has it)")
+    t.add_argument("--train-args", default="", help="more flags for ours, one string (a candidate recipe: "
+                   "'--model qwen3'); its rows say so")
     t.add_argument("--out", help="keep the run dirs here (default: a temp dir, removed)")
     t.add_argument("--fraction", type=float, default=1.0, help="run this fraction of each recipe's steps "
                    "(a smoke test: the target then means little)")

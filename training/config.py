@@ -37,7 +37,7 @@ PRESETS: dict[str, dict] = {
     # steps (bench/five_minutes.py --seconds 60, tinyshakespeare: 2.179 against 2.167 bits/char)
     # and has room to use the other four minutes. docs/training.md has its figures.
     "cpu-5min": dict(model="qwen3", n_layer=4, n_head=4, n_kv_head=2, n_embd=256, block_size=128,
-                     dropout=0.0, tokenizer="bpe", vocab_size=2000, batch_size=24, optimizer="muon",
+                     dropout=0.2, tokenizer="bpe", vocab_size=2000, batch_size=24, optimizer="muon",
                      muon_lr=0.03, muon_momentum=0.85, lr=1.2e-2, min_lr=1.2e-3, warmup_iters=5,
                      eval_interval=200, eval_iters=10, patience=0, sample_tokens=60, time_budget=300),
     # The tutorial's 3.2M-parameter model on Mary Shelley's novel.
