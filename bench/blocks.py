@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import os
 import subprocess
 import sys
@@ -45,7 +46,8 @@ def build(name: str, like: Path, **overrides) -> Path:
     from core.model_config import ModelConfig
     from training.checkpoint import save_checkpoint
     from training.model import build_model
-    home = cache_dir() / "bench" / "blocks" / name
+    code = b"".join((ROOT / f).read_bytes() for f in ("export/onnx_graph.py", "training/qwen3.py"))
+    home = cache_dir() / "bench" / "blocks" / f"{name}-{hashlib.sha256(code).hexdigest()[:10]}"   # rebuilt when they change
     if (home / "art" / "manifest.json").is_file():
         return home / "art"
     cfg = ModelConfig(**{**torch.load(like / CKPT, weights_only=True)["model_config"], **overrides})
