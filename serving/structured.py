@@ -31,6 +31,7 @@ import llguidance
 from llguidance.gbnf_to_lark import gbnf_to_lark
 
 from core.errors import InvalidRequest
+from serving.engine.limits import check_text
 
 # JSON as Python's json.dumps writes it (and the chat template's tojson renders a call's
 # arguments): ", " and ": ", no other whitespace
@@ -54,6 +55,7 @@ def _string(fmt: dict, key: str, param: str) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_PATTERN_CHARS:
         raise InvalidRequest(f"{param}.{key} must be a non-empty string of at most {MAX_PATTERN_CHARS} characters",
                              param=f"{param}.{key}")
+    check_text(value, f"{param}.{key}")   # a lone surrogate: llguidance would raise UnicodeEncodeError (a 500)
     return value
 
 
@@ -97,4 +99,6 @@ def choice_grammar(choices: Any, param: str) -> str:
     if not isinstance(choices, list) or not 1 <= len(choices) <= MAX_CHOICES or \
             not all(isinstance(c, str) and c for c in choices):
         raise InvalidRequest(f"{param} must be a list of 1 to {MAX_CHOICES} non-empty strings", param=param)
+    for c in choices:
+        check_text(c, param)
     return llguidance.LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(c) for c in choices))
