@@ -67,6 +67,20 @@ def test_penalties_match_a_row_by_row_reference():
     assert pen.counts[4].sum() == 0 and pen.prompt[4].sum() == 1
 
 
+def test_a_tiny_repetition_penalty_leaves_the_logits_finite():
+    """1e-39 divides a positive logit past float32's range; +inf rows made the sampler's
+    softmax NaN (the abuse fuzz's random values found it)."""
+    from serving.engine.sampling import make_rng, sample_batch
+    pen = Penalties(1, V, EOS)
+    p = SamplingParams(repetition_penalty=1e-39, seed=0)
+    pen.admit(0, list(range(V)), p)                       # every token seen
+    logits = np.linspace(-3, 3, V, dtype=np.float32)[None]
+    out = pen.apply(logits, [0], [Row(0)])
+    assert np.isfinite(out).all()
+    token = int(sample_batch(out, [p], [make_rng(p.seed)])[0])
+    assert logits[0, token] > 0                            # one of the tokens the division raised
+
+
 def test_copying_a_slots_prefix_equals_prefilling_it(tiny_run, tmp_path_factory):
     art = load_artifact(cached_artifact(tiny_run, tmp_path_factory))
     rt = Runtime(art, device="cpu", threads=1, slots=4)

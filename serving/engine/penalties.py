@@ -75,7 +75,11 @@ class Penalties:
         rep = self.rep[s][:, None]
         if (rep != 1.0).any():
             seen = (counts > 0) | self.prompt[s]
-            x = np.where(seen, np.where(x > 0, x / rep, x * rep), x)
+            # A tiny penalty overflows a positive logit to +inf, and inf - inf in the softmax
+            # is NaN: keep what it divided finite (it still dominates every other logit).
+            with np.errstate(over="ignore"):
+                x = np.where(seen, np.where(x > 0, x / rep, x * rep), x)
+            np.minimum(x, np.finfo(np.float32).max, out=x)
         freq, pres = self.freq[s][:, None], self.pres[s][:, None]
         if freq.any() or pres.any():
             x -= freq * counts + pres * (counts > 0)
