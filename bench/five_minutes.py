@@ -25,26 +25,22 @@ import datetime
 import hashlib
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from bench.ladder import commit  # noqa: E402
+from bench.ladder import budgeted_run, commit  # noqa: E402
 from bench.machine import describe_cpu  # noqa: E402
 from bench.nanogpt_ref import text_bits_per_char  # noqa: E402
 from core.errors import UserError, run_main  # noqa: E402
-from core.run_dir import read_summary  # noqa: E402
 from training.checkpoint import load_run  # noqa: E402
 from training.corpus_cache import Corpus, cached_ids  # noqa: E402
 from training.tokenizer import char_counts  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 TARGET_BPC = 2.12       # 1.4697 nats per character / ln 2
 
 
@@ -84,15 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for i, recipe in enumerate(args.recipes):
         out = work / f"run-{i}"
-        cmd = [sys.executable, "-m", "training.train", "--preset", args.preset, "--corpus", corpus,
-               "--time-budget", str(args.seconds), "--out", str(out), *shlex.split(recipe)]
-        print(f"  $ {' '.join(shlex.quote(c) for c in cmd[1:])}", file=sys.stderr, flush=True)
-        started = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        wall = time.perf_counter() - started
-        if proc.returncode != 0:
-            raise UserError(f"the run failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
-        s = read_summary(out)
+        s, wall = budgeted_run("the run", args.preset, corpus, args.seconds, out, shlex.split(recipe), show=True)
         bpc, tokens = whole_val_bpc(out, corpus)
         rows.append((recipe, s, wall, bpc, tokens))
         print(f"  {recipe or '(preset)'}: {s['iters']} steps, {bpc:.3f} bits/char, process {wall:.1f} s",

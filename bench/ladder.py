@@ -79,18 +79,28 @@ def prime(corpus: str, preset: str, extra: list[str]) -> None:
     cached_ids(Corpus(corpus), cached_tokenizer(Corpus(corpus), tc.tokenizer, tc.vocab_size))
 
 
-def train_rung(corpus: str, rung: int, seed: int, args, work: Path) -> dict:
-    name, _, flags = RUNGS[rung]
-    out = work / f"{Path(corpus).name}-{rung}-{seed}"
-    cmd = [sys.executable, "-m", "training.train", "--preset", args.preset, "--corpus", corpus,
-           "--time-budget", str(args.seconds), "--seed", str(seed), "--sample-tokens", "0",
-           "--eval-interval", "1000000000", "--patience", "0", "--out", str(out), *flags, *args.extra]
+def budgeted_run(what: str, preset: str, corpus: str, seconds: float, out: Path,
+                 flags: list[str], show: bool = False) -> tuple[dict, float]:
+    """Train one `--time-budget` process into `out`: (its summary.json, the process's seconds);
+    `show` prints its command line first."""
+    cmd = [sys.executable, "-m", "training.train", "--preset", preset, "--corpus", corpus,
+           "--time-budget", str(seconds), "--out", str(out), *flags]
+    if show:
+        print(f"  $ {' '.join(shlex.quote(c) for c in cmd[1:])}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
-        raise UserError(f"rung {name} failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
-    s = read_summary(out)
+        raise UserError(f"{what} failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+    return read_summary(out), wall
+
+
+def train_rung(corpus: str, rung: int, seed: int, args, work: Path) -> dict:
+    name, _, flags = RUNGS[rung]
+    out = work / f"{Path(corpus).name}-{rung}-{seed}"
+    s, wall = budgeted_run(f"rung {name}", args.preset, corpus, args.seconds, out,
+                           ["--seed", str(seed), "--sample-tokens", "0", "--eval-interval", "1000000000",
+                            "--patience", "0", *flags, *args.extra])
     return {"corpus": Path(corpus).name, "rung": rung, "name": name, "seed": seed, "seconds": args.seconds,
             "preset": args.preset, "extra": args.extra, "params": s["params"], "iters": s["iters"],
             "tokens_per_s": s["tokens_per_s"], "run_s": s["run_s"], "process_s": round(wall, 2), "out": str(out)}
