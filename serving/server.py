@@ -269,8 +269,10 @@ class Server:
 def merge(a: Event, b: Event) -> Event:
     """Two consecutive events of one choice as one (the later one's finish and usage)."""
     lps = None if a.logprobs is None and b.logprobs is None else (a.logprobs or []) + (b.logprobs or [])
+    trace = None if a.grammar_trace is None and b.grammar_trace is None else \
+        (a.grammar_trace or []) + (b.grammar_trace or [])
     return Event(a.text + b.text, a.token_ids + b.token_ids, b.finish_reason, b.prompt_tokens,
-                 b.completion_tokens, lps, a.index, a.prompt_logprobs or b.prompt_logprobs)
+                 b.completion_tokens, lps, a.index, a.prompt_logprobs or b.prompt_logprobs, trace)
 
 
 def chat_card(chat: ChatTemplate | None) -> dict:

@@ -164,6 +164,7 @@ FIELDS = {
                       [{"type": "object"}, {"type": "string", "maxLength": 3}, {"enum": [1, "a"]}])}),
                   "regex": hostile_text | st.just("[a-c]{1,3}"), "choice": st.lists(hostile_text, max_size=3),
                   "grammar": hostile_text | st.just('start: "a" | "b"'), "syntax": st.sampled_from(["lark", "gbnf", ""])}),
+    "shelley_grammar_trace": st.booleans(),
 }
 TOOL = st.fixed_dictionaries({"type": st.sampled_from(["function", "x"]), "function": st.fixed_dictionaries(
     {}, optional={"name": st.sampled_from(["f", "g", "a b", ""]) | hostile_text, "description": hostile_text,

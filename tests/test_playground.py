@@ -213,3 +213,50 @@ def test_n_choices_and_logit_bias_from_the_page(page, live):
     page.click("#generate")
     page.locator("#error").wait_for(state="visible")
     assert "token id:bias" in page.inner_text("#error")
+
+
+def test_structured_mode_shows_what_the_model_wanted_and_what_the_grammar_allowed(page, live):
+    import json
+
+    page.goto(live.base + "/")
+    page.check("#mode-structured")
+    page.locator("#structured-box").wait_for(state="visible")
+    assert page.locator("#complete-box").is_visible() and page.locator("#chat-box").is_hidden()
+    fmt = json.loads(page.input_value("#response-format"))                     # the default example
+    schema = fmt["json_schema"]["schema"]
+    page.fill("#prompt", "ROMEO:")
+    page.fill("#seed", "2")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('stop')", timeout=30000)
+    reply = json.loads(page.inner_text("#output").removeprefix("ROMEO:"))       # parses: the grammar's work
+    assert set(reply) == set(schema["required"]) and reply["mood"] in schema["properties"]["mood"]["enum"]
+    tokens = page.eval_on_selector_all("#output .tok", "els => els.reduce((n, e) => n + e.items.length, 0)")
+    rows = page.locator("#trace-rows tr")
+    assert rows.count() == tokens >= 20                                         # one row per token
+    overruled = page.locator("#trace-rows tr.overruled")
+    assert 0 < overruled.count() < tokens and "masked" in overruled.first.inner_text()
+    allowed = page.eval_on_selector_all("#trace-rows tr", "trs => trs.map(t => Number(t.cells[3].textContent))")
+    assert allowed[0] == 1 and all(a >= 1 for a in allowed)                     # '{' is the only start
+    assert "overruled the model at" in page.inner_text("#trace-summary")
+    page.locator("#output .tok.overruled").first.hover()                        # the token says what it was
+    tip = page.locator("#tip")
+    tip.wait_for(state="visible")
+    assert "the model wanted" in tip.inner_text() and "the grammar masked" in tip.inner_text()
+    page.mouse.move(5, 5)
+
+    page.select_option("#format-example", "choice")                             # another format, from the list
+    choices = json.loads(page.input_value("#response-format"))["choice"]
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('stop')", timeout=30000)
+    assert page.inner_text("#output").removeprefix("ROMEO:") in choices
+
+    page.fill("#response-format", "{not json")
+    page.click("#generate")
+    page.locator("#error").wait_for(state="visible")
+    assert "response_format is not JSON" in page.inner_text("#error")
+    page.fill("#response-format", '{"type": "xml"}')                           # the server's 400, shown
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#error').textContent.includes('response_format')")
+    page.check("#mode-complete")
+    assert page.locator("#structured-box").is_hidden()
+    assert [e for e in page.errors if "status of 400" not in e] == []          # only the 400 asked for

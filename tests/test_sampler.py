@@ -57,3 +57,20 @@ def test_prompt_logprobs_score_each_token_after_the_first():
 
 def test_a_one_token_prompt_has_no_prompt_logprobs():
     assert prompt_logprobs([2], np.zeros((1, V), np.float32), k=2) == []
+
+
+def test_grammar_trace_reports_the_unmasked_choice():
+    """Grammars.trace (structured output's report): the model's top token before the mask,
+    whether the mask allowed it, how many tokens and how much probability the mask allowed."""
+    from serving.engine.grammar import Grammars
+
+    logits = np.random.default_rng(1).normal(size=(2, V)).astype(np.float32)
+    masks = [np.zeros(V, bool), np.ones(V, bool)]
+    masks[0][[3, 9]] = True
+    tokens = np.array([9, int(logits[1].argmax())])
+    a, b = Grammars.trace(logits, masks, tokens)
+    ref = log_softmax(logits)
+    assert a.wanted == ref[0].argmax() and a.wanted_allowed == (a.wanted in (3, 9))
+    assert a.token_id == 9 and abs(a.logprob - ref[0, 9]) < 1e-9 and a.allowed == 2
+    assert abs(a.allowed_logprob - np.log(np.exp(ref[0, [3, 9]]).sum())) < 1e-9
+    assert b.wanted == b.token_id and b.wanted_allowed and b.allowed == V and abs(b.allowed_logprob) < 1e-9

@@ -97,6 +97,42 @@ def test_streamed_json_parses(client):
     jsonschema.validate(json.loads("".join(parts)), PERSON)
 
 
+def test_grammar_trace_says_what_the_model_wanted_and_what_the_mask_allowed(live):
+    """shelley_grammar_trace (the playground's structured mode): per token, the model's own
+    top token before the mask and the token drawn under it; a model of plays wants other
+    tokens than JSON's somewhere, and the mask always allows some."""
+    import httpx
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}}
+    body = {"prompt": "ROMEO:", "max_tokens": 60, "temperature": 0, "response_format": fmt, "logprobs": 1,
+            "shelley_grammar_trace": True, "stream": True}
+    steps, text, logprobs = [], "", []
+    with httpx.stream("POST", live.base + "/v1/completions", json=body, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                for c in json.loads(line[6:])["choices"]:
+                    steps += c["shelley_grammar_trace"]
+                    text += c["text"]
+                    logprobs += c["logprobs"]["tokens"]
+    assert text.startswith('{"name": "') and len(steps) == len(logprobs) >= 20
+    assert [s["sampled"]["token"] for s in steps] == logprobs          # one entry per token sent
+    assert all(s["allowed_tokens"] > 0 and s["allowed_logprob"] <= 1e-9 for s in steps)
+    overruled = [s for s in steps if s["wanted"]["token_id"] != s["sampled"]["token_id"]]
+    assert overruled and all(not s["wanted"]["allowed"] for s in overruled)   # greedy: only the mask overrules
+    assert all(s["wanted"]["logprob"] >= s["sampled"]["logprob"] for s in steps)
+    assert steps[0]["sampled"]["token"] == "{" and steps[0]["allowed_tokens"] == 1   # the schema's only start
+
+    chat = httpx.post(live.base + "/v1/chat/completions", timeout=60, json={
+        "messages": [{"role": "user", "content": "Who art thou?"}], "max_tokens": 30, "seed": 1,
+        "response_format": fmt, "shelley_grammar_trace": True}).json()["choices"][0]
+    assert len(chat["shelley_grammar_trace"]) == 30 and chat["finish_reason"] == "length"
+    assert "".join(s["sampled"]["token"] for s in chat["shelley_grammar_trace"]) == chat["message"]["content"]
+    plain = httpx.post(live.base + "/v1/completions", timeout=60, json={"prompt": "ROMEO:", "max_tokens": 3}).json()
+    assert "shelley_grammar_trace" not in plain["choices"][0]           # unasked: no field
+    bad = httpx.post(live.base + "/v1/completions", timeout=60, json={"prompt": "x", "shelley_grammar_trace": 1})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "shelley_grammar_trace"
+
+
 def test_plain_rows_unchanged_beside_structured(client):
     """A seeded plain request gives the same tokens alone and in a batch with constrained rows."""
     def plain():

@@ -6,6 +6,7 @@ its allowed-token mask applied to the rows that asked.
     allowed = grammars.masks(reqs)                           # per row: a bool [V] mask, or None
     tokens = sample_batch(logits, params, draws, allowed)    # the sampler masks (serving/engine/sampling.py)
     req.grammar.accept(token); req.grammar.done              # after sampling; done: nothing may follow
+    steps = Grammars.trace(logits[rows], masks, tokens[rows])   # what the model wanted (rows that asked)
 
 The grammar is llguidance's (JSON Schema, Lark, regex: serving/structured.py writes it from a
 request's `response_format` or `tools`), run over the model's own tokenizer (its
@@ -25,6 +26,8 @@ import numpy as np
 import tokenizers
 
 from core.errors import InvalidRequest
+from core.logprobs import log_softmax
+from serving.engine.requests import GrammarStep
 
 CHECKED = 256   # grammars remembered, validated and compiled (then forgotten all at once)
 
@@ -108,3 +111,21 @@ class Grammars:
         out = adjusted.copy()
         out[dead] = logits[dead]
         return out
+
+    @staticmethod
+    def trace(logits: np.ndarray, allowed: Sequence[np.ndarray], tokens: np.ndarray) -> list[GrammarStep]:
+        """For each row, from its raw logits (N, V), its mask and the token it drew: the
+        model's own top token and its logprob, whether the mask allowed it, and how many
+        tokens and how much of the model's probability the mask allowed. Only for the rows
+        whose request asked (`SamplingParams.grammar_trace`): one log-softmax over them."""
+        logp = log_softmax(logits)                                        # (N, V) float64
+        mask = np.stack(allowed)                                          # (N, V) bool
+        wanted = logp.argmax(axis=1)
+        kept = np.where(mask, logp, -np.inf)
+        top = kept.max(axis=1, keepdims=True)                             # finite: a mask allows something
+        mass = (top[:, 0] + np.log(np.exp(kept - top).sum(axis=1))).tolist()
+        rows = np.arange(len(logp))
+        return [GrammarStep(int(w), float(wl), bool(wa), int(t), float(tl), int(c), m)
+                for w, wl, wa, t, tl, c, m in zip(wanted.tolist(), logp[rows, wanted].tolist(),
+                                                  mask[rows, wanted].tolist(), tokens.tolist(),
+                                                  logp[rows, tokens].tolist(), mask.sum(axis=1).tolist(), mass)]

@@ -40,22 +40,24 @@ class Output:
         if r.grammar is not None and tok != self.eos:
             r.grammar.accept(tok)   # before check_stop: a complete grammar ends the request
         reason, text = check_stop(r, tok, self.eos)
+        step, r.grammar_step = r.grammar_step, None   # the sampler's trace of this token, if asked
+        trace = [step] if step is not None else None
         if reason is None:
             self.outbox.append((r, Event(text, [tok], logprobs=logprobs, index=r.index,
-                                         prompt_logprobs=take_prompt_lp(r))))
+                                         prompt_logprobs=take_prompt_lp(r), grammar_trace=trace)))
             return False
         sent = [] if tok == self.eos and not r.params.ignore_eos else [tok]   # EOS is not sent
-        self.end(r, reason, text, sent, logprobs if sent else None)
+        self.end(r, reason, text, sent, logprobs if sent else None, trace if sent else None)
         return True
 
     def end(self, r: Request, reason: Finish, text: str = "", token_ids: list[int] | None = None,
-            logprobs=None) -> None:
+            logprobs=None, trace=None) -> None:
         """Queue the request's last event (once: a request already ended is left alone)."""
         if r.done:
             return
         r.done = True
         self.outbox.append((r, Event(text, token_ids or [], reason.value, r.prompt_tokens,
-                                     r.generated, logprobs, r.index, take_prompt_lp(r))))
+                                     r.generated, logprobs, r.index, take_prompt_lp(r), trace)))
 
     def flush(self) -> None:
         if self.outbox:

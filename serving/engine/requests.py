@@ -34,6 +34,20 @@ class TokenLogprob:
 
 
 @dataclass
+class GrammarStep:
+    """One token sampled under a grammar, for a request that asked (`SamplingParams.grammar_trace`):
+    what the model wanted before the mask and what the mask let through. Logprobs are of the
+    model's raw logits, as TokenLogprob's."""
+    wanted: int                          # the model's own top token, before the mask
+    wanted_logprob: float
+    wanted_allowed: bool                 # whether the grammar allowed it
+    token_id: int                        # the token sampled
+    logprob: float
+    allowed: int                         # how many tokens the mask allowed
+    allowed_logprob: float               # the model's probability mass on those tokens (log)
+
+
+@dataclass
 class Event:
     """One message for the client; finish_reason is set on the last one."""
     text: str
@@ -44,6 +58,7 @@ class Event:
     logprobs: list[TokenLogprob] | None = None   # one per token id, when asked for
     index: int = 0                        # which of the request's n choices
     prompt_logprobs: list[TokenLogprob] | None = None   # on a choice's first event: prompt tokens 2..
+    grammar_trace: list[GrammarStep] | None = None   # one per token id sampled under a grammar, when asked
 
 
 @dataclass(eq=False)
@@ -64,6 +79,7 @@ class Request:
     t_submit: float = field(default_factory=time.perf_counter)
     t_last: float = 0.0
     prompt_lp: list[TokenLogprob] | None = None   # computed at its prefill, sent with its first event
+    grammar_step: GrammarStep | None = None   # set by the sampler, sent with the token's event
     drafts: NgramDrafter | None = None   # speculative decoding (serving/engine/speculate.py), made when first alone
     acceptance: Acceptance | None = None
     # ---- the front end's: set once, read by the engine at its next step ----

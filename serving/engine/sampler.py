@@ -3,6 +3,7 @@
     sampler = Sampler(slots=32, vocab=V, eos=0)
     sampler.admit(slot, req)                               # a request takes the slot
     tokens, logprobs = sampler.sample(slots, reqs, logits)  # (N, V) raw logits -> (N,), [list | None] * N
+    req.grammar_step                                        # set for a row with a grammar that asked for its trace
     sampler.rewind(req, start, kept)                        # a draft sampled at once: keep `kept` draws
     req.prompt_lp = prompt_logprobs(ids, logits[:len(ids)], k)   # echo: the prompt's own, at joining
 
@@ -11,7 +12,9 @@ It is the loop's one call per step over the modules that hold the rules: penalti
 output's allowed tokens, for the rows whose request has a grammar) and sampling.py (how a
 row draws: temperature, top-k, top-p, each request's own counter-based random stream). Logprobs describe the model's
 own distribution, so they are computed from the raw logits, before penalties; off costs
-nothing, on is one vectorised pass over the rows that asked.
+nothing, on is one vectorised pass over the rows that asked. So does a grammar's trace
+(`grammar_trace`: what the model wanted before the mask, `Grammars.trace`), left on the
+request as `grammar_step` for the output processor to send with the token.
 """
 from __future__ import annotations
 
@@ -44,6 +47,12 @@ class Sampler:
             adjusted = Grammars.reachable(adjusted, logits, allowed)
         tokens = sample_batch(adjusted, [r.params for r in reqs], [r.rng for r in reqs], allowed)
         self.penalties.record(slots, tokens)
+        if allowed is not None:
+            traced = [i for i, r in enumerate(reqs) if allowed[i] is not None and r.params.grammar_trace]
+            if traced:   # the output processor sends each with its token (Event.grammar_trace)
+                steps = Grammars.trace(logits[traced], [allowed[i] for i in traced], tokens[traced])
+                for i, step in zip(traced, steps):
+                    reqs[i].grammar_step = step
         return tokens, logprobs_of(reqs, logits, tokens)
 
     @staticmethod

@@ -62,6 +62,9 @@ class SamplingParams:
     truncate_prompt_tokens: int | None = None   # keep the prompt's last k tokens (-1: as many as fit)
     grammar: str | None = None        # structured output: llguidance's grammar (serving/structured.py
                                       # writes it); None = free text
+    grammar_trace: bool = False       # report, per token sampled under the grammar, what the model
+                                      # wanted before the mask (requests.GrammarStep); the playground's
+                                      # structured mode shows it
 
     @property
     def penalized(self) -> bool:

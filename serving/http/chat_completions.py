@@ -21,7 +21,7 @@ from typing import Any
 from core.errors import InvalidRequest
 from core.tokens import TokenTable
 from serving.chat import check_kwargs, check_messages
-from serving.http.completions import CompletionShape, Gathered, Meta, check_body, controls, field_of
+from serving.http.completions import CompletionShape, Gathered, Meta, check_body, controls, field_of, trace_asked
 from serving.engine.requests import Event, TokenLogprob
 from serving.engine.sampling import SamplingParams
 from serving.shape import Shaper
@@ -49,7 +49,8 @@ def parse_chat(body: Any, shaper: Shaper) -> ChatCompletion:
     top = field_of(body, "top_logprobs", int, None)
     if top is not None and not want:
         raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
-    fields = dict(controls(body), max_tokens=max_tokens, logprobs=(top or 0) if want else None)
+    fields = dict(controls(body), max_tokens=max_tokens, logprobs=(top or 0) if want else None,
+                  grammar_trace=trace_asked(body))
     tools = read_tools(body.get("tools"), body.get("tool_choice"), body.get("parallel_tool_calls"))
     shaped = shaper.chat(messages, kwargs, fields, response_format=body.get("response_format"), tools=tools)
     options = field_of(body, "stream_options", dict, {})
@@ -101,9 +102,11 @@ class ChatShape(CompletionShape):
 
     def chunks(self, ev: Event) -> list[dict]:
         deltas, finish = self._deltas(ev.index, ev.text, ev.finish_reason)
-        deltas = deltas or [{}] if finish or ev.logprobs else deltas
-        return [self._chunk({"index": ev.index, "delta": d, "logprobs": self._logprobs(ev.logprobs) if k == 0 else None,
-                             "finish_reason": (finish or None) if k == len(deltas) - 1 else None})
+        deltas = deltas or [{}] if finish or ev.logprobs or ev.grammar_trace else deltas
+        return [self._chunk(self.traced({"index": ev.index, "delta": d,
+                                         "logprobs": self._logprobs(ev.logprobs) if k == 0 else None,
+                                         "finish_reason": (finish or None) if k == len(deltas) - 1 else None},
+                                        ev.grammar_trace if k == 0 else None))
                 for k, d in enumerate(deltas)]
 
     def whole(self, choices: dict[int, Gathered], u: dict) -> dict:
@@ -116,7 +119,8 @@ class ChatShape(CompletionShape):
             if calls:
                 message = {"role": "assistant", "content": content or None,
                            "tool_calls": [{k: v for k, v in c.items() if k != "index"} for c in calls]}
-            out.append({"index": i, "message": message, "logprobs": self._logprobs(g.logprobs), "finish_reason": finish})
+            out.append(self.traced({"index": i, "message": message, "logprobs": self._logprobs(g.logprobs),
+                                    "finish_reason": finish}, g.trace))
         body = self.envelope(out)
         body["object"] = "chat.completion"
         body["usage"] = u

@@ -10,7 +10,10 @@ are (serving/shape.py: defaults) and its limits checked by the engine's `validat
 (serving/engine/limits.py), so gRPC and HTTP refuse the same requests with the same messages.
 Unknown fields are ignored; known ones this server cannot honour (`best_of`, `suffix`) are
 refused rather than silently dropped. Extensions, as in vLLM: `top_k`, `ignore_eos`,
-`repetition_penalty`, `min_tokens`. Chat's shapes are in serving/http/chat_completions.py.
+`repetition_penalty`, `min_tokens`; shelley's own (completions and chat): `shelley_grammar_trace`
+(true: each choice carries a `shelley_grammar_trace` list, one entry per token sampled under
+its `response_format` or tools' grammar: what the model wanted and what the mask allowed).
+Chat's shapes are in serving/http/chat_completions.py.
 """
 from __future__ import annotations
 
@@ -19,13 +22,14 @@ from typing import Any
 
 from core.errors import InvalidRequest
 from core.tokens import TokenTable
-from serving.http.logprobs import openai_logprobs
+from serving.http.logprobs import grammar_trace, openai_logprobs
 from serving.engine.requests import Event, TokenLogprob
 from serving.engine.sampling import SamplingParams
 from serving.shape import Shaper
 
 # Known OpenAI fields this server does not implement: accepted only at their neutral value.
 NEUTRAL = {"best_of": (1,), "suffix": ("",)}
+TRACE = "shelley_grammar_trace"   # the extension's name, in the request and on each choice
 
 
 @dataclass(frozen=True)
@@ -123,11 +127,16 @@ def parse_completion(body: Any, shaper: Shaper) -> Completion:
                              param="prompt")
     logprobs, echo = field_of(body, "logprobs", int, None), field_of(body, "echo", bool, False)
     fields = dict(controls(body), max_tokens=field_of(body, "max_tokens", int, None), logprobs=logprobs,
-                  prompt_logprobs=logprobs if echo else None)
+                  prompt_logprobs=logprobs if echo else None, grammar_trace=trace_asked(body))
     shaped = shaper.completion(prompt, fields, response_format=body.get("response_format"))
     options = field_of(body, "stream_options", dict, {})
     return Completion(shaped.prompt, shaped.params, stream=field_of(body, "stream", bool, False),
                       include_usage=field_of(options, "include_usage", bool, False), echo=echo)
+
+
+def trace_asked(body: dict) -> bool:
+    """shelley's extension: report what the grammar did to each token (the playground's structured mode)."""
+    return field_of(body, TRACE, bool, False)
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
@@ -143,10 +152,12 @@ class Gathered:
     prompt_logprobs: list[TokenLogprob] | None = None
     finish_reason: str = ""
     completion_tokens: int = 0
+    trace: list = field(default_factory=list)   # GrammarSteps, when asked
 
     def add(self, ev: Event) -> None:
         self.text.append(ev.text)
         self.logprobs.extend(ev.logprobs or [])
+        self.trace.extend(ev.grammar_trace or [])
         self.prompt_logprobs = self.prompt_logprobs or ev.prompt_logprobs
         if ev.finish_reason:
             self.finish_reason, self.completion_tokens = ev.finish_reason, ev.completion_tokens
@@ -168,7 +179,7 @@ class CompletionShape:
     def start(self) -> list[dict]:
         return []
 
-    def _choice(self, index: int, text: str, finish: str | None, lps: list | None, prompt_lps) -> dict:
+    def _choice(self, index: int, text: str, finish: str | None, lps: list | None, prompt_lps, trace=None) -> dict:
         first, offset = index not in self.sent, self.sent.get(index, 0)
         lp = None
         if self.c.params.logprobs is not None:
@@ -178,10 +189,17 @@ class CompletionShape:
         self.sent[index] = offset + len(text)
         if self.c.echo and first:
             text = self.prompt + text
-        return {"text": text, "index": index, "logprobs": lp, "finish_reason": finish or None}
+        return self.traced({"text": text, "index": index, "logprobs": lp, "finish_reason": finish or None}, trace)
+
+    def traced(self, choice: dict, steps) -> dict:
+        """A choice with its grammar trace, when the request asked (empty: no grammar step here)."""
+        if self.c.params.grammar_trace:
+            choice[TRACE] = grammar_trace(steps or [], self.tokens)
+        return choice
 
     def chunk(self, ev: Event) -> dict:
-        out = self.envelope([self._choice(ev.index, ev.text, ev.finish_reason, ev.logprobs, ev.prompt_logprobs)])
+        out = self.envelope([self._choice(ev.index, ev.text, ev.finish_reason, ev.logprobs, ev.prompt_logprobs,
+                                          ev.grammar_trace)])
         if self.c.include_usage:
             out["usage"] = None
         return out
@@ -191,7 +209,7 @@ class CompletionShape:
         return [self.chunk(ev)]
 
     def whole(self, choices: dict[int, Gathered], u: dict) -> dict:
-        body = self.envelope([self._choice(i, "".join(g.text), g.finish_reason, g.logprobs, g.prompt_logprobs)
+        body = self.envelope([self._choice(i, "".join(g.text), g.finish_reason, g.logprobs, g.prompt_logprobs, g.trace)
                               for i, g in sorted(choices.items())])
         body["usage"] = u
         return body

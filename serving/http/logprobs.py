@@ -1,7 +1,11 @@
-"""Token logprobs in OpenAI's legacy completions shape.
+"""Per-token reports in HTTP's shapes: logprobs in OpenAI's legacy completions shape, and
+shelley's grammar trace (completions and chat, `shelley_grammar_trace`).
 
     openai_logprobs(event.logprobs, artifact.tokens, offset=0)
     # {"tokens": [...], "token_logprobs": [...], "top_logprobs": [{tok: lp}, ...], "text_offset": [...]}
+    grammar_trace(event.grammar_trace, artifact.tokens)
+    # [{"sampled": {token, token_id, logprob}, "wanted": {token, token_id, logprob, allowed},
+    #   "allowed_tokens": 12, "allowed_logprob": -3.2}, ...]
 
 The engine fills `Event.logprobs` (TokenLogprob, one per token id); the numbers are of the
 model's distribution before temperature, top-k, top-p, penalties and logit_bias. Each
@@ -11,7 +15,7 @@ is not valid UTF-8 alone is written `bytes:\\xNN`, as OpenAI does.
 from __future__ import annotations
 
 from core.tokens import TokenTable
-from serving.engine.requests import TokenLogprob
+from serving.engine.requests import GrammarStep, TokenLogprob
 
 
 def openai_logprobs(entries: list[TokenLogprob], tokens: TokenTable, offset: int) -> dict:
@@ -27,3 +31,15 @@ def openai_logprobs(entries: list[TokenLogprob], tokens: TokenTable, offset: int
             "token_logprobs": [e.logprob for e in entries],
             "top_logprobs": [{tokens.text(i): lp for i, lp in e.top} for e in entries],
             "text_offset": starts}
+
+
+def grammar_trace(steps: list[GrammarStep], tokens: TokenTable) -> list[dict]:
+    """Per token sampled under a grammar: the token drawn, the model's own top token before
+    the mask (and whether the mask allowed it), how many tokens the mask allowed and the
+    model's probability mass on them (log). An extension (vLLM and OpenAI have no such
+    field): its name says whose."""
+    def one(token_id: int, logprob: float) -> dict:
+        return {"token": tokens.text(token_id), "token_id": token_id, "logprob": logprob}
+    return [{"sampled": one(s.token_id, s.logprob), "wanted": {**one(s.wanted, s.wanted_logprob),
+                                                                "allowed": s.wanted_allowed},
+             "allowed_tokens": s.allowed, "allowed_logprob": s.allowed_logprob} for s in steps]

@@ -137,10 +137,11 @@ function soon() {
 }
 
 // ---- wiring --------------------------------------------------------------------------------
-for (const mode of ["mode-complete", "mode-chat"]) {
+for (const mode of ["mode-complete", "mode-chat", "mode-structured"]) {
   $(mode).addEventListener("change", () => {
     $("chat-box").hidden = !chatMode();
     $("complete-box").hidden = chatMode();
+    $("structured-box").hidden = !structuredMode();   // structured.js; it completes the prompt
     refreshTokens();
   });
 }

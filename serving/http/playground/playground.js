@@ -2,7 +2,7 @@
 // logprobs) like any client, and shows each generated token shaded by its probability; hover
 // or tap one for its alternatives. n > 1 shows each choice in its own pane. Stop aborts the
 // request, and the server frees its batch rows. The chat mode's conversation editor and the
-// token view are in chat.js.
+// token view are in chat.js; the structured mode's format and grammar trace in structured.js.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -67,7 +67,8 @@ function request() {
   if ($("seed").value !== "") body.seed = Number($("seed").value);
   if ($("ignore-eos").checked) body.ignore_eos = true;
   if (chatMode()) return Object.assign(body, chatBody(), { logprobs: true, top_logprobs: TOP });
-  return Object.assign(body, { prompt: $("prompt").value, logprobs: TOP });
+  Object.assign(body, { prompt: $("prompt").value, logprobs: TOP });
+  return structuredMode() ? Object.assign(body, structuredBody()) : body;
 }
 
 // A chat chunk's choice in the completions shape addChoice reads.
@@ -88,7 +89,8 @@ const percent = (lp) => (100 * Math.exp(lp)).toFixed(lp > Math.log(0.001) ? 1 : 
 
 function tokenSpan(text, items) {
   const span = document.createElement("span");
-  span.className = "tok" + (text.startsWith("bytes:") ? " bytes" : "");
+  span.className = "tok" + (text.startsWith("bytes:") ? " bytes" : "") +
+    (items.some((it) => it.trace && !it.trace.wanted.allowed) ? " overruled" : "");   // the grammar masked the model's choice
   const p = Math.exp(items.reduce((s, it) => s + it.logprob, 0));   // the group's joint probability
   span.style.setProperty("--a", (0.06 + 0.69 * Math.sqrt(p)).toFixed(3));   // the legend's scale
   span.textContent = text.replace(/\n/g, "↵\n");
@@ -114,7 +116,10 @@ function tokenBytes(token) {
 // decoder starts afresh; the last chunk shows whatever is left.
 function addChoice(choice) {
   const lp = choice.logprobs;
-  const items = lp ? lp.tokens.map((t, i) => ({ token: t, logprob: lp.token_logprobs[i], top: lp.top_logprobs[i] })) : [];
+  const trace = choice.shelley_grammar_trace;   // structured mode: one step per token
+  const items = lp ? lp.tokens.map((t, i) => ({ token: t, logprob: lp.token_logprobs[i], top: lp.top_logprobs[i],
+                                                 trace: trace ? trace[i] : null })) : [];
+  if (trace && trace.length) addTrace(choice.index || 0, trace);
   const pane = panes[choice.index || 0];
   const out = pane.el;
   const pending = pane.pending;
@@ -164,7 +169,7 @@ function showTip(span) {
       tr.insertCell().textContent = percent(lp);
       tr.cells[2].className = "p";
     }
-    tip.append(h, table);
+    tip.append(h, ...(it.trace ? [traceLine(it.trace)] : []), table);
   }
   const r = span.getBoundingClientRect();
   tip.hidden = false;
@@ -205,6 +210,7 @@ function clearOutput() {
     panes.push({ el, pending: { text: "", items: [], decoded: "" }, decoder: new TextDecoder(), reply: "" });
   }
   $("output").replaceChildren(...els);
+  clearTrace();
 }
 
 function showError(message) {
@@ -215,6 +221,7 @@ function showError(message) {
 async function generate(event) {
   event.preventDefault();
   if (controller) return;
+  $("status").textContent = "waiting for the first token…";   // never the last request's status
   clearTimeout(tokenTimer);
   await refreshTokens();   // the token view (and in chat mode the echo) is what this request sends
   clearOutput();
