@@ -2,11 +2,14 @@
 
     python -m bench.structured                       # 32 streams (a quarter json_schema) and 1 stream
     python -m bench.structured --seconds 60 --rounds 3 --streams 32 --share 0.25
+    python -m bench.structured --greedy              # the same at temperature 0
 
 One shelley server (the bench model, bench/models.py: 3.7M parameters, BPE 2000, fp32,
 --max-batch 64); every client sends back-to-back streamed /v1/completions of 64-token
-held-out prompts, greedy, `ignore_eos`, 128 new tokens. Scenarios take turns in `--rounds`
-interleaved rounds so a burst of load on a shared machine hits all alike:
+held-out prompts, `ignore_eos`, 128 new tokens, at temperature 1.0 (what the API defaults to
+and clients send; `--greedy`: temperature 0, where a row's draw is an argmax and the mask's
+own cost shows most). Scenarios take turns in `--rounds` interleaved rounds so a burst of
+load on a shared machine hits all alike:
 
     N plain             N streams, no response_format
     N mixed             the same, but every 1/share-th client asks for SCHEMA (json_schema)
@@ -47,7 +50,7 @@ FORMAT = {"type": "json_schema", "json_schema": {"name": "scene", "schema": SCHE
 
 
 async def streams(base: str, n: int, structured: set[int], seconds: float, prompts: list[str], new_tokens: int,
-                  first: int) -> dict[str, list[int]]:
+                  first: int, temperature: float) -> dict[str, list[int]]:
     """n clients for `seconds`; client i asks for FORMAT when i is in `structured`. Returns
     {"plain": [tokens, requests], "json": [...], "errors": [count]}."""
     import httpx
@@ -57,7 +60,7 @@ async def streams(base: str, n: int, structured: set[int], seconds: float, promp
 
     async def client(i: int) -> None:
         kind = "json" if i in structured else "plain"
-        body = {"max_tokens": new_tokens, "temperature": 0.0, "ignore_eos": True, "stream": True,
+        body = {"max_tokens": new_tokens, "temperature": temperature, "ignore_eos": True, "stream": True,
                 "stream_options": {"include_usage": True}, **({"response_format": FORMAT} if kind == "json" else {})}
         async with httpx.AsyncClient(base_url=base, timeout=300) as http:
             while time.perf_counter() < end:
@@ -85,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--server-args", default="--max-batch 64")
+    p.add_argument("--greedy", action="store_true", help="temperature 0 instead of 1.0 (the mask's own cost, "
+                                                         "without the sampler's draw)")
     args = p.parse_args(argv)
     model = bench_model("trained")
     prompts = model.prompts(64, 4000)
@@ -92,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     proc, _, _ = start_server(model.onnx, [*args.server_args.split(), "--precision", "fp32"], http)
     base = f"http://127.0.0.1:{http}"
     n, every = args.streams, max(1, round(1 / args.share))
+    temperature = 0.0 if args.greedy else 1.0
     scenarios = {f"{n} plain": (n, set()), f"{n} mixed": (n, set(range(0, n, every))),
                  "1 plain": (1, set()), "1 json": (1, {0})}
     done = {s: {"plain": [0, 0], "json": [0, 0], "errors": [0], "wall": 0.0} for s in scenarios}
@@ -101,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             for i, s in enumerate(order):
                 t0 = time.perf_counter()
                 got = asyncio.run(streams(base, *scenarios[s], args.seconds / args.rounds, prompts, args.new_tokens,
-                                          first=(r * len(scenarios) + i) * 200))
+                                          first=(r * len(scenarios) + i) * 200, temperature=temperature))
                 done[s]["wall"] += time.perf_counter() - t0
                 for k in ("plain", "json", "errors"):
                     done[s][k] = [a + b for a, b in zip(done[s][k], got[k])]
@@ -111,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"\n`python -m bench.structured {' '.join(argv if argv is not None else sys.argv[1:])}`, "
           f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {describe_cpu()}, commit {commit}; bench model "
-          f"(3.7M, BPE 2000) fp32, 64-token prompts, {args.new_tokens} new tokens, greedy, ignore_eos; "
+          f"(3.7M, BPE 2000) fp32, 64-token prompts, {args.new_tokens} new tokens, "
+          f"{'greedy' if args.greedy else 'temperature 1.0'}, ignore_eos; "
           f"{args.seconds:.0f} s per scenario in {args.rounds} rounds; load {os.getloadavg()[0]:.1f} at the end\n")
     rate = {s: (d["plain"][0] + d["json"][0]) / d["wall"] for s, d in done.items()}
     print("| scenario | tokens/s | plain streams' tokens/s | json streams' tokens/s | requests (plain / json) | errors |")
