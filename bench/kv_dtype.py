@@ -2,23 +2,21 @@
 
     python -m bench.kv_dtype                          # the 3.7M bench model, 32 rows, 100 steps
     python -m bench.kv_dtype --size 87M --rows 1 16 --steps 40
+    python -m bench.kv_dtype --precision int8         # int8 weights, each cache
 
 Why: the cache is most of a server's memory at 64 slots of a large context (issue 25: 87M,
-64 x 1,024 tokens, 4.8 GB in fp32), and llama.cpp keeps its cache in f16. ONNX Runtime's CPU
-GroupQueryAttention takes fp16 past/present buffers; the graph then casts q, k, v to fp16
-before attention and its output back to fp32 (everything else stays fp32). This rewrites a
-copy of the bench model's artifact that way (`kv16`, with onnx), runs both through the
-serving runtime (which reads the cache's dtype from the graph), prefills the same 64-token
-prompts, then decodes `--steps` greedy steps of the fp32 model's tokens on both, and prints
-the largest logit difference, how often the top token agrees, and the median step time of
-each at each row count, interleaved.
+64 x 1,024 tokens, 4.8 GB in fp32), and llama.cpp keeps its cache in f16. The bench model's
+run is exported twice by the project's exporter, `python -m export --kv-dtype fp32` and
+`--kv-dtype fp16` (export/onnx_graph.py: GroupQueryAttention over fp16 past/present buffers,
+q, k, v cast to fp16 before it and its output back to fp32), both run through the serving
+runtime (which reads the cache's dtype from the graph), prefill the same 64-token prompts,
+then decode `--steps` greedy steps of the fp32-cache model's tokens, and it prints the
+largest logit difference, how often the top token agrees, and the median step time of each
+at each row count, interleaved.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -30,36 +28,15 @@ import numpy as np
 from bench.machine import provenance
 
 
-def kv16(src: Path, dst: Path) -> None:
-    """Copy artifact `src` to `dst` with model.onnx's attention reading an fp16 KV cache."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    shutil.copytree(src, dst)
-    m = onnx.load(src / "model.onnx")
-    nodes = []
-    for n in m.graph.node:
-        if n.op_type != "GroupQueryAttention":
-            nodes.append(n)
-            continue
-        ins, outs = list(n.input), list(n.output)
-        for i in [0, 1, 2, *range(7, len(ins))]:   # q (packed), k, v; qwen3's cos/sin caches
-            if i < len(ins) and ins[i]:
-                nodes.append(helper.make_node("Cast", [ins[i]], [ins[i] + ".f16"], to=TensorProto.FLOAT16))
-                ins[i] += ".f16"
-        attn = helper.make_node("GroupQueryAttention", ins, [outs[0] + ".f16", *outs[1:]], domain=n.domain)
-        attn.attribute.extend(n.attribute)
-        nodes += [attn, helper.make_node("Cast", [outs[0] + ".f16"], [outs[0]], to=TensorProto.FLOAT)]
-    del m.graph.node[:]
-    m.graph.node.extend(nodes)
-    for v in [*m.graph.input, *m.graph.output]:
-        if v.name.startswith(("past_key_values", "present")):
-            v.type.tensor_type.elem_type = TensorProto.FLOAT16
-    onnx.save(m, dst / "model.onnx")
-    manifest = json.loads((dst / "manifest.json").read_text())
-    data = (dst / "model.onnx").read_bytes()
-    manifest["files"]["model.onnx"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    (dst / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+def export_both(run: Path, out: Path, precision: str) -> dict[str, Path]:
+    """The run exported with each KV cache dtype (and int8 weights for `precision` int8)."""
+    from export.build import ExportConfig, export_run
+    arts = {}
+    for kv in ("fp32", "fp16"):
+        arts[kv] = out / f"kv-{kv}"
+        export_run(ExportConfig(run=str(run), out=str(arts[kv]), kv_dtype=kv,
+                                quantize="int8" if precision == "int8" else None))
+    return arts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,18 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, nargs="+", default=[1, 32])
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--threads", type=int, default=0, help="cores (0 = all); the calibrated spread decides")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "int8"), help="the weights of both graphs")
     args = p.parse_args(argv)
 
     from bench.models import bench_model
     from core.artifact import load_artifact
     from serving.engine.runtime import Runtime
 
-    src = bench_model("trained", args.size).onnx
+    run = bench_model("trained", args.size).run
     with tempfile.TemporaryDirectory() as d:
-        kv16(src, Path(d) / "kv16")
+        arts = {k: load_artifact(a) for k, a in export_both(run, Path(d), args.precision).items()}
         rows = max(args.rows)
-        arts = {"fp32": load_artifact(src), "fp16": load_artifact(Path(d) / "kv16")}
-        rts = {k: Runtime(a, "cpu", args.threads, slots=rows) for k, a in arts.items()}
+        rts = {k: Runtime(a, "cpu", args.threads, args.precision, slots=rows) for k, a in arts.items()}
         for rt in rts.values():
             rt.calibrate()
         rng = np.random.default_rng(0)
@@ -103,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                     times[k, n].append(time.perf_counter() - t0)
         cache = {k: rt.cache.nbytes / 1e6 for k, rt in rts.items()}
     print(f"\n{provenance('python -m bench.kv_dtype', argv)}\n")
-    print(f"model {args.size} (bench/models.py); {rows} rows of 64-token prompts, then {steps} greedy steps on both "
+    print(f"model {args.size} (bench/models.py), {args.precision} weights, exported with --kv-dtype fp32 and "
+          f"fp16; {rows} rows of 64-token prompts, then {steps} greedy steps on both "
           f"(the fp32 model's tokens); step times: median of 20, interleaved, past ~{64 + steps} tokens\n")
     print(f"| KV cache | bytes for {rows} slots x {context} | max abs logit difference | top-1 agreement | "
           + " | ".join(f"step, {n} row{'s' * (n > 1)}, ms" for n in args.rows) + " |")

@@ -29,6 +29,9 @@ from core.window import window_keep
 FORMAT_VERSION = 3     # 3: model_config.json embeds the ModelConfig; 2 copied its fields beside it
 CONFIG_NAME, TOKENIZER_NAME, MANIFEST_NAME = "model_config.json", "tokenizer.json", "manifest.json"
 MODEL_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+# The KV cache's dtype in model.onnx and model.int8.onnx (`python -m export --kv-dtype`) -> the
+# numpy name of their past_key_values / present elements; model.fp16.onnx's are always float16.
+KV_DTYPES = {"fp32": "float32", "fp16": "float16"}
 # The embeddings graph (export/embed_graph.py): optional, artifacts exported before it lack it.
 EMBED_FILE, EMBED_INPUT, EMBED_OUTPUT = "embed.onnx", "input_ids", "last_hidden_state"
 
@@ -59,6 +62,7 @@ class ArtifactConfig:
     opset: int
     files: dict                # precision -> ONNX file name, for the precisions exported
     model: ModelConfig
+    kv_dtype: str = "fp32"     # KV_DTYPES: the fp32 and int8 files' cache (absent before it: fp32)
     format_version: int = FORMAT_VERSION
 
     # ---- derived: one owner each (the ModelConfig, graph_names, core/window.py) ----------
@@ -88,9 +92,13 @@ class ArtifactConfig:
             raise UserError(f"{where} is artifact format {version}; this shelley reads format "
                             f"{FORMAT_VERSION}; re-run the export")
         fields = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(fields - set(d) - {"format_version"})
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        missing = sorted(required - set(d))
         if missing:
             raise UserError(f"{where} lacks {', '.join(missing)}; re-run the export")
+        if d.get("kv_dtype", "fp32") not in KV_DTYPES:
+            raise UserError(f"{where}: kv_dtype {d['kv_dtype']!r} is not one of {', '.join(KV_DTYPES)}; "
+                            f"re-run the export")
         try:
             model = ModelConfig.from_dict(d["model"])
         except (TypeError, ValueError, AttributeError) as e:

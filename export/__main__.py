@@ -1,7 +1,8 @@
 """Export a training run to a model artifact dir for ONNX Runtime.
 
     python -m export --run runs/default --out artifacts/default [--dtype fp32|fp16]
-                     [--quantize int8] [--opset 17] [--force] [--chat-template FILE] [--chat-stop STR]
+                     [--kv-dtype fp32|fp16] [--quantize int8] [--opset 17] [--force]
+                     [--chat-template FILE] [--chat-stop STR]
     python -m export --format hf --run runs/default --out hf/default   # transformers' format: export/hf.py
     python -m export --format gguf --run runs/default --out gguf/default [--gguf-type f32|f16|q8_0]
                                                       # llama.cpp and Ollama: export/gguf.py
@@ -15,7 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.errors import run_main
+from core.artifact import KV_DTYPES
+from core.errors import UserError, run_main
 from export.build import ExportConfig, export_run
 from export.chat import add_chat_flags
 from export.onnx_graph import MAX_OPSET, MIN_OPSET
@@ -29,6 +31,9 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
     p.add_argument("--out", required=True, help="artifact dir to write")
     p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
                    help="fp16 writes model.fp16.onnx next to model.onnx (for CUDA)")
+    p.add_argument("--kv-dtype", choices=tuple(KV_DTYPES), default=None,
+                   help="the KV cache's dtype in model.onnx and model.int8.onnx (default fp32; fp16 halves "
+                        "its bytes, docs/export.md says what it costs); model.fp16.onnx's is always fp16")
     p.add_argument("--quantize", choices=("int8",), default=None,
                    help="int8 writes model.int8.onnx (int8 MatMul weights, for CPUs) if its quality holds")
     p.add_argument("--opset", type=int, default=17, help=f"ONNX opset ({MIN_OPSET}..{MAX_OPSET})")
@@ -46,7 +51,11 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
 def main(argv: list[str] | None = None) -> int:
     fmt = argparse.ArgumentParser(add_help=False)
     fmt.add_argument("--format", choices=FORMATS, default="onnx")
+    fmt.add_argument("--kv-dtype")
     known, rest = fmt.parse_known_args(argv)
+    if known.format != "onnx" and known.kv_dtype is not None:
+        raise UserError(f"--kv-dtype is the ONNX artifact's; --format {known.format} writes weights only "
+                        f"(its runtime picks the cache's type: llama-server -ctk/-ctv, transformers' own)")
     if known.format == "hf":
         from export.hf import main as export_hf_main
         return export_hf_main(rest)

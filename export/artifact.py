@@ -1,6 +1,6 @@
 """Write a model artifact dir's metadata: model_config.json, then manifest.json (last).
 
-    card = artifact_config(name, config, params, eos_id, opset, files)   # in memory
+    card = artifact_config(name, config, params, eos_id, opset, files, kv_dtype)   # in memory
     write_model_config(art, card)              # model_config.json, once, when every file is made
     write_manifest(art, training_summary)      # hashes every other file of the dir
 
@@ -18,9 +18,9 @@ from core.model_config import ModelConfig
 
 
 def artifact_config(name: str, config: ModelConfig, params: int, eos_id: int, opset: int,
-                    files: dict[str, str]) -> contract.ArtifactConfig:
+                    files: dict[str, str], kv_dtype: str = "fp32") -> contract.ArtifactConfig:
     return contract.ArtifactConfig(name=name, params=params, eos_token_id=eos_id, opset=opset,
-                                   files=files, model=config)
+                                   files=files, model=config, kv_dtype=kv_dtype)
 
 
 def write_model_config(art: Path, card: contract.ArtifactConfig) -> None:

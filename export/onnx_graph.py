@@ -1,6 +1,7 @@
 """The ONNX graph: one graph for prefill and decode over an in-place KV cache.
 
     export_onnx(model, path, opset=17)          # trace, with one GroupQueryAttention a layer
+    export_onnx(model, path, kv_dtype="fp16")   # ... over a KV cache kept in fp16
     fuse_for_ort(path, n_head, n_embd)          # ORT's fusions (FastGelu; GPT-2's block), in place
     convert_fp16(path, fp16_path)               # the same graph in fp16 (for CUDA)
     check_runnable(path, opset)                 # onnx.checker + one ONNX Runtime session
@@ -19,7 +20,10 @@ gives it the flat interface and `GroupQueryStep` in place of PyTorch's attention
 nothing here walks the layers or knows their weights. GPT-2's packed q|k|v goes into the node
 as it is (its bias is its own Add); Qwen3's q, k, v go in apart, after QK-norm, and the node
 rotates them itself (do_rotary, half-split, cos/sin tables of the context, at `position_ids`)
-with kv_num_heads = n_kv_head. While tracing, the heads' unflatten/flatten become Reshapes of
+with kv_num_heads = n_kv_head. With `kv_dtype="fp16"` the cache buffers (past and present)
+are fp16 and the node runs in fp16: q, k, v (and Qwen3's cos/sin tables) are cast to fp16
+before it and its output back to fp32, so every other operator stays fp32 (half the cache's
+bytes; docs/export.md has what it costs). While tracing, the heads' unflatten/flatten become Reshapes of
 constant shape (`lean_reshapes`): the graph of GPT-2's block is op for op what it was when
 this file built it by hand. Exporter: the TorchScript-based `torch.onnx.export(...,
 dynamo=False)`, which takes a custom op from a few lines of `symbolic`; export.verify checks
@@ -43,6 +47,10 @@ from core.errors import UserError
 MIN_OPSET, MAX_OPSET = 14, 20  # 14..20 export and pass export.verify; 20 is the exporter's limit
 HEAD_DIM_MULTIPLE = 8          # GroupQueryAttention's CPU kernel needs it
 ROTARY_HEAD_DIM_MULTIPLE = 16  # ... and this when it applies rotary
+_TORCH_KV = {"fp32": torch.float32, "fp16": torch.float16}   # core/artifact.py's KV_DTYPES -> the buffers'
+
+
+_TENSOR_FLOAT, _TENSOR_FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 
 
 def absent(g):
@@ -61,24 +69,30 @@ class _GroupQueryAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, past_k, past_v, seqlens_k, total_length, cos, sin, position_ids,
-                n_head: int, n_kv_head: int, head_dim: int):
+                n_head: int, n_kv_head: int, head_dim: int, half: bool):
         return q[..., :n_head * head_dim].clone(), past_k.clone(), past_v.clone()
 
     @staticmethod
     def symbolic(g, q, k, v, past_k, past_v, seqlens_k, total_length, cos, sin, position_ids,
-                 n_head: int, n_kv_head: int, head_dim: int):
+                 n_head: int, n_kv_head: int, head_dim: int, half: bool):
         # inputs: query, key, value, past key, past value, seqlens_k, total length[, cos, sin, positions]
         # (no key and value: the query holds q | k | v packed)
         if k is None or k.node().mustBeNone():
             k = v = absent(g)
         rotary = {} if cos is None or cos.node().mustBeNone() else {"do_rotary_i": 1, "rotary_interleaved_i": 0}
+        fp16 = _TENSOR_FLOAT16 if half else None
+        # an fp16 cache: the node's float inputs must all be its type T (q, k, v, past, cos, sin)
+        q, k, v, cos, sin = (x if fp16 is None or x is None or x.node().mustBeNone()
+                             else g.op("Cast", x, to_i=fp16) for x in (q, k, v, cos, sin))
         extra = [] if not rotary else [cos, sin, position_ids]
         y, k_out, v_out = g.op("com.microsoft::GroupQueryAttention", q, k, v, past_k, past_v, seqlens_k,
                                total_length, *extra, num_heads_i=n_head, kv_num_heads_i=n_kv_head,
                                outputs=3, **rotary)
-        y.setType(q.type().with_sizes([None, None, n_head * head_dim]))   # (B, T, H * D), B and T symbolic
+        y.setType(past_k.type().with_sizes([None, None, n_head * head_dim]))   # (B, T, H * D), B and T symbolic
         k_out.setType(past_k.type())
         v_out.setType(past_v.type())
+        if fp16 is not None:   # the rest of the layer reads fp32
+            y = g.op("Cast", y, to_i=_TENSOR_FLOAT)
         return y, k_out, v_out
 
 
@@ -92,11 +106,12 @@ class GroupQueryStep:
         self.positions, self.cos, self.sin = position_ids, cos, sin
         c = model.config
         self.heads = (c.n_head, c.kv_heads, c.head_dim)
+        self.half = past_flat[0].dtype == torch.float16     # the cache's dtype decides the node's
 
     def __call__(self, i, q, k=None, v=None):
         y, k_out, v_out = _GroupQueryAttention.apply(      # q, k, v, y: (B, T, heads * D)
             q, k, v, self.past[2 * i], self.past[2 * i + 1], self.seqlens, self.total,
-            self.cos, self.sin, self.positions, *self.heads)
+            self.cos, self.sin, self.positions, *self.heads, self.half)
         return y, (k_out, v_out)
 
 
@@ -155,14 +170,16 @@ def lean_reshapes(opset: int):
             torch.onnx.unregister_custom_op_symbolic(name, opset)
 
 
-def example_inputs(model: nn.Module, batch: int = 2, seq: int = 3) -> tuple[torch.Tensor, ...]:
-    """A prefill's inputs for tracing; sizes > 1 and all different so no axis is specialised."""
+def example_inputs(model: nn.Module, batch: int = 2, seq: int = 3, kv_dtype: str = "fp32") -> tuple[torch.Tensor, ...]:
+    """A prefill's inputs for tracing; sizes > 1 and all different so no axis is specialised.
+    The past buffers' dtype is the cache's: the graph's past/present take it from them."""
     c = model.config
     ids = torch.randint(0, c.vocab_size, (batch, seq))
     pos = torch.arange(seq)[None].expand(batch, seq).contiguous()
     seqlens = torch.full((batch,), seq - 1, dtype=torch.int32)
     total = torch.tensor(seq, dtype=torch.int32)
-    kv = [torch.zeros(batch, c.kv_heads, c.block_size, c.head_dim) for _ in range(2 * c.n_layer)]
+    kv = [torch.zeros(batch, c.kv_heads, c.block_size, c.head_dim, dtype=_TORCH_KV[kv_dtype])
+          for _ in range(2 * c.n_layer)]
     return (ids, pos, seqlens, total, *kv)
 
 
@@ -189,8 +206,8 @@ def check_exportable(model: nn.Module) -> None:
                         f"a multiple of {multiple}")
 
 
-def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> None:
-    """Trace `model` (eval mode, CPU, fp32) into `path`."""
+def export_onnx(model: nn.Module, path: str | Path, opset: int = 17, kv_dtype: str = "fp32") -> None:
+    """Trace `model` (eval mode, CPU, fp32) into `path`, its KV cache in `kv_dtype`."""
     check_exportable(model)
     inputs, outputs = graph_names(model.config.n_layer)
     with torch.no_grad(), warnings.catch_warnings(), lean_reshapes(opset):
@@ -198,7 +215,7 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> None:
         # symbolic, and export.verify checks the result at many shapes.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            OnnxModel(model).eval(), example_inputs(model), str(path), dynamo=False,
+            OnnxModel(model).eval(), example_inputs(model, kv_dtype=kv_dtype), str(path), dynamo=False,
             opset_version=opset, input_names=inputs, output_names=outputs,
             dynamic_axes=dynamic_axes(model.config.n_layer), do_constant_folding=True,
             custom_opsets={"com.microsoft": 1})

@@ -2,10 +2,12 @@
 
     python -m export.verify artifacts/default --run runs/default
 
-Checks, through serving/engine/runtime.py (the code that serves): the manifest's hashes; max
-|Δlogits| for prefill at three prompt lengths and for 50 decode steps (fp32 ≤ 1e-4);
-identical greedy tokens for 200 steps (sliding the window past the context like
-training.generate); prompts of different lengths prefilled together into adjacent slots,
+Checks, through serving/engine/runtime.py (the code that serves): the manifest's hashes; the
+graphs' KV cache types against model_config.json's kv_dtype; max |Δlogits| for prefill at
+three prompt lengths and for 50 decode steps (≤ 1e-4 with an fp32 cache, ≤ 1e-2 with an fp16
+one: KV16_TOL says why); identical greedy tokens for 200 steps (sliding the window past the
+context like training.generate; a first difference where ONNX Runtime's top two logits are
+within twice the tolerance is a near tie, reported, not a failure); prompts of different lengths prefilled together into adjacent slots,
 then decoded beside a free slot, each against the sequence alone; a prompt's rest fed after
 its cached start in one call (the prefix cache's extension); the fp16 file, when
 present, stays close; the int8 file, when present, keeps its quality on held-out text
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.artifact import CONFIG_NAME, MANIFEST_NAME, check_manifest, load_artifact
+from core.artifact import CONFIG_NAME, KV_DTYPES, MANIFEST_NAME, check_manifest, load_artifact
 from core.errors import UserError, run_main
 from core.files import read_json
 from core.window import generate_ids
@@ -28,6 +30,13 @@ from serving.engine.runtime import Runtime
 from training.generate import generate
 
 FP32_TOL, FP16_TOL = 1e-4, 5e-2
+# An fp16 KV cache (--kv-dtype fp16): q, k, v and the attention's output are rounded to fp16,
+# each value by up to 2^-11 of itself, and those errors pass through every later layer into
+# the logits. Measured: 1.8e-4..1.3e-3 on the tests' 2-layer models (gpt and qwen3), 2.3e-3 on
+# the 3.7M bench model over 3,200 positions (bench/kv_dtype.py). 1e-2 leaves ~4x over the
+# largest, stays 5x under the whole-fp16 file's 5e-2, and a cache read in the wrong type or a
+# missing cast is off by whole units.
+KV16_TOL = 1e-2
 
 
 @dataclass
@@ -72,16 +81,16 @@ def ort_prefill_all(rt: Runtime, ids: list[int], slot: int = 0) -> np.ndarray:
     return rt.forward(np.array([ids]), np.arange(n)[None], np.array([n - 1]), n, slot)[0]
 
 
-def check_prefill(rt: Runtime, pt: TorchSteps, vocab: int) -> list[Check]:
+def check_prefill(rt: Runtime, pt: TorchSteps, vocab: int, tol: float = FP32_TOL) -> list[Check]:
     checks = []
     for n in sorted({1, max(1, pt.block // 2), pt.block}):
         ids = prompt(n, vocab, seed=n)
         d = np.abs(ort_prefill_all(rt, ids) - pt.prefill(ids)[0]).max()
-        checks.append(Check(f"prefill, prompt of {n} tokens", float(d), FP32_TOL))
+        checks.append(Check(f"prefill, prompt of {n} tokens", float(d), tol))
     return checks
 
 
-def check_decode(rt: Runtime, pt: TorchSteps, vocab: int, steps: int = 50) -> Check:
+def check_decode(rt: Runtime, pt: TorchSteps, vocab: int, steps: int = 50, tol: float = FP32_TOL) -> Check:
     """Both sides fed the same (PyTorch's greedy) tokens; the window slides when full."""
     past, worst = None, 0.0
 
@@ -102,7 +111,7 @@ def check_decode(rt: Runtime, pt: TorchSteps, vocab: int, steps: int = 50) -> Ch
 
     for _ in generate_ids(prefill, decode, argmax, prompt(min(8, pt.block), vocab, seed=1), pt.block, steps + 1):
         pass   # the last token yielded is not fed: steps + 1 tokens feed `steps`
-    return Check(f"decode, {steps} steps", worst, FP32_TOL)
+    return Check(f"decode, {steps} steps", worst, tol)
 
 
 def argmax(logits: np.ndarray) -> int:
@@ -117,16 +126,25 @@ def ort_greedy(rt: Runtime, ids: list[int], steps: int, choose=argmax) -> list[i
                              choose, ids, rt.context, steps))
 
 
-def check_greedy(rt: Runtime, model, vocab: int, steps: int = 200) -> Check:
+def check_greedy(rt: Runtime, model, vocab: int, steps: int = 200, tol: float = FP32_TOL) -> Check:
+    """ONNX Runtime's greedy tokens against PyTorch's; both may pick either of two tokens whose
+    logits are within 2 x tol (each side is off by up to tol), so a first difference there is
+    a near tie (the sequences part, and nothing after it is compared)."""
     ids = prompt(min(8, model.config.block_size), vocab, seed=2)
     want = list(generate(model, ids, steps, temperature=0.0))
-    got = ort_greedy(rt, ids, steps)
+    seen: list[np.ndarray] = []
+    got = ort_greedy(rt, ids, steps, lambda logits: seen.append(logits) or argmax(logits))
     diff = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), None)
-    detail = "identical" if diff is None else f"first difference at step {diff}"
-    return Check(f"greedy tokens, {steps} steps (mismatches)", float(sum(a != b for a, b in zip(want, got))), 0, detail)
+    name = f"greedy tokens, {steps} steps (mismatches)"
+    if diff is None:
+        return Check(name, 0.0, 0, "identical")
+    gap = float(seen[diff][got[diff]] - seen[diff][want[diff]])
+    if gap <= 2 * tol:
+        return Check(name, 0.0, 0, f"identical for {diff} steps, then a near tie (logits {gap:.2g} apart)")
+    return Check(name, float(sum(a != b for a, b in zip(want, got))), 0, f"first difference at step {diff}")
 
 
-def check_slots(rt: Runtime, pt: TorchSteps, vocab: int, pad_id: int) -> Check:
+def check_slots(rt: Runtime, pt: TorchSteps, vocab: int, pad_id: int, tol: float = FP32_TOL) -> Check:
     """Prompts of different lengths prefilled together into slots 1..3 (right-padded), then
     decoded as rows 0..3 with slot 0 free: each row against its sequence alone."""
     lengths = sorted({max(1, pt.block // 2), min(3, pt.block), 1}, reverse=True)
@@ -144,17 +162,17 @@ def check_slots(rt: Runtime, pt: TorchSteps, vocab: int, pad_id: int) -> Check:
             alone[i] = (None, past)
             rows[i].append(nxt[i])
             worst = max(worst, float(np.abs(got[i + 1] - logits[i]).max()))
-    return Check(f"slots 1-{len(rows)}, lengths {lengths}, + {steps} steps beside a free slot", worst, FP32_TOL)
+    return Check(f"slots 1-{len(rows)}, lengths {lengths}, + {steps} steps beside a free slot", worst, tol)
 
 
-def check_extend(rt: Runtime, pt: TorchSteps, vocab: int) -> Check:
+def check_extend(rt: Runtime, pt: TorchSteps, vocab: int, tol: float = FP32_TOL) -> Check:
     """A prompt's rest fed in one call after its cached start (`Runtime.extend`: the prefix
     cache, a speculative draft): the logits after each new token against the whole prompt's."""
     n = max(2, pt.block // 2)
     ids, cached = prompt(n, vocab, seed=5), max(1, n // 3)
     rt.prefill(0, [ids[:cached]])
     d = np.abs(rt.extend(0, cached, ids[cached:]) - pt.prefill(ids)[0][cached:]).max()
-    return Check(f"extension, {n - cached} tokens after {cached} cached", float(d), FP32_TOL)
+    return Check(f"extension, {n - cached} tokens after {cached} cached", float(d), tol)
 
 
 def check_fp16(art, pt: TorchSteps, vocab: int) -> Check:
@@ -165,6 +183,23 @@ def check_fp16(art, pt: TorchSteps, vocab: int) -> Check:
     last = rt.prefill(0, rows)
     d = max(float(np.abs(last[i] - pt.prefill(r)[0][-1]).max()) for i, r in enumerate(rows))
     return Check("fp16 file on CPU, two slots", d, FP16_TOL)
+
+
+def check_cache_types(art) -> Check:
+    """Each graph's past_key_values / present types against model_config.json's kv_dtype (the
+    server reads the graph's; model.fp16.onnx is fp16 throughout)."""
+    import onnx
+    wrong = []
+    for precision, name in art.config.files.items():
+        want = KV_DTYPES["fp16" if precision == "fp16" else art.config.kv_dtype]
+        graph = onnx.load(str(art.path / name), load_external_data=False).graph
+        for v in [*graph.input, *graph.output]:
+            if v.name in art.config.inputs[4:] + art.config.outputs[1:]:
+                have = onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
+                if have != want:
+                    wrong.append(f"{name}: {v.name} is {have}")
+    detail = f"kv_dtype {art.config.kv_dtype}" + (f"; {wrong[0]}" if wrong else "")
+    return Check("KV cache types (graph inputs/outputs differing)", float(len(wrong)), 0, detail)
 
 
 def check_int8(art_dir: Path, run: Path) -> list[Check]:
@@ -188,13 +223,15 @@ def verify(art_dir: Path, run: Path) -> list[Check]:
     model, config, _ = load_model_run(run)
     if art.config.model != config:
         raise UserError(f"{art_dir} was exported from a different model than {run}; pass its --run")
+    checks.append(check_cache_types(art))
     rt = Runtime(art, device="cpu", threads=1, precision="fp32", slots=4)
     pt, vocab, pad = TorchSteps(model), config.vocab_size, art.config.eos_token_id
-    checks += check_prefill(rt, pt, vocab)
-    checks.append(check_decode(rt, pt, vocab))
-    checks.append(check_greedy(rt, model, vocab))
-    checks.append(check_slots(rt, pt, vocab, pad))
-    checks.append(check_extend(rt, pt, vocab))
+    tol = KV16_TOL if art.config.kv_dtype == "fp16" else FP32_TOL
+    checks += check_prefill(rt, pt, vocab, tol)
+    checks.append(check_decode(rt, pt, vocab, tol=tol))
+    checks.append(check_greedy(rt, model, vocab, tol=tol))
+    checks.append(check_slots(rt, pt, vocab, pad, tol))
+    checks.append(check_extend(rt, pt, vocab, tol))
     if "fp16" in art.config.files:
         checks.append(check_fp16(art, pt, vocab))
     if "int8" in art.config.files:

@@ -123,9 +123,9 @@ class Runtime:
         self._cpu = ort.OrtDevice.make("cpu", 0)._get_c_device()
         self.cache = KVCache(mc.n_layer, slots, mc.kv_heads, mc.context_length, mc.head_dim,
                              self.dtype, self._dev, self.device == "cuda")
-        log.info("ONNX Runtime %s: %s on %s (%s), %d core(s), KV cache %d slots x %d tokens (%.1f MB reserved, "
-                 "resident as written)", ort.__version__, path.name, self.provider, precision, self.workers, slots,
-                 mc.context_length, self.cache.nbytes / 1e6)
+        log.info("ONNX Runtime %s: %s on %s (%s), %d core(s), KV cache %s, %d slots x %d tokens (%.1f MB "
+                 "reserved, resident as written)", ort.__version__, path.name, self.provider, precision, self.workers,
+                 self.cache.dtype.name, slots, mc.context_length, self.cache.nbytes / 1e6)
 
     @property
     def slots(self) -> int:
