@@ -20,6 +20,7 @@ EXPLAIN_OUT ?= reports/explain
 EXPLAIN_ARGS ?=
 DTYPE ?= fp32
 QUANTIZE ?=
+KV_DTYPE ?=
 FORCE ?=
 
 .PHONY: help setup proto train sample export verify serve client demo test gguf-test bench-load bench-soak explain clean
@@ -48,8 +49,8 @@ sample: setup ## sample from $(RUN): make sample PROMPT="ROMEO:" (empty PROMPT =
 explain: setup ## HTML report of what $(RUN) does with PROMPT (attention, logit lens, ...) in $(EXPLAIN_OUT)
 	$(PY) -m training.explain --run $(RUN) --prompt "$(PROMPT)" --out $(EXPLAIN_OUT) $(EXPLAIN_ARGS)
 
-export: setup ## export $(RUN) to $(ART) (DTYPE=fp16 adds model.fp16.onnx, QUANTIZE=int8 model.int8.onnx; FORCE=1 overwrites)
-	$(PY) -m export --run $(RUN) --out $(ART) --dtype $(DTYPE) $(if $(QUANTIZE),--quantize $(QUANTIZE)) $(if $(FORCE),--force)
+export: setup ## export $(RUN) to $(ART) (DTYPE=fp16 adds model.fp16.onnx, QUANTIZE=int8 model.int8.onnx, KV_DTYPE=fp16 halves the KV cache; FORCE=1 overwrites)
+	$(PY) -m export --run $(RUN) --out $(ART) --dtype $(DTYPE) $(if $(KV_DTYPE),--kv-dtype $(KV_DTYPE)) $(if $(QUANTIZE),--quantize $(QUANTIZE)) $(if $(FORCE),--force)
 
 verify: setup ## parity report: ONNX Runtime on $(ART) against PyTorch on $(RUN)
 	$(PY) -m export.verify $(ART) --run $(RUN)

@@ -14,9 +14,11 @@ and 64 slots reserve address space, not memory. numpy's own allocation would not
 for transparent huge pages on large arrays (madvise), so the first token written into a slot
 made 2 MiB resident, the rows of 8 slots of the 3.7M model at once; here huge pages are
 refused (MADV_NOHUGEPAGE) and residency grows 4 KiB at a time (16 positions of a 64-wide fp32
-head). `release(slot)` gives a slot's pages back (they read as zeros again). The layout stays
-[slots, heads, context, head_dim] as GroupQueryAttention reads it, so decode stays in place
-and zero-copy. On CUDA the buffers are OrtValues in GPU memory, allocated whole.
+head, 32 of an fp16 one). `release(slot)` gives a slot's pages back (they read as zeros
+again). The layout stays [slots, heads, context, head_dim] as GroupQueryAttention reads it, so
+decode stays in place and zero-copy. On CUDA the buffers are OrtValues in GPU memory,
+allocated whole. The dtype is the graph's past_key_values type: float32, or float16 for an
+artifact exported with `--kv-dtype fp16` (half the bytes, resident or reserved).
 """
 from __future__ import annotations
 
