@@ -262,10 +262,20 @@ requests = st.builds(
     response_format=st.none() | st.builds(pb.ResponseFormat, type=st.sampled_from(["json_object", "json_schema", "choice", "y"]),
                                            json_schema=st.sampled_from(["", "{", '{"type": "string", "maxLength": 2}']),
                                            choice=st.lists(st.text(max_size=3), max_size=2)),
-    messages=st.lists(st.builds(pb.ChatMessage, role=st.sampled_from(["user", "system", "assistant", "x"]),
-                                content=st.text(max_size=12), name=st.text(max_size=4)), max_size=2),
+    messages=st.lists(st.builds(pb.ChatMessage, role=st.sampled_from(["user", "system", "assistant", "tool", "x"]),
+                                content=st.text(max_size=12), name=st.text(max_size=4),
+                                tool_calls=st.lists(st.builds(pb.ToolCall, id=st.text(max_size=3), function=st.builds(
+                                    pb.FunctionCall, name=st.sampled_from(["f", ""]) | st.text(max_size=3),
+                                    arguments=st.sampled_from(["{}", "{", ""]))), max_size=1),
+                                tool_call_id=st.text(max_size=3)), max_size=2),
     chat_template_kwargs=st.dictionaries(st.sampled_from(["assistant_name", "user_name", "_x"]), st.text(max_size=8),
-                                         max_size=2))
+                                         max_size=2),
+    tools=st.lists(st.builds(pb.Tool, function=st.builds(
+        pb.FunctionSpec, name=st.sampled_from(["f", "g", "a b", ""]) | st.text(max_size=4), description=st.text(max_size=4),
+        parameters=st.sampled_from(["", "{", "[]", '{"type": "object", "additionalProperties": false}']))), max_size=2),
+    tool_choice=st.none() | st.builds(pb.ToolChoice, mode=st.sampled_from(["", "auto", "none", "required", "x"]),
+                                      function=st.sampled_from(["", "f", "h"])),
+    parallel_tool_calls=st.none() | st.booleans())
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
@@ -274,9 +284,9 @@ def test_grpc_any_field_any_value_is_ok_or_invalid_argument(live, request, strea
     try:
         if streaming:
             msgs = list(live.stub.Generate(request, timeout=30))
-            assert msgs[-1].finish_reason in ("stop", "length")
+            assert msgs[-1].finish_reason in ("stop", "length", "tool_calls")
         else:
-            assert live.stub.Complete(request, timeout=30).finish_reason in ("stop", "length")
+            assert live.stub.Complete(request, timeout=30).finish_reason in ("stop", "length", "tool_calls")
     except grpc.RpcError as e:
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and e.details(), (e.code(), e.details())
 

@@ -5,7 +5,8 @@
 
 Each RPC hands off to `Server.submit` / `Server.events` in a few lines; a request is shaped
 as HTTP's are (serving/shape.py): one with `messages` is a chat (rendered by the server's
-chat template first), one with `n` > 1 is answered choice by choice (`index`). Exceptions become
+chat template first; its tools and the calls a reply makes are read by serving/grpc/chat.py
+with serving/tools.py), one with `n` > 1 is answered choice by choice (`index`). Exceptions become
 status codes in one table (`STATUS`, applied by the `rpc` wrapper), which also counts every
 RPC by method and code and writes its access-log line with the request id (the client's
 `x-request-id` metadata, else a new one, sent back in the initial metadata).
@@ -25,8 +26,9 @@ from google.protobuf.message import DecodeError
 from core.errors import EngineFailed, InvalidRequest, QueueFull, ShuttingDown
 from core.tokens import TokenTable
 from serving.engine.requests import TokenLogprob
-from serving.chat import check_kwargs, check_messages
+from serving.chat import check_kwargs
 from serving.logs import Access, request_id
+from serving.grpc.chat import Calls, messages_of, tools_of
 from serving.grpc.proto import pb, pb_grpc
 from serving.tokenize import text_of, token_view
 
@@ -153,12 +155,6 @@ def format_of(r: pb.GenerateRequest) -> dict | None:
     return out
 
 
-def messages_of(messages) -> list[dict]:
-    """ChatMessages as the template reads them (checked as HTTP's are)."""
-    return check_messages([{"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})}
-                           for m in messages])
-
-
 def pb_logprobs(entries: list[TokenLogprob] | None, tokens: TokenTable) -> list[pb.TokenLogprob]:
     return [pb.TokenLogprob(token_id=e.token_id, token=tokens.text(e.token_id), logprob=e.logprob,
                             top=[pb.TopLogprob(token_id=i, token=tokens.text(i), logprob=lp) for i, lp in e.top])
@@ -170,32 +166,42 @@ class TextGeneration(pb_grpc.TextGenerationServicer):
         self.server, self.metrics, self.tokens = server, server.metrics, server.artifact.tokens
 
     def _events(self, request: pb.GenerateRequest, access: Access):
+        """(the request's events, the reader of its choices' tool calls)."""
         server = self.server
+        tools = tools_of(request)
         if request.messages:     # chat: the conversation, rendered, is the prompt
             if request.prompt:
                 raise InvalidRequest("set prompt or messages, not both", param="prompt")
             s = server.shaper.chat(messages_of(request.messages), check_kwargs(dict(request.chat_template_kwargs)),
-                                   fields_of(request), response_format=format_of(request))
+                                   fields_of(request), response_format=format_of(request), tools=tools)
         else:
+            if tools is not None:
+                raise InvalidRequest("tools need a chat: send messages, not a prompt", param="tools")
             s = server.shaper.completion(request.prompt, fields_of(request), kind="generate",
                                          response_format=format_of(request))
-        return server.events(server.submit(s.prompt, s.params, param=s.param), access)
+        return server.events(server.submit(s.prompt, s.params, param=s.param), access), Calls(tools, s.params.n)
 
     @rpc
     async def Generate(self, request, context, access):
-        async for ev in self._events(request, access):
-            msg = pb.GenerateResponse(text=ev.text, token_ids=ev.token_ids, finish_reason=ev.finish_reason,
+        events, calls = self._events(request, access)
+        async for ev in events:
+            if ev.finish_reason:
+                text, made, finish = calls.finish(ev.index, ev.text, ev.finish_reason)
+            else:
+                (text, made), finish = calls.feed(ev.index, ev.text), ""
+            msg = pb.GenerateResponse(text=text, token_ids=ev.token_ids, finish_reason=finish,
                                       logprobs=pb_logprobs(ev.logprobs, self.tokens), index=ev.index,
-                                      prompt_logprobs=pb_logprobs(ev.prompt_logprobs, self.tokens))
+                                      prompt_logprobs=pb_logprobs(ev.prompt_logprobs, self.tokens), tool_calls=made)
             if ev.finish_reason:
                 msg.usage.prompt_tokens, msg.usage.completion_tokens = ev.prompt_tokens, ev.completion_tokens
             yield msg
 
     @rpc
     async def Complete(self, request, context, access):
+        events, calls = self._events(request, access)
         choices: dict[int, pb.Choice] = {}
         prompt_lp, prompt_tokens = [], 0
-        async for ev in self._events(request, access):
+        async for ev in events:
             c = choices.setdefault(ev.index, pb.Choice(index=ev.index))
             c.text += ev.text
             c.token_ids.extend(ev.token_ids)
@@ -203,13 +209,17 @@ class TextGeneration(pb_grpc.TextGenerationServicer):
             prompt_lp = prompt_lp or pb_logprobs(ev.prompt_logprobs, self.tokens)
             if ev.finish_reason:
                 c.finish_reason, c.completion_tokens, prompt_tokens = ev.finish_reason, ev.completion_tokens, ev.prompt_tokens
+        for c in choices.values():   # a reply that calls tools: its calls, and no text
+            text, made, c.finish_reason = calls.finish(c.index, c.text, c.finish_reason)
+            c.text = text
+            c.tool_calls.extend(made)
         ordered = [choices[i] for i in sorted(choices)]
         first = ordered[0]
         return pb.CompleteResponse(text=first.text, token_ids=first.token_ids, finish_reason=first.finish_reason,
                                    usage=pb.Usage(prompt_tokens=prompt_tokens,
                                                   completion_tokens=sum(c.completion_tokens for c in ordered)),
                                    logprobs=first.logprobs, choices=ordered if len(ordered) > 1 else [],
-                                   prompt_logprobs=prompt_lp)
+                                   prompt_logprobs=prompt_lp, tool_calls=first.tool_calls)
 
     @rpc
     async def Tokenize(self, request, context, access):
