@@ -272,7 +272,7 @@ def merge(a: Event, b: Event) -> Event:
     trace = None if a.grammar_trace is None and b.grammar_trace is None else \
         (a.grammar_trace or []) + (b.grammar_trace or [])
     return Event(a.text + b.text, a.token_ids + b.token_ids, b.finish_reason, b.prompt_tokens,
-                 b.completion_tokens, lps, a.index, a.prompt_logprobs or b.prompt_logprobs, trace)
+                 b.completion_tokens, lps, a.index, a.prompt_logprobs or b.prompt_logprobs, trace, b.cached_tokens)
 
 
 def chat_card(chat: ChatTemplate | None) -> dict:

@@ -40,7 +40,8 @@ def test_stream_is_sse_with_usage_and_done_and_equals_grpc(live, http):
     assert events[-1] == "[DONE]"
     usage = events[-2]
     assert usage["choices"] == [] and usage["usage"] == {"prompt_tokens": len(PROMPT), "completion_tokens": 40,
-                                                         "total_tokens": len(PROMPT) + 40}
+                                                         "total_tokens": len(PROMPT) + 40,
+                                                         "prompt_tokens_details": {"cached_tokens": 0}}
     chunks = events[:-2]
     assert all(c["id"] == rid and c["object"] == "text_completion" and c["usage"] is None for c in chunks)
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * (len(chunks) - 1) + ["length"]

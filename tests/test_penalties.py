@@ -162,7 +162,8 @@ def test_n_choices_are_the_seeds_in_turn_on_a_prompt_prefilled_once(live, http):
     want = [live.generate(prompt="When I", max_tokens=20, seed=5 + i, ignore_eos=True)[0] for i in range(3)]
     r = http.post("/v1/completions", json=dict(prompt="When I", max_tokens=20, seed=5, n=3, ignore_eos=True)).json()
     assert [c["text"] for c in sorted(r["choices"], key=lambda c: c["index"])] == want
-    assert r["usage"] == {"prompt_tokens": 6, "completion_tokens": 60, "total_tokens": 66}
+    assert r["usage"] == {"prompt_tokens": 6, "completion_tokens": 60, "total_tokens": 66,
+                          "prompt_tokens_details": {"cached_tokens": 0}}
     got = live.stub.Complete(pb.GenerateRequest(prompt="When I", max_tokens=20, seed=5, n=3, ignore_eos=True))
     assert [c.text for c in got.choices] == want and got.text == want[0]
     streamed = {}

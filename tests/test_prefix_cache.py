@@ -70,6 +70,34 @@ def test_a_hit_never_changes_the_tokens(servers, sampling):
     assert off.metric("shelley_prefix_cache_hits_total") == 0 and off.metric("shelley_prefix_cache_queries_total") > 0
 
 
+def test_usage_says_how_many_prompt_tokens_the_cache_held(servers):
+    """OpenAI's usage.prompt_tokens_details.cached_tokens (Responses: input_tokens_details),
+    gRPC's Usage.cached_tokens: the prompt tokens a free slot's cache already held."""
+    import httpx
+
+    on, off = servers
+    prompt = "JULIET:\nO Romeo, Romeo! wh"         # 26 tokens, in no other test
+    body = {"prompt": prompt, "max_tokens": 3, "ignore_eos": True}
+    cold = httpx.post(on.base + "/v1/completions", json=body, timeout=30).json()["usage"]
+    assert cold["prompt_tokens"] == 26 and cold["prompt_tokens_details"] == {"cached_tokens": 0}
+    with httpx.stream("POST", on.base + "/v1/completions", timeout=30,
+                      json={**body, "stream": True, "stream_options": {"include_usage": True}}) as r:
+        warm = [line for line in r.iter_lines() if '"usage": {' in line][-1]
+    assert '"prompt_tokens_details": {"cached_tokens": 25}' in warm   # all but the last, fed for its logits
+    grpc_usage = on.stub.Complete(pb.GenerateRequest(prompt=prompt, max_tokens=3), timeout=30).usage
+    assert (grpc_usage.prompt_tokens, grpc_usage.cached_tokens) == (26, 25)
+    chat = {"messages": [{"role": "user", "content": "Good morrow."}], "max_tokens": 2}
+    httpx.post(on.base + "/v1/chat/completions", json=chat, timeout=30)
+    again = httpx.post(on.base + "/v1/chat/completions", json=chat, timeout=30).json()["usage"]
+    assert again["prompt_tokens_details"]["cached_tokens"] == again["prompt_tokens"] - 1 >= 8
+    answer = {"input": "Good morrow, cousin.", "max_output_tokens": 2}
+    httpx.post(on.base + "/v1/responses", json=answer, timeout=30)
+    used = httpx.post(on.base + "/v1/responses", json=answer, timeout=30).json()["usage"]
+    assert used["input_tokens_details"]["cached_tokens"] == used["input_tokens"] - 1
+    assert httpx.post(off.base + "/v1/completions", json=body, timeout=30).json()["usage"][
+        "prompt_tokens_details"]["cached_tokens"] == 0                      # --prefix-cache off: never
+
+
 def test_a_cached_slot_never_keeps_a_request_waiting(servers):
     on, _ = servers
     on.generate(prompt=PROMPT, max_tokens=3)                    # both slots may now hold caches

@@ -57,7 +57,7 @@ class Output:
             return
         r.done = True
         self.outbox.append((r, Event(text, token_ids or [], reason.value, r.prompt_tokens,
-                                     r.generated, logprobs, r.index, take_prompt_lp(r), trace)))
+                                     r.generated, logprobs, r.index, take_prompt_lp(r), trace, r.cached_tokens)))
 
     def flush(self) -> None:
         if self.outbox:

@@ -59,6 +59,7 @@ class Event:
     index: int = 0                        # which of the request's n choices
     prompt_logprobs: list[TokenLogprob] | None = None   # on a choice's first event: prompt tokens 2..
     grammar_trace: list[GrammarStep] | None = None   # one per token id sampled under a grammar, when asked
+    cached_tokens: int = 0                # on the last event: prompt tokens its slot's cache already held
 
 
 @dataclass(eq=False)
@@ -80,6 +81,7 @@ class Request:
     t_last: float = 0.0
     prompt_lp: list[TokenLogprob] | None = None   # computed at its prefill, sent with its first event
     grammar_step: GrammarStep | None = None   # set by the sampler, sent with the token's event
+    cached_tokens: int = 0               # prompt tokens not fed: a free slot's cache held them (the prefix cache)
     drafts: NgramDrafter | None = None   # speculative decoding (serving/engine/speculate.py), made when first alone
     acceptance: Acceptance | None = None
     # ---- the front end's: set once, read by the engine at its next step ----

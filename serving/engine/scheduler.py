@@ -132,7 +132,7 @@ class Scheduler:
                 shared = min(shared, len(r.ids) - 1)     # the last prompt token is fed for its logits
                 if shared >= MIN_REUSE:
                     t.admit_at(r, slot)
-                    reused[slot] = shared
+                    reused[slot] = r.cached_tokens = shared   # usage's cached_tokens
         reqs = [r for g in groups for r in g]
         t.admit([r for r in reqs if r.slot < 0])
         plan.joined.extend(reqs)

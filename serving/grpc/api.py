@@ -194,13 +194,14 @@ class TextGeneration(pb_grpc.TextGenerationServicer):
                                       prompt_logprobs=pb_logprobs(ev.prompt_logprobs, self.tokens), tool_calls=made)
             if ev.finish_reason:
                 msg.usage.prompt_tokens, msg.usage.completion_tokens = ev.prompt_tokens, ev.completion_tokens
+                msg.usage.cached_tokens = ev.cached_tokens
             yield msg
 
     @rpc
     async def Complete(self, request, context, access):
         events, calls = self._events(request, access)
         choices: dict[int, pb.Choice] = {}
-        prompt_lp, prompt_tokens = [], 0
+        prompt_lp, prompt_tokens, cached = [], 0, 0
         async for ev in events:
             c = choices.setdefault(ev.index, pb.Choice(index=ev.index))
             c.text += ev.text
@@ -209,6 +210,7 @@ class TextGeneration(pb_grpc.TextGenerationServicer):
             prompt_lp = prompt_lp or pb_logprobs(ev.prompt_logprobs, self.tokens)
             if ev.finish_reason:
                 c.finish_reason, c.completion_tokens, prompt_tokens = ev.finish_reason, ev.completion_tokens, ev.prompt_tokens
+                cached = max(cached, ev.cached_tokens)
         for c in choices.values():   # a reply that calls tools: its calls, and no text
             text, made, c.finish_reason = calls.finish(c.index, c.text, c.finish_reason)
             c.text = text
@@ -216,7 +218,7 @@ class TextGeneration(pb_grpc.TextGenerationServicer):
         ordered = [choices[i] for i in sorted(choices)]
         first = ordered[0]
         return pb.CompleteResponse(text=first.text, token_ids=first.token_ids, finish_reason=first.finish_reason,
-                                   usage=pb.Usage(prompt_tokens=prompt_tokens,
+                                   usage=pb.Usage(prompt_tokens=prompt_tokens, cached_tokens=cached,
                                                   completion_tokens=sum(c.completion_tokens for c in ordered)),
                                    logprobs=first.logprobs, choices=ordered if len(ordered) > 1 else [],
                                    prompt_logprobs=prompt_lp, tool_calls=first.tool_calls)

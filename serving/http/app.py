@@ -230,22 +230,23 @@ class HttpFront:
         finally:
             watch.cancel()
         done = sum(g.completion_tokens for g in choices.values())
-        return JSONResponse(shape.whole(choices, oa.usage(req.prompt_tokens, done)))
+        cached = max(g.cached_tokens for g in choices.values())   # the first choice's (the others copy its prompt)
+        return JSONResponse(shape.whole(choices, oa.usage(req.prompt_tokens, done, cached)))
 
     async def _sse(self, request: HttpRequest, req, shape, include_usage: bool):
         """Server-sent events: [a first chunk per choice (chat)], one chunk per engine event,
         [usage], [DONE]."""
-        left, done = len(req.choices), 0
+        left, done, cached = len(req.choices), 0, 0
         try:
             for first in shape.start():
                 yield _sse(first)
             async for ev in self.server.events(req, request.state.access):
                 if ev.finish_reason:
-                    left, done = left - 1, done + ev.completion_tokens
+                    left, done, cached = left - 1, done + ev.completion_tokens, max(cached, ev.cached_tokens)
                 for chunk in shape.chunks(ev):
                     yield _sse(chunk)
             if include_usage:
-                yield _sse(shape.usage_chunk(oa.usage(req.prompt_tokens, done)))
+                yield _sse(shape.usage_chunk(oa.usage(req.prompt_tokens, done, cached)))
             yield "data: [DONE]\n\n"
         except EngineFailed as e:   # the 200 is sent: say in the stream why it ends (as vLLM does)
             left = 0

@@ -139,9 +139,11 @@ def trace_asked(body: dict) -> bool:
     return field_of(body, TRACE, bool, False)
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    """OpenAI's usage; cached_tokens: the prompt tokens the prefix cache already held."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 @dataclass
@@ -153,6 +155,7 @@ class Gathered:
     finish_reason: str = ""
     completion_tokens: int = 0
     trace: list = field(default_factory=list)   # GrammarSteps, when asked
+    cached_tokens: int = 0
 
     def add(self, ev: Event) -> None:
         self.text.append(ev.text)
@@ -161,6 +164,7 @@ class Gathered:
         self.prompt_logprobs = self.prompt_logprobs or ev.prompt_logprobs
         if ev.finish_reason:
             self.finish_reason, self.completion_tokens = ev.finish_reason, ev.completion_tokens
+            self.cached_tokens = ev.cached_tokens
 
 
 class CompletionShape:

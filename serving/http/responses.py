@@ -111,8 +111,8 @@ def parse_response(body: Any, max_new_tokens: int) -> ResponseRequest:
                            field_of(body, "stream", bool, False), echo, tools, response_format)
 
 
-def response_usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+def response_usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    return {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": cached_tokens, "cache_write_tokens": 0},
             "output_tokens": completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": prompt_tokens + completion_tokens}
 
@@ -132,7 +132,7 @@ class ResponseShape:
         self.message_at: int | None = None     # its output_index, once opened
         self.text: list[str] = []
         self.logprobs: list = []
-        self.finish, self.completion_tokens = "", 0
+        self.finish, self.completion_tokens, self.cached_tokens = "", 0, 0
 
     def event(self, kind: str, **fields) -> dict:
         out = {"type": kind, "sequence_number": self.seq, **fields}
@@ -196,7 +196,7 @@ class ResponseShape:
 
     def chunk(self, ev: Event) -> list[dict]:
         if ev.finish_reason:
-            self.finish, self.completion_tokens = ev.finish_reason, ev.completion_tokens
+            self.finish, self.completion_tokens, self.cached_tokens = ev.finish_reason, ev.completion_tokens, ev.cached_tokens
         if self.calls is None:
             return self._text(ev.text, ev.logprobs) if ev.text or ev.logprobs else []
         deltas = self.calls.feed(ev.text)
@@ -218,7 +218,7 @@ class ResponseShape:
                                **at),
                     self.event("response.content_part.done", part=self._part(), **at),
                     self.event("response.output_item.done", output_index=self.message_at, item=self._message(status))]
-        usage = response_usage(self.prompt_tokens, self.completion_tokens)
+        usage = response_usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
         return out + [self.event(f"response.{status}", response=self.response(status, usage))]
 
     # ---- at once -----------------------------------------------------------------------------
@@ -226,5 +226,6 @@ class ResponseShape:
         g = choices[0]
         self.opening()
         self.chunk(Event("".join(g.text), [], g.finish_reason, u["prompt_tokens"], g.completion_tokens,
-                         g.logprobs if self.r.fields["logprobs"] is not None else None))
+                         g.logprobs if self.r.fields["logprobs"] is not None else None,
+                         cached_tokens=u["prompt_tokens_details"]["cached_tokens"]))
         return self.closing()[-1]["response"]
