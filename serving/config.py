@@ -14,7 +14,7 @@ from pathlib import Path
 
 from core.artifact import MODEL_FILES
 from core.errors import UserError
-from serving.engine.spread import SPREADS
+from serving.engine.spread import SPINS, SPREADS
 from serving.logs import LOG_FORMATS
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -39,7 +39,8 @@ class ServeConfig:
     drain_seconds: float = 20.0        # SIGTERM grace for running streams
     threads: int = 0                   # cores the runtime uses (a batch is cut into this many single-threaded
                                        # slices); 0 = every core the process may use (affinity, cgroup quota)
-    ort_spin: bool = False             # the pooled session's threads (one prompt's prefill) spin between kernels
+    ort_spin: str = "call"             # how ONNX Runtime's pool threads wait: spin within a graph call and
+                                       # sleep after it (call), spin between calls too (always), never (off)
     spread: str = "auto"               # how a step of n rows uses the cores: auto (timed at start-up per row
                                        # count), threads (split each matmul), slices (cut the rows)
     log_level: str = "info"
@@ -57,6 +58,9 @@ class ServeConfig:
             raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.precision not in MODEL_FILES:
             raise UserError(f"--precision must be one of {', '.join(MODEL_FILES)}, got {self.precision!r}")
+        object.__setattr__(self, "ort_spin", {"true": "always", "false": "off"}.get(self.ort_spin, self.ort_spin))   # the old boolean
+        if self.ort_spin not in SPINS:
+            raise UserError(f"--ort-spin must be one of {', '.join(SPINS)}, got {self.ort_spin!r}")
         if self.spread not in SPREADS:
             raise UserError(f"--spread must be one of {', '.join(SPREADS)}, got {self.spread!r}")
         if self.log_level not in LOG_LEVELS:

@@ -276,10 +276,11 @@ def test_config_flags_beat_env_which_beats_defaults():
     env = {"SHELLEY_MODEL": "art", "SHELLEY_MAX_BATCH": "8", "SHELLEY_DRAIN_SECONDS": "2.5"}
     cfg = parse_args(["--max-batch", "4"], environ=env)
     assert (cfg.model, cfg.max_batch, cfg.drain_seconds, cfg.port, cfg.metrics_port) == ("art", 4, 2.5, 50051, 9090)
-    assert not cfg.ort_spin and parse_args(["--ort-spin", "true"], environ=env).ort_spin
-    assert parse_args([], environ={**env, "SHELLEY_ORT_SPIN": "1"}).ort_spin
+    assert cfg.ort_spin == "call" and parse_args(["--ort-spin", "off"], environ=env).ort_spin == "off"
+    assert parse_args([], environ={**env, "SHELLEY_ORT_SPIN": "always"}).ort_spin == "always"
+    assert parse_args([], environ={**env, "SHELLEY_ORT_SPIN": "true"}).ort_spin == "always"   # the old boolean
     for argv, env in ((["--model", "a", "--device", "tpu"], {}), ([], {}), (["--model", "a"], {"SHELLEY_PORT": "x"}),
-                      (["--model", "a"], {"SHELLEY_ORT_SPIN": "maybe"})):
+                      (["--model", "a"], {"SHELLEY_ORT_SPIN": "maybe"}), (["--model", "a", "--ort-spin", "1"], {})):
         with pytest.raises(UserError):
             parse_args(argv, environ=env)
 

@@ -38,7 +38,7 @@ from core.artifact import INPUT_IDS, LOGITS, POSITION_IDS, SEQLENS, TOTAL_LENGTH
 from core.cpus import usable_cores
 from core.errors import UserError
 from serving.engine.kvcache import KVCache
-from serving.engine.spread import Plan, Plans
+from serving.engine.spread import SPINS, Plan, Plans
 
 log = logging.getLogger("shelley.runtime")
 CUDA = "CUDAExecutionProvider"
@@ -63,7 +63,7 @@ def choose_providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def session_options(threads: int, spin: bool = False) -> ort.SessionOptions:
+def session_options(threads: int, spin: str = "call") -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -71,16 +71,21 @@ def session_options(threads: int, spin: bool = False) -> ort.SessionOptions:
     if threads:
         so.intra_op_num_threads = threads
     so.log_severity_level = 3   # warnings about unused initializers are noise here
-    # Off: spinning pool threads would take the cores the event loop and the clients need.
-    # Only the session for a lone prompt's prefill has a pool now (batches are sliced across
-    # single-threaded calls, below); --ort-spin turns it on there.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    # How a pooled session's threads wait (single-threaded sessions have no pool):
+    # "call" spins between the kernels of one graph call and sleeps once it returns, so a
+    # matmul split over the cores starts without waking a sleeping thread for each operator,
+    # and the cores are free for the event loop and the clients between steps
+    # (bench/spin.py: a lone 11.5M stream 1.2x, 32 streams 1.1x, against "off"); "always"
+    # also spins between calls, taking those cores; "off" sleeps between kernels too.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0" if spin == "off" else "1")
+    if spin == "call":
+        so.add_session_config_entry("session.force_spinning_stop", "1")
     return so
 
 
 class Runtime:
     def __init__(self, artifact: Artifact, device: str = "auto", threads: int = 0,
-                 precision: str = "fp32", slots: int = 32, spin: bool = False, spread: str = "auto"):
+                 precision: str = "fp32", slots: int = 32, spin: str = "call", spread: str = "auto"):
         mc = artifact.config
         self.context, self.vocab = mc.context_length, mc.vocab_size
         providers = choose_providers(device)
@@ -96,6 +101,8 @@ class Runtime:
         # from what `calibrate` measured here. One prompt's prefill runs on the pooled session.
         self.workers = 1 if on_cuda else (threads or usable_cores())
         self.plans = Plans(self.workers, spread)
+        if spin not in SPINS:
+            raise ValueError(f"spin must be one of {SPINS}, got {spin!r}")
         self._path, self._providers, self._spin = path, providers, spin
         try:
             self.session = ort.InferenceSession(str(path), session_options(self.workers, spin), providers=providers)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 SPREADS = ("auto", "threads", "slices")
+SPINS = ("call", "always", "off")   # how a pooled session's threads wait (runtime.session_options)
 REPEATS = 5              # timed steps per candidate and row count (after one untimed)
 STOP_AFTER = 2           # row counts in a row that slicing won by >10%: larger counts slice too
 
