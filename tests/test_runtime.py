@@ -8,7 +8,7 @@ import pytest
 
 from core.artifact import load_artifact
 from serving.engine.runtime import Runtime
-from serving.engine.spread import Plan, Plans, candidates
+from serving.engine.spread import FRONT_END_S, Plan, Plans, candidates
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,15 @@ def test_calibration_keeps_the_fastest_plan_per_row_count():
                                                            Plan(2, 1), Plan(2, 1), Plan(2, 1)]
     assert max(timed) == 8            # slicing won at 4 and 8 by >10%: 16, 32, 48 were not timed
     assert "48" not in plans.summary.split("; ")[-2] and "16+: slices (untimed)" in plans.summary
+
+
+def test_a_lone_row_takes_every_core_only_when_that_saves_more_than_the_front_end_needs():
+    # both threads win in isolation either way; a core is left to the event loop and the
+    # clients unless taking it saves more than their per-step work (FRONT_END_S)
+    for saving, wanted in ((0.5 * FRONT_END_S, Plan(1, 1)), (3 * FRONT_END_S, Plan(1, 2))):
+        plans = Plans(2)
+        plans.calibrate(lambda plan, rows: 1e-3 - (saving if plan == Plan(1, 2) else 0.0), max_rows=1)
+        assert plans.get(1) == wanted, saving
 
 
 def test_an_override_keeps_only_its_sessions(art):
