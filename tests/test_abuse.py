@@ -275,7 +275,7 @@ requests = st.builds(
         parameters=st.sampled_from(["", "{", "[]", '{"type": "object", "additionalProperties": false}']))), max_size=2),
     tool_choice=st.none() | st.builds(pb.ToolChoice, mode=st.sampled_from(["", "auto", "none", "required", "x"]),
                                       function=st.sampled_from(["", "f", "h"])),
-    parallel_tool_calls=st.none() | st.booleans())
+    parallel_tool_calls=st.none() | st.booleans(), grammar_trace=st.booleans())
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))

@@ -133,6 +133,29 @@ def test_grammar_trace_says_what_the_model_wanted_and_what_the_mask_allowed(live
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "shelley_grammar_trace"
 
 
+def test_grpc_grammar_trace_is_https(live):
+    """GenerateRequest.grammar_trace: the same steps as HTTP's shelley_grammar_trace."""
+    import httpx
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}}
+    http = httpx.post(live.base + "/v1/completions", timeout=60, json={
+        "prompt": "ROMEO:", "max_tokens": 40, "temperature": 0, "response_format": fmt,
+        "shelley_grammar_trace": True}).json()["choices"][0]["shelley_grammar_trace"]
+    request = pb.GenerateRequest(prompt="ROMEO:", max_tokens=40, temperature=0, grammar_trace=True,
+                                 response_format=pb.ResponseFormat(type="json_schema", json_schema=json.dumps(PERSON)))
+    whole = live.stub.Complete(request, timeout=60)
+    streamed = [s for m in live.stub.Generate(request, timeout=60) for s in m.grammar_trace]
+    assert len(whole.grammar_trace) == len(whole.token_ids) == len(streamed) == len(http) == 40
+    for w, s, h in zip(whole.grammar_trace, streamed, http):
+        assert w == s
+        assert (w.sampled.token_id, w.wanted.token_id, w.wanted_allowed, w.allowed_tokens) == \
+            (h["sampled"]["token_id"], h["wanted"]["token_id"], h["wanted"]["allowed"], h["allowed_tokens"])
+        assert abs(w.wanted.logprob - h["wanted"]["logprob"]) < 1e-5
+    assert any(not w.wanted_allowed for w in whole.grammar_trace)
+    plain = live.stub.Complete(pb.GenerateRequest(prompt="ROMEO:", max_tokens=3, grammar_trace=True), timeout=60)
+    assert not plain.grammar_trace                                       # no grammar: nothing to trace
+
+
 def test_plain_rows_unchanged_beside_structured(client):
     """A seeded plain request gives the same tokens alone and in a batch with constrained rows."""
     def plain():

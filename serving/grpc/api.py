@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 
 from core.errors import EngineFailed, InvalidRequest, QueueFull, ShuttingDown
 from core.tokens import TokenTable
-from serving.engine.requests import TokenLogprob
+from serving.engine.requests import GrammarStep, TokenLogprob
 from serving.chat import check_kwargs
 from serving.logs import Access, request_id
 from serving.grpc.chat import Calls, messages_of, tools_of
@@ -136,7 +136,8 @@ def fields_of(r: pb.GenerateRequest) -> dict:
         logprobs=opt("logprobs", None), presence_penalty=opt("presence_penalty", 0.0),
         frequency_penalty=opt("frequency_penalty", 0.0), repetition_penalty=opt("repetition_penalty", 1.0),
         logit_bias=tuple(sorted(r.logit_bias.items())), min_tokens=opt("min_tokens", 0), n=opt("n", 1),
-        prompt_logprobs=opt("prompt_logprobs", None), truncate_prompt_tokens=opt("truncate_prompt_tokens", None))
+        prompt_logprobs=opt("prompt_logprobs", None), truncate_prompt_tokens=opt("truncate_prompt_tokens", None),
+        grammar_trace=r.grammar_trace)
 
 
 def format_of(r: pb.GenerateRequest) -> dict | None:
@@ -159,6 +160,15 @@ def pb_logprobs(entries: list[TokenLogprob] | None, tokens: TokenTable) -> list[
     return [pb.TokenLogprob(token_id=e.token_id, token=tokens.text(e.token_id), logprob=e.logprob,
                             top=[pb.TopLogprob(token_id=i, token=tokens.text(i), logprob=lp) for i, lp in e.top])
             for e in entries or []]
+
+
+def pb_trace(steps: list[GrammarStep] | None, tokens: TokenTable) -> list[pb.GrammarStep]:
+    """What the grammar did to each token, when asked (HTTP's shelley_grammar_trace)."""
+    def one(token_id: int, logprob: float) -> pb.TopLogprob:
+        return pb.TopLogprob(token_id=token_id, token=tokens.text(token_id), logprob=logprob)
+    return [pb.GrammarStep(sampled=one(s.token_id, s.logprob), wanted=one(s.wanted, s.wanted_logprob),
+                           wanted_allowed=s.wanted_allowed, allowed_tokens=s.allowed, allowed_logprob=s.allowed_logprob)
+            for s in steps or []]
 
 
 class TextGeneration(pb_grpc.TextGenerationServicer):
@@ -191,7 +201,8 @@ class TextGeneration(pb_grpc.TextGenerationServicer):
                 (text, made), finish = calls.feed(ev.index, ev.text), ""
             msg = pb.GenerateResponse(text=text, token_ids=ev.token_ids, finish_reason=finish,
                                       logprobs=pb_logprobs(ev.logprobs, self.tokens), index=ev.index,
-                                      prompt_logprobs=pb_logprobs(ev.prompt_logprobs, self.tokens), tool_calls=made)
+                                      prompt_logprobs=pb_logprobs(ev.prompt_logprobs, self.tokens), tool_calls=made,
+                                      grammar_trace=pb_trace(ev.grammar_trace, self.tokens))
             if ev.finish_reason:
                 msg.usage.prompt_tokens, msg.usage.completion_tokens = ev.prompt_tokens, ev.completion_tokens
                 msg.usage.cached_tokens = ev.cached_tokens
@@ -207,6 +218,7 @@ class TextGeneration(pb_grpc.TextGenerationServicer):
             c.text += ev.text
             c.token_ids.extend(ev.token_ids)
             c.logprobs.extend(pb_logprobs(ev.logprobs, self.tokens))
+            c.grammar_trace.extend(pb_trace(ev.grammar_trace, self.tokens))
             prompt_lp = prompt_lp or pb_logprobs(ev.prompt_logprobs, self.tokens)
             if ev.finish_reason:
                 c.finish_reason, c.completion_tokens, prompt_tokens = ev.finish_reason, ev.completion_tokens, ev.prompt_tokens
@@ -221,7 +233,8 @@ class TextGeneration(pb_grpc.TextGenerationServicer):
                                    usage=pb.Usage(prompt_tokens=prompt_tokens, cached_tokens=cached,
                                                   completion_tokens=sum(c.completion_tokens for c in ordered)),
                                    logprobs=first.logprobs, choices=ordered if len(ordered) > 1 else [],
-                                   prompt_logprobs=prompt_lp, tool_calls=first.tool_calls)
+                                   prompt_logprobs=prompt_lp, tool_calls=first.tool_calls,
+                                   grammar_trace=first.grammar_trace)
 
     @rpc
     async def Tokenize(self, request, context, access):
