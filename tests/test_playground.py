@@ -237,6 +237,9 @@ def test_structured_mode_shows_what_the_model_wanted_and_what_the_grammar_allowe
     assert 0 < overruled.count() < tokens and "masked" in overruled.first.inner_text()
     allowed = page.eval_on_selector_all("#trace-rows tr", "trs => trs.map(t => Number(t.cells[3].textContent))")
     assert allowed[0] == 1 and all(a >= 1 for a in allowed)                     # '{' is the only start
+    best = page.eval_on_selector_all("#trace-rows tr", "trs => trs.map(t => t.cells[5].textContent)")
+    assert best[0].startswith('"{" ')                                          # the one allowed start
+    assert all(b.count("%") == min(5, a) for a, b in zip(allowed, best))
     assert "overruled the model at" in page.inner_text("#trace-summary")
     page.locator("#output .tok.overruled").first.hover()                        # the token says what it was
     tip = page.locator("#tip")

@@ -73,4 +73,6 @@ def test_grammar_trace_reports_the_unmasked_choice():
     assert a.wanted == ref[0].argmax() and a.wanted_allowed == (a.wanted in (3, 9))
     assert a.token_id == 9 and abs(a.logprob - ref[0, 9]) < 1e-9 and a.allowed == 2
     assert abs(a.allowed_logprob - np.log(np.exp(ref[0, [3, 9]]).sum())) < 1e-9
+    assert [i for i, _ in a.allowed_top] == sorted([3, 9], key=lambda i: -ref[0, i])   # only allowed ones, best first
+    assert len(b.allowed_top) == 5 and b.allowed_top[0] == (b.wanted, b.wanted_logprob)
     assert b.wanted == b.token_id and b.wanted_allowed and b.allowed == V and abs(b.allowed_logprob) < 1e-9

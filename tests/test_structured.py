@@ -121,6 +121,8 @@ def test_grammar_trace_says_what_the_model_wanted_and_what_the_mask_allowed(live
     assert overruled and all(not s["wanted"]["allowed"] for s in overruled)   # greedy: only the mask overrules
     assert all(s["wanted"]["logprob"] >= s["sampled"]["logprob"] for s in steps)
     assert steps[0]["sampled"]["token"] == "{" and steps[0]["allowed_tokens"] == 1   # the schema's only start
+    assert all(len(s["allowed_top"]) == min(5, s["allowed_tokens"]) for s in steps)
+    assert all(s["allowed_top"][0]["token_id"] == s["sampled"]["token_id"] for s in steps)   # greedy: the best allowed
 
     chat = httpx.post(live.base + "/v1/chat/completions", timeout=60, json={
         "messages": [{"role": "user", "content": "Who art thou?"}], "max_tokens": 30, "seed": 1,
@@ -151,6 +153,7 @@ def test_grpc_grammar_trace_is_https(live):
         assert (w.sampled.token_id, w.wanted.token_id, w.wanted_allowed, w.allowed_tokens) == \
             (h["sampled"]["token_id"], h["wanted"]["token_id"], h["wanted"]["allowed"], h["allowed_tokens"])
         assert abs(w.wanted.logprob - h["wanted"]["logprob"]) < 1e-5
+        assert [a.token_id for a in w.allowed_top] == [a["token_id"] for a in h["allowed_top"]]
     assert any(not w.wanted_allowed for w in whole.grammar_trace)
     plain = live.stub.Complete(pb.GenerateRequest(prompt="ROMEO:", max_tokens=3, grammar_trace=True), timeout=60)
     assert not plain.grammar_trace                                       # no grammar: nothing to trace

@@ -30,6 +30,7 @@ from core.logprobs import log_softmax
 from serving.engine.requests import GrammarStep
 
 CHECKED = 256   # grammars remembered, validated and compiled (then forgotten all at once)
+TRACE_TOP = 5   # a trace's most likely allowed tokens per step
 
 
 class GrammarState:
@@ -115,17 +116,23 @@ class Grammars:
     @staticmethod
     def trace(logits: np.ndarray, allowed: Sequence[np.ndarray], tokens: np.ndarray) -> list[GrammarStep]:
         """For each row, from its raw logits (N, V), its mask and the token it drew: the
-        model's own top token and its logprob, whether the mask allowed it, and how many
-        tokens and how much of the model's probability the mask allowed. Only for the rows
-        whose request asked (`SamplingParams.grammar_trace`): one log-softmax over them."""
+        model's own top token and its logprob, whether the mask allowed it, how many tokens
+        and how much of the model's probability the mask allowed, and the TRACE_TOP most
+        likely of those. Only for the rows whose request asked (`SamplingParams.grammar_trace`):
+        one log-softmax over them."""
         logp = log_softmax(logits)                                        # (N, V) float64
         mask = np.stack(allowed)                                          # (N, V) bool
         wanted = logp.argmax(axis=1)
         kept = np.where(mask, logp, -np.inf)
-        top = kept.max(axis=1, keepdims=True)                             # finite: a mask allows something
-        mass = (top[:, 0] + np.log(np.exp(kept - top).sum(axis=1))).tolist()
+        best = kept.max(axis=1, keepdims=True)                            # finite: a mask allows something
+        mass = (best[:, 0] + np.log(np.exp(kept - best).sum(axis=1))).tolist()
+        k = min(TRACE_TOP, kept.shape[1])
+        top = np.argpartition(-kept, k - 1, axis=1)[:, :k]
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(kept, top, 1), axis=1, kind="stable"), 1)
+        counts = mask.sum(axis=1)
         rows = np.arange(len(logp))
-        return [GrammarStep(int(w), float(wl), bool(wa), int(t), float(tl), int(c), m)
-                for w, wl, wa, t, tl, c, m in zip(wanted.tolist(), logp[rows, wanted].tolist(),
-                                                  mask[rows, wanted].tolist(), tokens.tolist(),
-                                                  logp[rows, tokens].tolist(), mask.sum(axis=1).tolist(), mass)]
+        return [GrammarStep(int(w), float(wl), bool(wa), int(t), float(tl), int(c), m,
+                            [(int(i), float(kept[r, i])) for i in top[r, :min(k, c)]])
+                for r, w, wl, wa, t, tl, c, m in zip(rows.tolist(), wanted.tolist(), logp[rows, wanted].tolist(),
+                                                     mask[rows, wanted].tolist(), tokens.tolist(),
+                                                     logp[rows, tokens].tolist(), counts.tolist(), mass)]

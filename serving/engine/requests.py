@@ -45,6 +45,7 @@ class GrammarStep:
     logprob: float
     allowed: int                         # how many tokens the mask allowed
     allowed_logprob: float               # the model's probability mass on those tokens (log)
+    allowed_top: list[tuple[int, float]] = field(default_factory=list)   # the most likely allowed (id, logprob)
 
 
 @dataclass

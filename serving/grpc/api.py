@@ -167,7 +167,8 @@ def pb_trace(steps: list[GrammarStep] | None, tokens: TokenTable) -> list[pb.Gra
     def one(token_id: int, logprob: float) -> pb.TopLogprob:
         return pb.TopLogprob(token_id=token_id, token=tokens.text(token_id), logprob=logprob)
     return [pb.GrammarStep(sampled=one(s.token_id, s.logprob), wanted=one(s.wanted, s.wanted_logprob),
-                           wanted_allowed=s.wanted_allowed, allowed_tokens=s.allowed, allowed_logprob=s.allowed_logprob)
+                           wanted_allowed=s.wanted_allowed, allowed_tokens=s.allowed, allowed_logprob=s.allowed_logprob,
+                           allowed_top=[one(i, lp) for i, lp in s.allowed_top])
             for s in steps or []]
 
 

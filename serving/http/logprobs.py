@@ -5,7 +5,7 @@ shelley's grammar trace (completions and chat, `shelley_grammar_trace`).
     # {"tokens": [...], "token_logprobs": [...], "top_logprobs": [{tok: lp}, ...], "text_offset": [...]}
     grammar_trace(event.grammar_trace, artifact.tokens)
     # [{"sampled": {token, token_id, logprob}, "wanted": {token, token_id, logprob, allowed},
-    #   "allowed_tokens": 12, "allowed_logprob": -3.2}, ...]
+    #   "allowed_tokens": 12, "allowed_logprob": -3.2, "allowed_top": [{token, token_id, logprob}, ...]}, ...]
 
 The engine fills `Event.logprobs` (TokenLogprob, one per token id); the numbers are of the
 model's distribution before temperature, top-k, top-p, penalties and logit_bias. Each
@@ -35,11 +35,12 @@ def openai_logprobs(entries: list[TokenLogprob], tokens: TokenTable, offset: int
 
 def grammar_trace(steps: list[GrammarStep], tokens: TokenTable) -> list[dict]:
     """Per token sampled under a grammar: the token drawn, the model's own top token before
-    the mask (and whether the mask allowed it), how many tokens the mask allowed and the
-    model's probability mass on them (log). An extension (vLLM and OpenAI have no such
+    the mask (and whether the mask allowed it), how many tokens the mask allowed, the
+    model's probability mass on them (log) and the most likely of them. An extension (vLLM and OpenAI have no such
     field): its name says whose."""
     def one(token_id: int, logprob: float) -> dict:
         return {"token": tokens.text(token_id), "token_id": token_id, "logprob": logprob}
     return [{"sampled": one(s.token_id, s.logprob), "wanted": {**one(s.wanted, s.wanted_logprob),
                                                                 "allowed": s.wanted_allowed},
-             "allowed_tokens": s.allowed, "allowed_logprob": s.allowed_logprob} for s in steps]
+             "allowed_tokens": s.allowed, "allowed_logprob": s.allowed_logprob,
+             "allowed_top": [one(i, lp) for i, lp in s.allowed_top]} for s in steps]

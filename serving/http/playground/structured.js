@@ -2,8 +2,8 @@
 // JSON schema by default; a regex, a choice list, a grammar), and the server is asked for its
 // grammar trace (`shelley_grammar_trace`, docs/api.md): per token, the model's own top token
 // before the grammar's mask and the token drawn under it, and how many tokens the mask let
-// through. Tokens where the grammar overruled the model are underlined in the output, and
-// the table under it lists every step.
+// through, and the most likely of those. Tokens where the grammar overruled the model are
+// underlined in the output, and the table under it lists every step.
 "use strict";
 
 const PERSON = {
@@ -64,6 +64,7 @@ function addTrace(index, steps) {
       `${JSON.stringify(s.wanted.token)} ${pct(s.wanted.logprob)}` + (s.wanted.allowed ? "" : " ✗ masked"),
       String(s.allowed_tokens),
       pct(s.allowed_logprob),
+      s.allowed_top.map((a) => `${JSON.stringify(a.token)} ${pct(a.logprob)}`).join("  "),
     ];
     for (const c of cells) tr.insertCell().textContent = c;
   }
