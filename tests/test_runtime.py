@@ -52,13 +52,14 @@ def test_calibration_keeps_the_fastest_plan_per_row_count():
     assert "48" not in plans.summary.split("; ")[-2] and "16+: slices (untimed)" in plans.summary
 
 
-def test_a_lone_row_takes_every_core_only_when_that_saves_more_than_the_front_end_needs():
-    # both threads win in isolation either way; a core is left to the event loop and the
-    # clients unless taking it saves more than their per-step work (FRONT_END_S)
-    for saving, wanted in ((0.5 * FRONT_END_S, Plan(1, 1)), (3 * FRONT_END_S, Plan(1, 2))):
+def test_threads_that_meet_at_every_operator_must_save_more_than_the_front_end_needs():
+    # two threads win in isolation either way, at one row (against one thread, which leaves
+    # a core to the event loop and the clients) and at two (against two slices); they are
+    # chosen only when they save more than the front end's per-step work (FRONT_END_S)
+    for saving, one, two in ((0.5 * FRONT_END_S, Plan(1, 1), Plan(2, 1)), (3 * FRONT_END_S, Plan(1, 2), Plan(1, 2))):
         plans = Plans(2)
-        plans.calibrate(lambda plan, rows: 1e-3 - (saving if plan == Plan(1, 2) else 0.0), max_rows=1)
-        assert plans.get(1) == wanted, saving
+        plans.calibrate(lambda plan, rows: 1e-3 - (saving if plan.threads > 1 else 0.0), max_rows=2)
+        assert (plans.get(1), plans.get(2)) == (one, two), saving
 
 
 def test_an_override_keeps_only_its_sessions(art):

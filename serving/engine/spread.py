@@ -29,12 +29,14 @@ SPREADS = ("auto", "threads", "slices")
 SPINS = ("call", "always", "off")   # how a pooled session's threads wait (runtime.session_options)
 REPEATS = 5              # timed steps per candidate and row count (after one untimed)
 STOP_AFTER = 2           # row counts in a row that slicing won by >10%: larger counts slice too
-# A plan that takes every core must beat one that leaves a core free by more than this: the
-# server's event loop (each token's HTTP/gRPC write) and its clients need CPU every step, and
-# while the graph holds every core they take it from the graph's own threads. ~0.1 ms is
-# what a lone stream's step lost to them here (bench/spin.py: at 3.7M two threads saved
-# 0.07 ms of a 0.24 ms step in isolation and served 0.93x; at 11.5M they saved 0.35 ms and
-# served 1.20x), the same at every model size: it is the front end's work, not the model's.
+# A plan whose threads meet at every operator (threads > 1) must beat one whose threads meet
+# once a step (slices; or, for a lone row, one thread that leaves the other cores free) by
+# more than this: the server's event loop (each token's HTTP/gRPC write) and its clients
+# need CPU every step, and a thread they preempt stalls every operator's join of the first
+# but only its own slice of the second. Calibration runs without them, so it cannot see
+# that; ~0.1 ms is what a step lost to them here (bench/spin.py: a 3.7M lone row's two
+# threads saved 0.07 ms of 0.24 in isolation and served 0.93x; at 11.5M they saved 0.35 ms
+# and served 1.2x), the same at every model size: it is the front end's work, not the model's.
 FRONT_END_S = 1e-4
 
 
@@ -93,7 +95,7 @@ class Plans:
                 for p in plans:
                     times[p].append(time_step(p, rows))
             med = {p: statistics.median(t) for p, t in times.items()}
-            best = min(med, key=lambda p: med[p] + (FRONT_END_S if p.slices * p.threads >= self.cores else 0.0))
+            best = min(med, key=lambda p: med[p] + (FRONT_END_S if p.threads > 1 else 0.0))
             self.table[rows] = best
             others = ", ".join(f"{p} {1e3 * med[p]:.2f}" for p in plans if p != best)
             notes.append(f"{rows}: {best} {1e3 * med[best]:.2f} ms ({others})")
