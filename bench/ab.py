@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--model", default="trained", choices=("trained", "random"), help="bench/models.py")
     p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=1.0, help="OpenAI's default (0: greedy, a variant)")
     p.add_argument("--server-args", default="--max-batch 64")
     args = p.parse_args(argv)
     streams, apis = [int(s) for s in args.streams.split(",")], args.apis.split(",")
@@ -86,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                             first = ((r * len(streams) + streams.index(n)) * len(apis) + apis.index(api)) * \
                                 (len(prompts) // (args.rounds * len(streams) * len(apis)))
                             t0 = time.perf_counter()
-                            run = grpc_streams(target, n, per, prompts, args.new_tokens, first=first) \
-                                if api == "grpc" else openai_streams(base, n, per, prompts, args.new_tokens, first=first)
+                            run = grpc_streams(target, n, per, prompts, args.new_tokens, first=first, temperature=args.temperature) \
+                                if api == "grpc" else openai_streams(base, n, per, prompts, args.new_tokens, first=first,
+                                                                        temperature=args.temperature)
                             tally = asyncio.run(run)
                             key = (name, api, n)
                             tallies.setdefault(key, []).append(tally)
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return t.row(walls[key])
 
     print(f"base {args.base} vs this tree; {os.cpu_count()} CPUs; {args.rounds} rounds of "
-          f"{per:.1f} s per scenario; model {args.model}; {args.prompt_tokens}-token prompts, greedy, {args.new_tokens} new "
+          f"{per:.1f} s per scenario; model {args.model}; {args.prompt_tokens}-token prompts, temperature {args.temperature:g}, {args.new_tokens} new "
           f"tokens, ignore_eos; server {args.server_args}")
     print(f"{'api':<5} {'streams':>7} | {'base tok/s':>10} {'new tok/s':>10} {'new/base':>8} | "
           f"{'TTFT p50 ms':>15} | {'gap p50 ms':>13} | errors")

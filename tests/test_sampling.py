@@ -144,3 +144,17 @@ def test_allowed_masks_apply_per_row_greedy_rows_too():
     assert (sample_batch(logits, params, [make_rng(0)] * 3, allowed=both) == 5).all()
     with pytest.raises(ValueError, match="row 0 allows no token"):
         sample_batch(logits, params, [make_rng(0)] * 3, allowed=[np.zeros(10, bool), None, None])
+
+
+@pytest.mark.parametrize("vocab", [97, 2000, 50257])
+def test_a_lone_rows_fast_path_draws_what_the_batch_path_draws(vocab):
+    # sample_batch takes a shortcut for one row at a temperature (no top-k/top-p); a seeded
+    # request must still draw the same tokens alone as beside others
+    rng = np.random.default_rng(vocab)
+    for i in range(150):
+        logits = (rng.standard_normal((2, vocab)) * rng.choice([0.1, 3.0, 30.0])).astype(np.float32)
+        t = float(rng.choice([1e-6, 0.3, 1.0, 2.5, 1e6]))
+        p = SamplingParams(temperature=t, seed=i)
+        alone = sample_batch(logits[:1], [p], [make_rng(i)])
+        beside = sample_batch(logits, [p, SamplingParams(temperature=1.0, top_k=5)], [make_rng(i), make_rng(i + 1)])
+        assert alone[0] == beside[0], (i, t)

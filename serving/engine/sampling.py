@@ -118,6 +118,8 @@ def sample_batch(logits: np.ndarray, params: Sequence[SamplingParams], rngs: Seq
     """(N, V) logits, one row per request -> (N,) token ids. `rngs[i]` is row i's `Draws`;
     `allowed`: see the module's docstring."""
     n, vocab = logits.shape
+    if n == 1 and allowed is None and params[0].temperature > 0 and not _cuts(params[0], vocab):
+        return np.array([_one_row(logits[0], params[0].temperature, rngs[0])])
     if allowed is not None:
         logits = apply_allowed(logits, allowed)
     temps = np.array([p.temperature for p in params], np.float64)
@@ -146,6 +148,42 @@ def sample_batch(logits: np.ndarray, params: Sequence[SamplingParams], rngs: Seq
             x[f] = np.where(x[f] >= floor[:, None], x[f], np.float32(-np.inf))
     tokens[hot] = _inverse_cdf(x, u)
     return tokens
+
+
+def _cuts(p: SamplingParams, vocab: int) -> bool:
+    return 0 < p.top_k < vocab or p.top_p < 1.0
+
+
+_MASK = 2**64 - 1
+
+
+def _one_row(row: np.ndarray, temperature: float, d: Draws) -> int:
+    """A lone row at a temperature with no top-k or top-p: the batch path's arithmetic, step
+    for step (so a seeded row draws the same token alone or in a batch), without the
+    batch's fancy indexing, which is most of its cost for one row (a lone stream's token:
+    ~37 us there, bench/sampler_speed.py). The draw's SplitMix64 runs on Python ints."""
+    d.count += 1
+    z = (d.key + d.count * int(_GAMMA)) & _MASK
+    z = ((z ^ (z >> 30)) * int(_M1)) & _MASK
+    z = ((z ^ (z >> 27)) * int(_M2)) & _MASK
+    u = ((z ^ (z >> 31)) >> 11) * 2.0**-53
+    inv = np.float32(min(max(1.0 / temperature, 1e-30), 1e30))
+    x = np.subtract(row, row.max(), dtype=np.float32)
+    x *= inv
+    vocab = x.shape[0]
+    e = np.zeros(-(-vocab // BLOCK) * BLOCK, np.float32)
+    np.exp(x, out=e[:vocab])
+    e = e.reshape(-1, BLOCK)
+    cum = np.cumsum(e.sum(1), dtype=np.float64)
+    target = u * cum[-1]
+    b = _first_above_1d(cum, target)
+    inside = target - (cum[b - 1] if b > 0 else 0.0)
+    return b * BLOCK + _first_above_1d(np.cumsum(e[b], dtype=np.float64), inside)
+
+
+def _first_above_1d(cum: np.ndarray, target: float) -> int:
+    """_first_above for one row (cum never decreases: searchsorted counts the entries <= target)."""
+    return int(min(np.searchsorted(cum, target, side="right"), np.searchsorted(cum, cum[-1], side="left")))
 
 
 def apply_allowed(logits: np.ndarray, allowed) -> np.ndarray:
