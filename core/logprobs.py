@@ -26,6 +26,12 @@ def token_logprobs(logits: np.ndarray, chosen: np.ndarray, k: int) -> tuple[np.n
     chosen_lp = logp[rows, chosen]
     if k <= 0:
         return chosen_lp, np.zeros((len(logp), 0), np.int64), np.zeros((len(logp), 0))
-    top = np.argpartition(-logp, k - 1, axis=1)[:, :k]
-    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(logp, top, 1), axis=1, kind="stable"), 1)
+    top = top_k(logp, k)
     return chosen_lp, top, np.take_along_axis(logp, top, 1)
+
+
+def top_k(values: np.ndarray, k: int) -> np.ndarray:
+    """The ids of each row's k largest values (N, k), largest first (ties keep id order among
+    the k): a partition, then a sort of those k only, never of the row."""
+    top = np.argpartition(-values, k - 1, axis=1)[:, :k]
+    return np.take_along_axis(top, np.argsort(-np.take_along_axis(values, top, 1), axis=1, kind="stable"), 1)

@@ -26,7 +26,7 @@ import numpy as np
 import tokenizers
 
 from core.errors import InvalidRequest
-from core.logprobs import log_softmax
+from core.logprobs import log_softmax, top_k
 from serving.engine.requests import GrammarStep
 
 CHECKED = 256   # grammars remembered, validated and compiled (then forgotten all at once)
@@ -127,8 +127,7 @@ class Grammars:
         best = kept.max(axis=1, keepdims=True)                            # finite: a mask allows something
         mass = (best[:, 0] + np.log(np.exp(kept - best).sum(axis=1))).tolist()
         k = min(TRACE_TOP, kept.shape[1])
-        top = np.argpartition(-kept, k - 1, axis=1)[:, :k]
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(kept, top, 1), axis=1, kind="stable"), 1)
+        top = top_k(kept, k)
         counts = mask.sum(axis=1)
         rows = np.arange(len(logp))
         return [GrammarStep(int(w), float(wl), bool(wa), int(t), float(tl), int(c), m,
