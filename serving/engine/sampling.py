@@ -154,7 +154,8 @@ def _cuts(p: SamplingParams, vocab: int) -> bool:
     return 0 < p.top_k < vocab or p.top_p < 1.0
 
 
-_MASK = 2**64 - 1
+_MASK = 2**64 - 1                                         # _mix's constants as Python ints (_one_row)
+_GAMMA_I, _M1_I, _M2_I = int(_GAMMA), int(_M1), int(_M2)
 
 
 def _one_row(row: np.ndarray, temperature: float, d: Draws) -> int:
@@ -163,9 +164,9 @@ def _one_row(row: np.ndarray, temperature: float, d: Draws) -> int:
     batch's fancy indexing, which is most of its cost for one row (a lone stream's token:
     ~37 us there, bench/sampler_speed.py). The draw's SplitMix64 runs on Python ints."""
     d.count += 1
-    z = (d.key + d.count * int(_GAMMA)) & _MASK
-    z = ((z ^ (z >> 30)) * int(_M1)) & _MASK
-    z = ((z ^ (z >> 27)) * int(_M2)) & _MASK
+    z = (d.key + d.count * _GAMMA_I) & _MASK
+    z = ((z ^ (z >> 30)) * _M1_I) & _MASK
+    z = ((z ^ (z >> 27)) * _M2_I) & _MASK
     u = ((z ^ (z >> 31)) >> 11) * 2.0**-53
     inv = np.float32(min(max(1.0 / temperature, 1e-30), 1e30))
     x = np.subtract(row, row.max(), dtype=np.float32)
